@@ -1,0 +1,41 @@
+#pragma once
+// sora::Error and SORA_CHECK: every bad argument a user can pass becomes an exception whose
+// message names the problem (and the shapes involved), never a crash or an assert.
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace sora {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& message) : std::runtime_error(message) {}
+};
+
+namespace detail {
+
+template <class... Parts>
+std::string concat(Parts&&... parts) {
+  std::ostringstream out;
+  (out << ... << std::forward<Parts>(parts));
+  return out.str();
+}
+
+template <class... Parts>
+[[noreturn]] void throw_error(Parts&&... parts) {
+  throw Error(concat(std::forward<Parts>(parts)...));
+}
+
+}  // namespace detail
+}  // namespace sora
+
+// SORA_CHECK(cond, part, part, ...): throws sora::Error("<parts...>") when cond is false.
+// The parts are only formatted on failure, so a check costs one branch on the happy path.
+#define SORA_CHECK(cond, ...)                                   \
+  do {                                                          \
+    if (!(cond)) [[unlikely]] {                                 \
+      ::sora::detail::throw_error(__VA_ARGS__);                 \
+    }                                                           \
+  } while (false)

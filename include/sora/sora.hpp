@@ -1,0 +1,5 @@
+#pragma once
+// sora: sparse low-rank adaptation. The umbrella header for everything CPU-side.
+// (The CUDA backend lives in sora/cuda/ and is included from .cu files only.)
+#include "sora/core.hpp"
+#include "sora/prox.hpp"

@@ -1,0 +1,17 @@
+# cmake -DSOURCE_DIR=... -DBINARY_DIR=... -DCONFIGURE_ARGS=... -P run_consumer.cmake
+# Configures, builds and runs a consumer project from scratch; fails on any step.
+file(REMOVE_RECURSE "${BINARY_DIR}")
+foreach(step configure build run)
+  if(step STREQUAL "configure")
+    set(cmd ${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${BINARY_DIR}" ${CONFIGURE_ARGS})
+  elseif(step STREQUAL "build")
+    set(cmd ${CMAKE_COMMAND} --build "${BINARY_DIR}")
+  else()
+    set(cmd "${BINARY_DIR}/consumer")
+  endif()
+  execute_process(COMMAND ${cmd} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  message("${out}${err}")
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "consumer ${step} failed (exit ${rc})")
+  endif()
+endforeach()
