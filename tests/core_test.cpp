@@ -21,7 +21,8 @@ TEST_CASE("SORA_CHECK throws sora::Error with the formatted message only on fail
 TEST_CASE("a frozen Param owns no gradient; a trainable one owns a zeroed one") {
   Param<float> frozen("blocks.0.attn.q.weight", MatrixF::Ones(4, 3), /*trainable=*/false);
   CHECK_FALSE(frozen.trainable());
-  CHECK_FALSE(frozen.grad.has_value());
+  CHECK_FALSE(frozen.has_grad());
+  CHECK(frozen.grad_bytes() == 0);
   CHECK_THROWS_WITH_AS(frozen.gradient(), doctest::Contains("blocks.0.attn.q.weight"), Error);
 
   Param<double> gate("blocks.0.attn.q.lora_gate", MatrixD::Ones(1, 8), true, /*vector=*/true);
@@ -33,7 +34,11 @@ TEST_CASE("a frozen Param owns no gradient; a trainable one owns a zeroed one") 
   gate.zero_grad();
   CHECK(gate.gradient().isZero(0.0));
   gate.set_trainable(false);
-  CHECK_FALSE(gate.grad.has_value());
+  CHECK_FALSE(gate.has_grad());
+  CHECK(gate.grad_bytes() == 0);
+  gate.set_trainable(true);
+  CHECK(gate.grad_bytes() == 8 * sizeof(double));
+  CHECK(gate.gradient().isZero(0.0));
 }
 
 TEST_CASE("Rng streams are reproducible, independent and resumable") {

@@ -3,7 +3,6 @@
 // own shape; a frozen one owns none (and so no optimizer state either): the memory saved by
 // freezing is the point of parameter-efficient fine-tuning.
 
-#include <optional>
 #include <string>
 #include <utility>
 
@@ -13,11 +12,11 @@
 namespace sora {
 
 template <class T>
-struct Param {
-  std::string name;              // stable dotted name, e.g. "blocks.3.attn.q.lora_A"
-  Matrix<T> value;               // (rows, cols); vectors are (1, n)
-  std::optional<Matrix<T>> grad; // same shape as value; present iff trainable
-  bool is_vector = false;        // saved as a 1-D tensor of length cols()
+class Param {
+ public:
+  std::string name;        // stable dotted name, e.g. "blocks.3.attn.q.lora_A"
+  Matrix<T> value;         // (rows, cols); vectors are (1, n)
+  bool is_vector = false;  // saved as a 1-D tensor of length cols()
 
   Param() = default;
   Param(std::string param_name, Matrix<T> initial, bool trainable, bool vector = false)
@@ -25,31 +24,43 @@ struct Param {
     set_trainable(trainable);
   }
 
-  bool trainable() const { return grad.has_value(); }
+  // True iff the parameter is trained, i.e. owns a gradient buffer.
+  bool trainable() const { return trainable_; }
+  bool has_grad() const { return trainable_; }
 
-  // Freezing frees the gradient; unfreezing allocates a zeroed one.
+  // Freezing frees the gradient (a 0 x 0 matrix owns no memory); unfreezing allocates a
+  // zeroed one of the value's shape. (A plain member rather than std::optional<Matrix>:
+  // g++ 12 reports false maybe-uninitialized errors through optional's destructor.)
   void set_trainable(bool on) {
-    if (on && !grad) {
-      grad.emplace(Matrix<T>::Zero(value.rows(), value.cols()));
-    } else if (!on) {
-      grad.reset();
+    trainable_ = on;
+    if (on) {
+      grad_.setZero(value.rows(), value.cols());
+    } else {
+      grad_.resize(0, 0);
     }
   }
 
   void zero_grad() {
-    if (grad) grad->setZero();
+    if (trainable_) grad_.setZero();
   }
 
   Matrix<T>& gradient() {
-    SORA_CHECK(grad.has_value(), "parameter '", name, "' is frozen and has no gradient");
-    return *grad;
+    SORA_CHECK(trainable_, "parameter '", name, "' is frozen and has no gradient");
+    return grad_;
   }
   const Matrix<T>& gradient() const {
-    SORA_CHECK(grad.has_value(), "parameter '", name, "' is frozen and has no gradient");
-    return *grad;
+    SORA_CHECK(trainable_, "parameter '", name, "' is frozen and has no gradient");
+    return grad_;
   }
 
+  // Bytes held by the gradient buffer (0 when frozen): what freezing saves.
+  std::size_t grad_bytes() const { return static_cast<std::size_t>(grad_.size()) * sizeof(T); }
+
   Index size() const { return value.size(); }
+
+ private:
+  Matrix<T> grad_;  // same shape as value when trainable; empty when frozen
+  bool trainable_ = false;
 };
 
 }  // namespace sora
