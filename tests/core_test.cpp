@@ -18,7 +18,7 @@ TEST_CASE("SORA_CHECK throws sora::Error with the formatted message only on fail
   }
 }
 
-TEST_CASE("a frozen Param owns no gradient; a trainable one owns a zeroed one") {
+TEST_CASE("a frozen Param owns no gradient, a trainable one owns a zeroed one") {
   Param<float> frozen("blocks.0.attn.q.weight", MatrixF::Ones(4, 3), /*trainable=*/false);
   CHECK_FALSE(frozen.trainable());
   CHECK_FALSE(frozen.has_grad());
