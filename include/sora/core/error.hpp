@@ -33,9 +33,9 @@ template <class... Parts>
 
 // SORA_CHECK(cond, part, part, ...): throws sora::Error("<parts...>") when cond is false.
 // The parts are only formatted on failure, so a check costs one branch on the happy path.
-#define SORA_CHECK(cond, ...)                                   \
-  do {                                                          \
-    if (!(cond)) [[unlikely]] {                                 \
-      ::sora::detail::throw_error(__VA_ARGS__);                 \
-    }                                                           \
+#define SORA_CHECK(cond, ...)                   \
+  do {                                          \
+    if (!(cond)) [[unlikely]] {                 \
+      ::sora::detail::throw_error(__VA_ARGS__); \
+    }                                           \
   } while (false)

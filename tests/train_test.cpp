@@ -1,0 +1,129 @@
+// optim/ schedules and clipping, train/ metrics.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <numbers>
+#include <sora/optim/clip.hpp>
+#include <sora/optim/lr_schedule.hpp>
+#include <sora/optim/xi_schedule.hpp>
+#include <sora/train/metrics.hpp>
+#include <vector>
+
+using namespace sora;
+using namespace sora::optim;
+using namespace sora::train;
+
+TEST_CASE("learning-rate schedules follow their closed forms") {
+  const LrSchedule constant(LrScheduleKind::constant, 0.1, 0, 0);
+  CHECK(constant.lr(0) == 0.1);
+  CHECK(constant.lr(12345) == 0.1);
+
+  const LrSchedule linear(LrScheduleKind::warmup_linear, 2.0, 4, 20);
+  CHECK(linear.lr(0) == doctest::Approx(0.5));   // 1/4 of the way through warmup
+  CHECK(linear.lr(3) == doctest::Approx(2.0));   // warmup ends at the full rate
+  CHECK(linear.lr(4) == doctest::Approx(2.0));   // decay starts at 1
+  CHECK(linear.lr(12) == doctest::Approx(1.0));  // half way through the decay
+  CHECK(linear.lr(20) == 0.0);
+  CHECK(linear.lr(100) == 0.0);
+  for (long s = 4; s < 20; ++s) CHECK(linear.lr(s + 1) < linear.lr(s));
+
+  const LrSchedule cosine(LrScheduleKind::warmup_cosine, 1.0, 0, 10);
+  for (long s = 0; s < 10; ++s)
+    CHECK(cosine.lr(s) == doctest::Approx(0.5 * (1 + std::cos(std::numbers::pi * s / 10.0))));
+
+  const auto ratio = LrSchedule::with_warmup_ratio(LrScheduleKind::warmup_linear, 1.0, 0.06, 100);
+  CHECK(ratio.warmup() == 6);
+  CHECK_THROWS_WITH_AS(LrSchedule(LrScheduleKind::warmup_linear, 1.0, 30, 20),
+                       doctest::Contains("warmup (30)"), Error);
+  CHECK_THROWS_WITH_AS(LrSchedule(LrScheduleKind::constant, -1.0, 0, 0),
+                       doctest::Contains("learning rate"), Error);
+  CHECK_THROWS_WITH_AS(parse_lr_schedule("step"), doctest::Contains("'step'"), Error);
+  CHECK(parse_lr_schedule("cosine") == LrScheduleKind::warmup_cosine);
+}
+
+TEST_CASE("xi schedules match their closed forms and end points") {
+  const double xi0 = 1e-5, xi_max = 1e-3;
+  const int K = 6;
+  const auto lin = xi_schedule(XiScheduleKind::linear, xi0, xi_max, K);
+  const auto log = xi_schedule(XiScheduleKind::log_linear, xi0, xi_max, K);
+  const auto exp = xi_schedule(XiScheduleKind::exp_linear, xi0, xi_max, K, 10.0);
+  REQUIRE(lin.size() == 6);
+  for (int k = 0; k < K; ++k) {
+    const double u = k / 5.0;
+    CHECK(lin[k] == doctest::Approx(xi0 + (xi_max - xi0) * u).epsilon(1e-12));
+    // log-linear: equal ratios, here (1e-3 / 1e-5)^(1/5) = 10^(2/5)
+    CHECK(log[k] == doctest::Approx(xi0 * std::pow(10.0, 2.0 * u)).epsilon(1e-12));
+    CHECK(exp[k] ==
+          doctest::Approx(xi0 + (xi_max - xi0) * (std::pow(10.0, u) - 1) / 9.0).epsilon(1e-12));
+  }
+  for (const auto* s : {&lin, &log, &exp}) {
+    CHECK(s->front() == xi0);
+    CHECK(s->back() == xi_max);
+    for (int k = 0; k + 1 < K; ++k) CHECK((*s)[k] < (*s)[k + 1]);
+  }
+  // log-linear: constant ratio between neighbours; exp-linear: growing increments.
+  for (int k = 0; k + 2 < K; ++k) {
+    CHECK(log[k + 1] / log[k] == doctest::Approx(log[k + 2] / log[k + 1]));
+    CHECK(exp[k + 2] - exp[k + 1] > exp[k + 1] - exp[k]);
+  }
+  CHECK(xi_schedule(XiScheduleKind::linear, 0.0, 0.5, 1) == std::vector<double>{0.5});
+  CHECK_THROWS_WITH_AS(xi_schedule(XiScheduleKind::log_linear, 0.0, 1e-3, 4),
+                       doctest::Contains("xi0 > 0"), Error);
+  CHECK_THROWS_WITH_AS(xi_schedule(XiScheduleKind::linear, 1e-3, 1e-4, 4),
+                       doctest::Contains("xi0 <= xi_max"), Error);
+  CHECK_THROWS_AS(xi_schedule(XiScheduleKind::linear, 0.0, 1.0, 0), Error);
+  CHECK(parse_xi_schedule("exp-linear") == XiScheduleKind::exp_linear);
+  CHECK_THROWS_AS(parse_xi_schedule("cubic"), Error);
+}
+
+TEST_CASE("gradient clipping scales all trainable gradients by one global factor") {
+  Param<double> a("a", MatrixD::Zero(2, 2), true), b("b", MatrixD::Zero(1, 3), true, true);
+  Param<double> frozen("frozen", MatrixD::Ones(5, 5), false);
+  a.gradient() << 3, 0, 0, 0;
+  b.gradient() << 0, 4, 0;  // global norm 5
+  std::vector<Param<double>*> params{&a, &b, &frozen};
+  CHECK(global_grad_norm(params) == doctest::Approx(5.0));
+  CHECK(clip_grad_norm(params, 10.0) == doctest::Approx(5.0));
+  CHECK(a.gradient()(0, 0) == 3.0);  // below the bound: untouched
+  CHECK(clip_grad_norm(params, 1.0) == doctest::Approx(5.0));
+  CHECK(a.gradient()(0, 0) == doctest::Approx(0.6).epsilon(1e-6));
+  CHECK(b.gradient()(0, 1) == doctest::Approx(0.8).epsilon(1e-6));
+  CHECK(global_grad_norm(params) == doctest::Approx(1.0).epsilon(1e-6));
+  CHECK_FALSE(frozen.has_grad());
+}
+
+TEST_CASE("classification metrics against hand-computed confusion matrices") {
+  // tp = 3, fn = 1, fp = 2, tn = 4
+  const std::vector<int> label{1, 1, 1, 1, 0, 0, 0, 0, 0, 0};
+  const std::vector<int> pred{1, 1, 1, 0, 1, 1, 0, 0, 0, 0};
+  CHECK(accuracy(pred, label) == doctest::Approx(0.7));
+  CHECK(f1_score(pred, label) == doctest::Approx(6.0 / 9.0));
+  CHECK(matthews_corrcoef(pred, label) ==
+        doctest::Approx((3.0 * 4 - 2.0 * 1) / std::sqrt(5.0 * 4 * 6 * 5)));
+  CHECK(matthews_corrcoef(label, label) == doctest::Approx(1.0));
+  const std::vector<int> all_zero(10, 0);
+  CHECK(matthews_corrcoef(all_zero, label) == 0.0);
+  CHECK(f1_score(all_zero, label) == 0.0);
+  const std::vector<int> three{0, 1, 2};
+  CHECK(accuracy(three, std::vector<int>{0, 2, 2}) == doctest::Approx(2.0 / 3.0));
+  CHECK_THROWS_WITH_AS(f1_score(three, std::vector<int>{0, 1, 1}), doctest::Contains("binary"),
+                       Error);
+  CHECK_THROWS_WITH_AS(accuracy(three, label), doctest::Contains("3 predictions but 10 labels"),
+                       Error);
+}
+
+TEST_CASE("correlations: Pearson and Spearman with ties") {
+  const std::vector<double> x{1, 2, 3, 4, 5};
+  const std::vector<double> y{2, 4, 6, 8, 10};
+  CHECK(pearson(x, y) == doctest::Approx(1.0));
+  const std::vector<double> cubed{1, 8, 27, 64, 125};
+  CHECK(spearman(x, cubed) == doctest::Approx(1.0));  // monotone: rank correlation 1
+  CHECK(pearson(x, cubed) < 0.99);                    // but not linear
+  // Ties: ranks of {1, 2, 2, 3} are {1, 2.5, 2.5, 4}; against {1, 2, 3, 4}:
+  const std::vector<double> tied{1, 2, 2, 3}, plain{1, 2, 3, 4};
+  const std::vector<double> r_tied{1, 2.5, 2.5, 4};
+  CHECK(spearman(tied, plain) == doctest::Approx(pearson(r_tied, plain)));
+  CHECK(spearman(tied, plain) == doctest::Approx(4.5 / std::sqrt(4.5 * 5.0)));
+  const std::vector<double> constant{3, 3, 3, 3, 3};
+  CHECK(pearson(x, constant) == 0.0);
+}
