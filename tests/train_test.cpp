@@ -1,6 +1,7 @@
 // optim/ schedules and clipping, train/ metrics.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <sora/optim/clip.hpp>
@@ -126,4 +127,85 @@ TEST_CASE("correlations: Pearson and Spearman with ties") {
   CHECK(spearman(tied, plain) == doctest::Approx(4.5 / std::sqrt(4.5 * 5.0)));
   const std::vector<double> constant{3, 3, 3, 3, 3};
   CHECK(pearson(x, constant) == 0.0);
+}
+
+#include <cstdio>
+#include <regex>
+#include <sora/io/svg_plot.hpp>
+#include <sora/train/progress.hpp>
+#include <string>
+
+namespace {
+std::string read_all(std::FILE* f) {
+  std::rewind(f);
+  std::string text;
+  char buffer[256];
+  while (std::fgets(buffer, sizeof buffer, f)) text += buffer;
+  return text;
+}
+}  // namespace
+
+TEST_CASE("progress bar: plain periodic lines when the output is not a terminal") {
+  std::FILE* log = std::tmpfile();
+  REQUIRE(log != nullptr);
+  {
+    train::ProgressBar bar("finetune", 20, {.log_every = 5, .force_plain = false, .stream = log});
+    CHECK_FALSE(bar.interactive());  // a temporary file is no terminal
+    for (long s = 1; s <= 20; ++s) bar.update(s, "loss " + std::to_string(100 - s));
+  }
+  const std::string text = read_all(log);
+  std::fclose(log);
+  // Lines at 5, 10, 15 and 20 only, each with the count, the share and the status.
+  CHECK(std::count(text.begin(), text.end(), '\n') == 4);
+  CHECK(text.find("finetune  5/20   25%  loss 95") != std::string::npos);
+  CHECK(text.find("20/20  100%  loss 80") != std::string::npos);
+  CHECK(text.find("took") != std::string::npos);
+  CHECK(text.find('\r') == std::string::npos);
+  CHECK(train::format_duration(75) == "01:15");
+  CHECK(train::format_duration(3725) == "1:02:05");
+  CHECK(train::format_duration(-1) == "--:--");
+}
+
+TEST_CASE("line plot: points land where their values say") {
+  io::LinePlot plot;
+  plot.title = "memorization & generalization";
+  plot.x_label = "params";
+  plot.y_label = "%";
+  plot.add({"train", {0, 10}, {0, 100}, true});
+  plot.add({"valid <dev>", {0, 5, 10}, {50, 60, 70}, true});
+  const std::string svg = plot.svg();
+  CHECK(svg.rfind("<svg", 0) == 0);
+  CHECK(svg.find("</svg>") != std::string::npos);
+  CHECK(svg.find("memorization &amp; generalization") != std::string::npos);  // escaped
+  CHECK(svg.find("valid &lt;dev&gt;") != std::string::npos);
+  const std::regex polyline("<polyline[^>]*points=\"([^\"]*)\"");
+  std::vector<std::string> lines;
+  for (std::sregex_iterator it(svg.begin(), svg.end(), polyline), end; it != end; ++it)
+    lines.push_back((*it)[1]);
+  REQUIRE(lines.size() == 2);
+  // Plot area: x in [80, 720 - 170], y in [40, 440 - 60]; y range padded by 5% of 100.
+  // (0, 0) -> (80, 40 + 340 * (1 - 5/110)); (10, 100) -> (550, 40 + 340 * (5/110)).
+  CHECK(lines[0].find("80.00,364.55") != std::string::npos);
+  CHECK(lines[0].find("550.00,55.45") != std::string::npos);
+  CHECK_THROWS_AS(plot.add({"bad", {1, 2}, {1}, true}), Error);
+}
+
+TEST_CASE("heat map: one cell per value, missing cells marked") {
+  io::Heatmap map;
+  map.title = "final rank";
+  map.value_label = "rank";
+  map.row_labels = {"layer 0", "layer 1"};
+  map.col_labels = {"q", "v"};
+  map.values = {{8, 3}, {0, std::nan("")}};
+  const std::string svg = map.svg();
+  std::size_t cells = 0;
+  for (std::size_t at = svg.find("<rect x="); at != std::string::npos;
+       at = svg.find("<rect x=", at + 1))
+    ++cells;
+  CHECK(cells == 4);
+  CHECK(svg.find(">8</text>") != std::string::npos);
+  CHECK(svg.find(">-</text>") != std::string::npos);
+  CHECK(svg.find("#dddddd") != std::string::npos);
+  map.values.pop_back();
+  CHECK_THROWS_WITH_AS(map.svg(), doctest::Contains("1 rows of values but 2 row labels"), Error);
 }
