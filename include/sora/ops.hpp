@@ -1,0 +1,10 @@
+#pragma once
+// ops/: differentiable ops as free functions, <op>_forward / <op>_backward.
+#include "sora/ops/activation.hpp"
+#include "sora/ops/attention.hpp"
+#include "sora/ops/common.hpp"
+#include "sora/ops/dropout.hpp"
+#include "sora/ops/embedding.hpp"
+#include "sora/ops/layernorm.hpp"
+#include "sora/ops/linear.hpp"
+#include "sora/ops/loss.hpp"

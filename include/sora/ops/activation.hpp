@@ -1,0 +1,99 @@
+#pragma once
+// GELU (tanh approximation and exact erf form) and row-wise softmax.
+//
+// Backward contract: input gradients overwrite (=); these ops have no parameters.
+//
+// Sizes: N rows, C columns.
+
+#include <cmath>
+#include <numbers>
+
+#include "sora/ops/common.hpp"
+
+namespace sora::ops {
+
+enum class Gelu {
+  tanh,  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GPT-2's / BERT-TF's
+  exact  // x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), PyTorch's default
+};
+
+namespace detail {
+template <class T>
+struct GeluConstants {
+  static constexpr T k = T(0.7978845608028654);  // sqrt(2 / pi)
+  static constexpr T c = T(0.044715);
+  static constexpr T inv_sqrt2 = T(0.7071067811865476);
+  static constexpr T inv_sqrt_2pi = T(0.3989422804014327);
+};
+}  // namespace detail
+
+template <class T>
+void gelu_forward(MatrixRef<T> out,       // (N, C)
+                  ConstMatrixRef<T> inp,  // (N, C)
+                  Gelu kind = Gelu::tanh) {
+  detail::check_shape("gelu_forward", "out", out, inp.rows(), inp.cols());
+  using K = detail::GeluConstants<T>;
+  for (Index n = 0; n < inp.rows(); ++n) {
+    for (Index c = 0; c < inp.cols(); ++c) {
+      const T x = inp(n, c);
+      out(n, c) = kind == Gelu::tanh
+                      ? T(0.5) * x * (T(1) + std::tanh(K::k * (x + K::c * x * x * x)))
+                      : T(0.5) * x * (T(1) + std::erf(x * K::inv_sqrt2));
+    }
+  }
+}
+
+// tanh form: with t = tanh(k (x + c x^3)),
+//   d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2).
+// exact form: d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density.
+template <class T>
+void gelu_backward(MatrixRef<T> dinp,       // (N, C)
+                   ConstMatrixRef<T> dout,  // (N, C)
+                   ConstMatrixRef<T> inp,   // (N, C)
+                   Gelu kind = Gelu::tanh) {
+  detail::check_shape("gelu_backward", "dout", dout, inp.rows(), inp.cols());
+  detail::check_shape("gelu_backward", "dinp", dinp, inp.rows(), inp.cols());
+  using K = detail::GeluConstants<T>;
+  for (Index n = 0; n < inp.rows(); ++n) {
+    for (Index c = 0; c < inp.cols(); ++c) {
+      const T x = inp(n, c);
+      T grad;
+      if (kind == Gelu::tanh) {
+        const T t = std::tanh(K::k * (x + K::c * x * x * x));
+        grad =
+            T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * K::k * (T(1) + T(3) * K::c * x * x);
+      } else {
+        grad = T(0.5) * (T(1) + std::erf(x * K::inv_sqrt2)) +
+               x * K::inv_sqrt_2pi * std::exp(T(-0.5) * x * x);
+      }
+      dinp(n, c) = grad * dout(n, c);
+    }
+  }
+}
+
+// probs[n] = softmax(logits[n]), shifted by the row maximum so that exp never overflows.
+template <class T>
+void softmax_forward(MatrixRef<T> probs,          // (N, C)
+                     ConstMatrixRef<T> logits) {  // (N, C)
+  detail::check_shape("softmax_forward", "probs", probs, logits.rows(), logits.cols());
+  for (Index n = 0; n < logits.rows(); ++n) {
+    const T m = logits.row(n).maxCoeff();
+    probs.row(n).array() = (logits.row(n).array() - m).exp();
+    probs.row(n) /= probs.row(n).sum();
+  }
+}
+
+// The softmax Jacobian is diag(p) - p p^T, so dlogits = p ⊙ (dprobs - <dprobs, p>).
+template <class T>
+void softmax_backward(MatrixRef<T> dlogits,       // (N, C)
+                      ConstMatrixRef<T> dprobs,   // (N, C)
+                      ConstMatrixRef<T> probs) {  // (N, C)
+  detail::check_shape("softmax_backward", "dprobs", dprobs, probs.rows(), probs.cols());
+  detail::check_shape("softmax_backward", "dlogits", dlogits, probs.rows(), probs.cols());
+  for (Index n = 0; n < probs.rows(); ++n) {
+    const T dot = dprobs.row(n).dot(probs.row(n));
+    dlogits.row(n).array() = probs.row(n).array() * (dprobs.row(n).array() - dot);
+  }
+}
+
+}  // namespace sora::ops

@@ -1,0 +1,62 @@
+#pragma once
+// Shared pieces of ops/: the CPU backend tag, "absent" optional arguments and the shape
+// checks every public entry runs.
+//
+// Calling convention (llm.c's): outputs, saved values, inputs, weights, sizes. Every op takes
+// Eigen::Ref arguments so that blocks and maps of row-major matrices pass without copies; a
+// Ref does not deduce the scalar, so ops are called as `op<float>(...)` / `op<double>(...)`.
+// An optional argument (a bias, a gate, a gradient nobody wants) is passed as absent<T>(), a
+// 0 x 0 map: "no bias" and "no gradient wanted" then need no extra overloads or flags.
+
+#include <string>
+
+#include "sora/core/error.hpp"
+#include "sora/core/tensor.hpp"
+
+namespace sora {
+
+// The CPU backend: Eigen row-major matrices. Layers are templates on a backend tag and reach
+// their tensor type through it, so that a device backend (same op names, overloaded on its
+// own tensor type) can replace this one without touching the layers.
+struct Cpu {
+  template <class T>
+  using Tensor = Matrix<T>;
+};
+
+namespace ops {
+
+// The "not passed" value of an optional argument.
+template <class T>
+MatrixMap<T> absent() {
+  return MatrixMap<T>(nullptr, 0, 0);
+}
+
+template <class Derived>
+bool present(const Eigen::EigenBase<Derived>& m) {
+  return m.size() != 0;
+}
+
+namespace detail {
+
+// Throws "<op>: <what> has shape (a, b), expected (c, d)"; -1 in an expected size means any.
+template <class Derived>
+void check_shape(const char* op, const char* what, const Eigen::EigenBase<Derived>& m, Index rows,
+                 Index cols) {
+  const bool ok = (rows < 0 || m.rows() == rows) && (cols < 0 || m.cols() == cols);
+  if (!ok) [[unlikely]] {
+    auto dim = [](Index d) { return d < 0 ? std::string("*") : std::to_string(d); };
+    ::sora::detail::throw_error(op, ": ", what, " has shape ", shape_of(m), ", expected (",
+                                dim(rows), ", ", dim(cols), ")");
+  }
+}
+
+// Same, for an optional argument: absent is always fine.
+template <class Derived>
+void check_optional(const char* op, const char* what, const Eigen::EigenBase<Derived>& m,
+                    Index rows, Index cols) {
+  if (present(m)) check_shape(op, what, m, rows, cols);
+}
+
+}  // namespace detail
+}  // namespace ops
+}  // namespace sora

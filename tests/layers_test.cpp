@@ -1,0 +1,1 @@
+// nn/ layer tests: added with the layers.

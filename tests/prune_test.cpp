@@ -1,0 +1,1 @@
+// prune/ tests: added with the pruning code.
