@@ -1,1 +1,313 @@
-// nn/ layer tests: added with the layers.
+// nn/: every layer's input and parameter gradients against central differences, the adapter
+// variants against each other, initialisation, names and the backward contract.
+#include <doctest/doctest.h>
+
+#include <functional>
+#include <sora/nn.hpp>
+#include <string>
+#include <vector>
+
+#include "support/gradcheck.hpp"
+
+using namespace sora;
+using namespace sora::testing;
+
+namespace {
+
+// Zeroes every gradient, runs forward and backward(G) with a random G, and checks the input
+// gradient (if x is given) and every trainable parameter's gradient against central
+// differences of sum(G ⊙ forward()). Frozen parameters must have no gradient at all.
+template <class Layer>
+void check_layer(Layer& layer, const std::function<const MatrixD&()>& forward,
+                 const std::function<const MatrixD&(const MatrixD&)>& backward, MatrixD* x,
+                 double tolerance = 1e-6, GradcheckOptions options = {}) {
+  Rng rng(1234);
+  layer.visit_params("", [](Param<double>& p) { p.zero_grad(); });
+  const MatrixD y = forward();
+  const MatrixD G = random_matrix(rng, y.rows(), y.cols());
+  const MatrixD dx = backward(G);
+  std::vector<GradTarget> targets;
+  if (x) targets.push_back({"input", x, dx});
+  Index frozen = 0;
+  layer.visit_params("", [&](Param<double>& p) {
+    if (p.trainable()) {
+      targets.push_back({p.name, &p.value, p.gradient()});
+    } else {
+      ++frozen;
+      CHECK(p.grad_bytes() == 0);
+    }
+  });
+  auto loss = [&] { return linear_functional(forward(), G); };
+  SORA_CHECK_GRADS(gradcheck(loss, targets, options), tolerance);
+}
+
+// A random non-zero B (the init's zero B would hide A's and the gate's gradients).
+template <class Layer>
+void randomize_adapter(Layer& layer, std::uint64_t seed) {
+  Rng rng(seed);
+  rng.fill_normal(layer.adapter->lora_B.value, 0.0, 0.5);
+  if (layer.adapter->gated()) rng.fill_normal(layer.adapter->gate.value, 0.0, 1.0);
+}
+
+std::vector<std::string> names_of(auto& layer, const std::string& prefix) {
+  std::vector<std::string> names;
+  layer.visit_params(prefix, [&](auto& p) { names.push_back(p.name); });
+  return names;
+}
+
+// Token + position embeddings as one module for check_layer.
+struct EmbeddingPair {
+  nn::Embedding<double>* e;
+  nn::PositionEmbedding<double>* p;
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    e->visit_params(nn::join_name(prefix, "wte"), fn);
+    p->visit_params(nn::join_name(prefix, "wpe"), fn);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("Linear, trainable and frozen: gradients match central differences") {
+  Rng rng(1);
+  MatrixD x = random_matrix(rng, 6, 5);
+  for (bool trainable : {true, false}) {
+    nn::Linear<double> layer(5, 4, /*bias=*/true, trainable, 3);
+    check_layer(
+        layer, [&]() -> const MatrixD& { return layer.forward(x); },
+        [&](const MatrixD& G) -> const MatrixD& { return layer.backward(G); }, &x);
+    CHECK(layer.weight.has_grad() == trainable);
+  }
+}
+
+TEST_CASE(
+    "SoRA, LoRA and AdaLoRA linears: input, A, B and gate gradients match central differences") {
+  Rng rng(2);
+  MatrixD x = random_matrix(rng, 7, 6);
+  nn::AdapterConfig config;
+  config.rank = 3;
+  config.alpha = 6;
+  config.seed = 5;
+  nn::SoraLinear<double> sora(6, 4, config);
+  nn::LoraLinear<double> lora(6, 4, config);
+  nn::AdaLoraLinear<double> adalora(6, 4, config);
+  randomize_adapter(sora, 11);
+  randomize_adapter(lora, 12);
+  randomize_adapter(adalora, 13);
+  auto check = [&](auto& layer) {
+    check_layer(
+        layer, [&]() -> const MatrixD& { return layer.forward(x); },
+        [&](const MatrixD& G) -> const MatrixD& { return layer.backward(G); }, &x);
+    CHECK_FALSE(layer.base.weight.has_grad());  // frozen base: no gradient buffer
+    CHECK_FALSE(layer.base.bias.has_grad());
+  };
+  check(sora);
+  check(lora);
+  check(adalora);
+  // A zero gate still receives its gradient (the proximal step may bring it back).
+  sora.adapter->gate.value(0, 1) = 0.0;
+  check(sora);
+
+  SUBCASE("through adapter dropout (the same mask on every evaluation)") {
+    nn::AdapterConfig dropped = config;
+    dropped.dropout = 0.3;
+    nn::SoraLinear<double> layer(6, 4, dropped);
+    randomize_adapter(layer, 14);
+    check_layer(
+        layer,
+        [&]() -> const MatrixD& {
+          layer.adapter->dropout_rng().reseed(77, 1);
+          return layer.forward(x);
+        },
+        [&](const MatrixD& G) -> const MatrixD& { return layer.backward(G); }, &x);
+    // Eval switches the adapter's dropout off: the output is then deterministic and equals the
+    // p = 0 layer's.
+    nn::SoraLinear<double> plain(6, 4, config);
+    plain.adapter->lora_A.value = layer.adapter->lora_A.value;
+    plain.adapter->lora_B.value = layer.adapter->lora_B.value;
+    plain.adapter->gate.value = layer.adapter->gate.value;
+    layer.train(false);
+    CHECK(layer.forward(x).isApprox(plain.forward(x), 1e-14));
+  }
+}
+
+TEST_CASE("LoraLinear equals SoraLinear with the gate at one: outputs and A, B, input gradients") {
+  Rng rng(3);
+  const MatrixD x = random_matrix(rng, 9, 8);
+  nn::AdapterConfig config;
+  config.rank = 4;
+  config.alpha = 16;
+  config.gate_init = nn::GateInit::ones;
+  nn::SoraLinear<double> sora(8, 5, config);
+  nn::LoraLinear<double> lora(8, 5, config);
+  CHECK(sora.adapter->gate.value.isOnes(0.0));
+  CHECK(sora.base.weight.value == lora.base.weight.value);          // same base seed
+  CHECK(sora.adapter->lora_A.value == lora.adapter->lora_A.value);  // same adapter seed
+  randomize_adapter(lora, 21);
+  sora.adapter->lora_B.value = lora.adapter->lora_B.value;
+  CHECK(sora.adapter->scale() == lora.adapter->scale());
+  const MatrixD ys = sora.forward(x), yl = lora.forward(x);
+  CHECK((ys - yl).norm() <= 1e-14 * ys.norm());
+  const MatrixD G = random_matrix(rng, 9, 5);
+  const MatrixD dxs = sora.backward(G), dxl = lora.backward(G);
+  CHECK((dxs - dxl).norm() <= 1e-14 * dxs.norm());
+  CHECK(sora.adapter->lora_A.gradient().isApprox(lora.adapter->lora_A.gradient(), 1e-14));
+  CHECK(sora.adapter->lora_B.gradient().isApprox(lora.adapter->lora_B.gradient(), 1e-14));
+}
+
+TEST_CASE("adapter initialisation follows DESIGN.md 4 and 6") {
+  nn::AdapterConfig config;
+  config.rank = 8;
+  config.alpha = 16;
+  nn::SoraLinear<double> sora(64, 32, config);
+  const auto& a = *sora.adapter;
+  CHECK(a.lora_A.value.rows() == 8);
+  CHECK(a.lora_A.value.cols() == 64);
+  CHECK(a.lora_B.value.rows() == 32);
+  CHECK(a.lora_A.value.cwiseAbs().maxCoeff() <= 1.0 / 8.0);  // U(-1/sqrt(64), 1/sqrt(64))
+  CHECK(a.lora_A.value.cwiseAbs().maxCoeff() > 0.1);
+  CHECK(a.lora_B.value.isZero(0.0));
+  CHECK_FALSE(a.gate.value.isOnes(0.0));  // standard normal by default
+  CHECK(a.scale() == doctest::Approx(2.0));
+  CHECK(a.r_max() == 8);
+
+  nn::AdaLoraLinear<double> ada(64, 32, config);
+  const auto& b = *ada.adapter;
+  CHECK(b.gate.value.isZero(0.0));  // lora_E starts at 0
+  CHECK(b.scale() == doctest::Approx(16.0 / (8.0 + 1e-5)).epsilon(1e-12));
+  const double stddev = std::sqrt(b.lora_A.value.squaredNorm() / double(b.lora_A.value.size()));
+  CHECK(stddev == doctest::Approx(0.02).epsilon(0.1));
+
+  // A fresh adapter leaves the base layer's output unchanged (B = 0, or E = 0).
+  Rng rng(4);
+  const MatrixD x = random_matrix(rng, 3, 64);
+  nn::Linear<double> base(64, 32);
+  CHECK(sora.forward(x).isApprox(base.forward(x), 1e-15));
+  CHECK(ada.forward(x).isApprox(base.forward(x), 1e-15));
+}
+
+TEST_CASE("one visitor reaches every parameter by a stable dotted PEFT-style name") {
+  nn::SoraLinear<float> sora(6, 4);
+  CHECK(names_of(sora, "blocks.3.attn.q") ==
+        std::vector<std::string>{"blocks.3.attn.q.weight", "blocks.3.attn.q.bias",
+                                 "blocks.3.attn.q.lora_A", "blocks.3.attn.q.lora_B",
+                                 "blocks.3.attn.q.lora_gate"});
+  nn::AdaLoraLinear<float> ada(6, 4, {}, /*bias=*/false);
+  CHECK(names_of(ada, "fc") ==
+        std::vector<std::string>{"fc.weight", "fc.lora_A", "fc.lora_B", "fc.lora_E"});
+  nn::Attention<float> attn(8, 2, true);
+  attn.v.attach(nn::AdapterConfig{nn::AdapterKind::lora, 2});
+  const auto names = names_of(attn, "attn");
+  CHECK(names.size() == 10);
+  CHECK(names[4] == "attn.v.weight");
+  CHECK(names[6] == "attn.v.lora_A");
+  CHECK(names[9] == "attn.o.bias");
+  nn::MLP<float> mlp(8, 16);
+  CHECK(names_of(mlp, "") ==
+        std::vector<std::string>{"fc.weight", "fc.bias", "proj.weight", "proj.bias"});
+  // Freezing saves the gradient memory of the base: only the adapter owns gradients.
+  std::size_t grad_bytes = 0;
+  sora.visit_params("", [&](Param<float>& p) { grad_bytes += p.grad_bytes(); });
+  CHECK(grad_bytes == (8 * 6 + 4 * 8 + 8) * sizeof(float));
+}
+
+TEST_CASE("Embedding + PositionEmbedding and LayerNorm: gradients match central differences") {
+  const std::vector<int> tokens{3, 1, 3, 0, 2, 2};
+  nn::Embedding<double> wte(5, 4, true, 1, 1.0);
+  nn::PositionEmbedding<double> wpe(4, 4, true, 2, 1.0);
+  EmbeddingPair both{&wte, &wpe};
+  MatrixD y;
+  MatrixD none;
+  check_layer(
+      both,
+      [&]() -> const MatrixD& {
+        y = wte.forward(tokens);
+        wpe.forward_add(y, 3);
+        return y;
+      },
+      [&](const MatrixD& G) -> const MatrixD& {
+        wte.backward(G);
+        wpe.backward(G);
+        return none;
+      },
+      nullptr);
+
+  Rng rng(5);
+  MatrixD x = random_matrix(rng, 5, 7);
+  nn::LayerNorm<double> ln(7);
+  Rng(6).fill_normal(ln.weight.value);
+  Rng(7).fill_normal(ln.bias.value);
+  check_layer(
+      ln, [&]() -> const MatrixD& { return ln.forward(x); },
+      [&](const MatrixD& G) -> const MatrixD& { return ln.backward(G); }, &x);
+}
+
+TEST_CASE("Attention with adapters (causal, padded) and MLP with SoRA: gradients match") {
+  Rng rng(8);
+  const Index B = 2, T = 4, C = 6;
+  MatrixD x = random_matrix(rng, B * T, C);
+  for (bool causal : {true, false}) {
+    nn::Attention<double> attn(C, 3, causal, true, 9);
+    nn::AdapterConfig config;
+    config.rank = 2;
+    attn.q.attach(config);
+    config.kind = nn::AdapterKind::lora;
+    attn.v.attach(config);
+    randomize_adapter(attn.q, 31);
+    randomize_adapter(attn.v, 32);
+    MatrixD mask = MatrixD::Ones(B, T);
+    mask(1, 3) = 0;
+    INFO("causal ", causal);
+    check_layer(
+        attn, [&]() -> const MatrixD& { return attn.forward(x, B, T, mask); },
+        [&](const MatrixD& G) -> const MatrixD& { return attn.backward(G); }, &x);
+  }
+  for (auto kind : {ops::Gelu::tanh, ops::Gelu::exact}) {
+    nn::MLP<double> mlp(C, 10, kind, true, 3);
+    nn::AdapterConfig config;
+    config.rank = 3;
+    mlp.fc.attach(config);
+    randomize_adapter(mlp.fc, 33);
+    check_layer(
+        mlp, [&]() -> const MatrixD& { return mlp.forward(x); },
+        [&](const MatrixD& G) -> const MatrixD& { return mlp.backward(G); }, &x);
+  }
+}
+
+TEST_CASE("layer backward contract: parameter gradients accumulate, input gradients overwrite") {
+  Rng rng(10);
+  const MatrixD x = random_matrix(rng, 5, 6), G = random_matrix(rng, 5, 4);
+  nn::SoraLinear<double> layer(6, 4, nn::AdapterConfig{nn::AdapterKind::sora, 3});
+  randomize_adapter(layer, 41);
+  layer.forward(x);
+  const MatrixD dx1 = layer.backward(G);
+  const MatrixD dA1 = layer.adapter->lora_A.gradient(), dg1 = layer.adapter->gate.gradient();
+  layer.forward(x);
+  const MatrixD dx2 = layer.backward(G);
+  CHECK(dx2.isApprox(dx1, 1e-14));
+  CHECK(layer.adapter->lora_A.gradient().isApprox(2 * dA1, 1e-14));
+  CHECK(layer.adapter->gate.gradient().isApprox(2 * dg1, 1e-14));
+}
+
+TEST_CASE("layers allocate their activations once per batch shape") {
+  Rng rng(11);
+  const MatrixF x = random_matrix(rng, 16, 8).cast<float>();
+  const MatrixF G = MatrixF::Ones(16, 8);
+  nn::SoraLinear<float> layer(8, 8);
+  const float* y_data = layer.forward(x).data();
+  const float* dx_data = layer.backward(G).data();
+  for (int step = 0; step < 3; ++step) {
+    CHECK(layer.forward(x).data() == y_data);
+    CHECK(layer.backward(G).data() == dx_data);
+  }
+}
+
+TEST_CASE("layers reject bad input shapes with the shapes in the message") {
+  nn::SoraLinear<double> layer(6, 4);
+  const MatrixD x(3, 5);
+  CHECK_THROWS_WITH_AS(layer.forward(x), doctest::Contains("(4, 6), expected (4, 5)"), Error);
+  CHECK_THROWS_WITH_AS(nn::Attention<double>(6, 4, true), doctest::Contains("4 heads"), Error);
+  nn::Attention<double> ok(6, 3, true);
+  const MatrixD y(7, 6);
+  CHECK_THROWS_WITH_AS(ok.forward(y, 2, 4), doctest::Contains("inputs (7, 6)"), Error);
+}

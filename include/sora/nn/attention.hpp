@@ -1,0 +1,88 @@
+#pragma once
+// Multi-head self-attention: q, k, v projections, scaled dot-product attention (causal or
+// bidirectional, optional key padding mask) and an output projection. The four projections
+// are AdaptedLinear slots named "q", "k", "v", "o", the default SoRA targets (DESIGN.md 4).
+//
+// Parameter gradients accumulate (+=); the returned input gradient is overwritten (=).
+
+#include <cstdint>
+
+#include "sora/nn/adapter.hpp"
+#include "sora/ops/attention.hpp"
+#include "sora/ops/dropout.hpp"
+
+namespace sora::nn {
+
+template <class T, class Backend = Cpu>
+class Attention {
+ public:
+  using Tensor = typename Backend::template Tensor<T>;
+
+  AdaptedLinear<T, Backend> q, k, v, o;
+
+  Attention() = default;
+  Attention(Index channels, Index heads, bool causal, bool with_bias = true, std::uint64_t seed = 0)
+      : q(channels, channels, with_bias, seed * 4 + 1),
+        k(channels, channels, with_bias, seed * 4 + 2),
+        v(channels, channels, with_bias, seed * 4 + 3),
+        o(channels, channels, with_bias, seed * 4 + 4),
+        H_(heads),
+        causal_(causal) {
+    SORA_CHECK(heads > 0 && channels % heads == 0, "Attention: ", channels,
+               " channels do not split into ", heads, " heads");
+  }
+
+  Index heads() const { return H_; }
+  bool causal() const { return causal_; }
+  void train(bool on) {
+    for (auto* p : {&q, &k, &v, &o}) p->train(on);
+  }
+
+  // x: (B T, C) for B sequences of length T. key_mask: (B, T), non-zero = a real token, or
+  // empty for no padding. x and key_mask must stay alive until backward.
+  const Tensor& forward(const Tensor& x, Index B, Index T_len, const Tensor& key_mask = Tensor()) {
+    B_ = B;
+    T_ = T_len;
+    const Tensor& qv = q.forward(x);
+    const Tensor& kv = k.forward(x);
+    const Tensor& vv = v.forward(x);
+    att_.resize(B * H_ * T_len, T_len);
+    y_.resize(x.rows(), x.cols());
+    ops::attention_forward<T>(y_, att_, qv, kv, vv, key_mask, B, T_len, H_, causal_);
+    return o.forward(y_);
+  }
+
+  const Tensor& backward(const Tensor& dy, bool want_dx = true) {
+    const Tensor& dyo = o.backward(dy);  // (N, C) gradient of the attention output
+    dq_.resize(dyo.rows(), dyo.cols());
+    dk_.resize(dyo.rows(), dyo.cols());
+    dv_.resize(dyo.rows(), dyo.cols());
+    datt_.resize(att_.rows(), att_.cols());
+    ops::attention_backward<T>(dq_, dk_, dv_, datt_, dyo, q.output(), k.output(), v.output(), att_,
+                               B_, T_, H_);
+    // x feeds three projections: its gradient is the sum of theirs.
+    const Tensor& dxq = q.backward(dq_, want_dx);
+    if (want_dx) dx_ = dxq;
+    const Tensor& dxk = k.backward(dk_, want_dx);
+    if (want_dx) ops::residual_backward<T>(dx_, ops::absent<T>(), dxk);
+    const Tensor& dxv = v.backward(dv_, want_dx);
+    if (want_dx) ops::residual_backward<T>(dx_, ops::absent<T>(), dxv);
+    return dx_;
+  }
+
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    q.visit_params(join_name(prefix, "q"), fn);
+    k.visit_params(join_name(prefix, "k"), fn);
+    v.visit_params(join_name(prefix, "v"), fn);
+    o.visit_params(join_name(prefix, "o"), fn);
+  }
+
+ private:
+  Index H_ = 1, B_ = 0, T_ = 0;
+  bool causal_ = false;
+  Tensor att_, datt_;             // (B H T, T)
+  Tensor y_, dq_, dk_, dv_, dx_;  // (N, C)
+};
+
+}  // namespace sora::nn

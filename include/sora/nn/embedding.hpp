@@ -1,0 +1,96 @@
+#pragma once
+// Token embedding and learned position embedding layers. Their backward has no input
+// gradient (token ids are integers); parameter gradients accumulate (+=).
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "sora/core/rng.hpp"
+#include "sora/nn/common.hpp"
+#include "sora/ops/embedding.hpp"
+
+namespace sora::nn {
+
+template <class T, class Backend = Cpu>
+class Embedding {
+ public:
+  using Tensor = typename Backend::template Tensor<T>;
+
+  Param<T> weight;  // (V, C)
+
+  Embedding() = default;
+  // N(0, 0.02^2), GPT-2's and BERT's initialisation.
+  Embedding(Index vocab, Index channels, bool trainable = true, std::uint64_t seed = 0,
+            double stddev = 0.02) {
+    SORA_CHECK(vocab > 0 && channels > 0, "Embedding: sizes must be positive, got vocab=", vocab,
+               " channels=", channels);
+    Rng rng(seed);
+    Matrix<T> w(vocab, channels);
+    rng.fill_normal(w, 0.0, stddev);
+    weight = Param<T>("weight", std::move(w), trainable);
+  }
+
+  Index vocab_size() const { return weight.value.rows(); }
+  Index channels() const { return weight.value.cols(); }
+
+  const Tensor& forward(std::span<const int> tokens) {
+    tokens_.assign(tokens.begin(), tokens.end());  // backward needs the ids
+    y_.resize(static_cast<Index>(tokens.size()), channels());
+    ops::embedding_forward<T>(y_, tokens_, weight.value);
+    return y_;
+  }
+
+  void backward(const Tensor& dy) {
+    if (weight.trainable()) ops::embedding_backward<T>(weight.gradient(), dy, tokens_);
+  }
+
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    detail::visit_one(weight, prefix, "weight", fn);
+  }
+
+ private:
+  std::vector<int> tokens_;
+  Tensor y_;  // (N, C)
+};
+
+// Learned absolute positions, added onto the token embeddings of B sequences of length T.
+template <class T, class Backend = Cpu>
+class PositionEmbedding {
+ public:
+  using Tensor = typename Backend::template Tensor<T>;
+
+  Param<T> weight;  // (P, C), P the longest sequence
+
+  PositionEmbedding() = default;
+  PositionEmbedding(Index max_positions, Index channels, bool trainable = true,
+                    std::uint64_t seed = 0, double stddev = 0.02) {
+    SORA_CHECK(max_positions > 0 && channels > 0,
+               "PositionEmbedding: sizes must be positive, got positions=", max_positions,
+               " channels=", channels);
+    Rng rng(seed);
+    Matrix<T> w(max_positions, channels);
+    rng.fill_normal(w, 0.0, stddev);
+    weight = Param<T>("weight", std::move(w), trainable);
+  }
+
+  // y[b T + t] += wpe[t].
+  void forward_add(Tensor& y, Index T_len) {
+    T_ = T_len;
+    ops::position_embedding_forward<T>(y, weight.value, T_len);
+  }
+  void backward(const Tensor& dy) {
+    if (weight.trainable()) ops::position_embedding_backward<T>(weight.gradient(), dy, T_);
+  }
+
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    detail::visit_one(weight, prefix, "weight", fn);
+  }
+
+ private:
+  Index T_ = 0;
+};
+
+}  // namespace sora::nn

@@ -1,0 +1,58 @@
+#pragma once
+// LayerNorm layer (weight 1, bias 0 at init). Parameter gradients accumulate (+=); the
+// returned input gradient is overwritten (=).
+
+#include "sora/nn/common.hpp"
+#include "sora/ops/layernorm.hpp"
+
+namespace sora::nn {
+
+template <class T, class Backend = Cpu>
+class LayerNorm {
+ public:
+  using Tensor = typename Backend::template Tensor<T>;
+
+  Param<T> weight;  // (1, C)
+  Param<T> bias;    // (1, C)
+
+  LayerNorm() = default;
+  explicit LayerNorm(Index channels, bool trainable = true, T eps = T(1e-5)) : eps_(eps) {
+    SORA_CHECK(channels > 0, "LayerNorm: channels must be positive, got ", channels);
+    weight = Param<T>("weight", Matrix<T>::Ones(1, channels), trainable, true);
+    bias = Param<T>("bias", Matrix<T>::Zero(1, channels), trainable, true);
+  }
+
+  Index channels() const { return weight.value.cols(); }
+
+  const Tensor& forward(const Tensor& x) {
+    x_ = &x;
+    y_.resize(x.rows(), x.cols());
+    mean_.resize(x.rows(), 1);
+    rstd_.resize(x.rows(), 1);
+    ops::layernorm_forward<T>(y_, mean_, rstd_, x, weight.value, bias.value, eps_);
+    return y_;
+  }
+  const Tensor& forward(Tensor&&) = delete;
+
+  const Tensor& backward(const Tensor& dy, bool want_dx = true) {
+    SORA_CHECK(x_ != nullptr, "LayerNorm::backward called before forward");
+    if (want_dx) dx_.resize(x_->rows(), x_->cols());
+    ops::layernorm_backward<T>(detail::ref_or_absent(dx_, want_dx), detail::grad_or_absent(weight),
+                               detail::grad_or_absent(bias), dy, *x_, weight.value, mean_, rstd_);
+    return dx_;
+  }
+
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    detail::visit_one(weight, prefix, "weight", fn);
+    detail::visit_one(bias, prefix, "bias", fn);
+  }
+
+ private:
+  T eps_ = T(1e-5);
+  const Tensor* x_ = nullptr;
+  Tensor y_, dx_;       // (N, C)
+  Tensor mean_, rstd_;  // (N, 1)
+};
+
+}  // namespace sora::nn

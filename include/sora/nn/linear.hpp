@@ -1,0 +1,91 @@
+#pragma once
+// Linear: y = x W^T + b, W (out, in) as in PyTorch, frozen or trainable.
+//
+// Backward contract (as the ops): parameter gradients accumulate (+=), the returned input
+// gradient is overwritten (=) on every call.
+
+#include <cmath>
+#include <cstdint>
+
+#include "sora/core/rng.hpp"
+#include "sora/nn/common.hpp"
+#include "sora/ops/linear.hpp"
+
+namespace sora::nn {
+
+template <class T, class Backend = Cpu>
+class Linear {
+ public:
+  using Tensor = typename Backend::template Tensor<T>;
+
+  Param<T> weight;  // (OC, C)
+  Param<T> bias;    // (1, OC); empty when the layer has no bias
+
+  Linear() = default;
+  // PyTorch nn.Linear's initialisation: W and b ~ U(-1/sqrt(in), 1/sqrt(in)).
+  Linear(Index in, Index out, bool with_bias = true, bool trainable = true, std::uint64_t seed = 0)
+      : has_bias_(with_bias) {
+    SORA_CHECK(in > 0 && out > 0, "Linear: sizes must be positive, got in=", in, " out=", out);
+    Rng rng(seed);
+    Matrix<T> w(out, in);
+    rng.fill_kaiming_uniform(w, in);
+    weight = Param<T>("weight", std::move(w), trainable);
+    if (with_bias) {
+      Matrix<T> b(1, out);
+      rng.fill_kaiming_uniform(b, in);
+      bias = Param<T>("bias", std::move(b), trainable, /*vector=*/true);
+    }
+  }
+
+  Index in_features() const { return weight.value.cols(); }
+  Index out_features() const { return weight.value.rows(); }
+  bool has_bias() const { return has_bias_; }
+
+  void set_trainable(bool on) {
+    weight.set_trainable(on);
+    if (has_bias_) bias.set_trainable(on);
+  }
+
+  // Stateless forms, for layers that own the buffers (AdaptedLinear).
+  void forward_to(Tensor& y, const Tensor& x) const {
+    y.resize(x.rows(), out_features());
+    ops::linear_forward<T>(y, x, weight.value, detail::value_or_absent(bias, has_bias_));
+  }
+  // dx (if wanted) is overwritten; parameter gradients accumulate.
+  void backward_to(Tensor& dx, bool want_dx, const Tensor& dy, const Tensor& x) {
+    if (want_dx) dx.resize(x.rows(), x.cols());
+    ops::linear_backward<T>(
+        detail::ref_or_absent(dx, want_dx), detail::grad_or_absent(weight),
+        has_bias_ ? detail::grad_or_absent(bias) : MatrixRef<T>(ops::absent<T>()), dy, x,
+        weight.value);
+  }
+
+  // x must stay alive and unchanged until backward (it is what the weight gradient needs,
+  // kept by reference rather than copied).
+  const Tensor& forward(const Tensor& x) {
+    x_ = &x;
+    forward_to(y_, x);
+    return y_;
+  }
+  const Tensor& forward(Tensor&&) = delete;  // a temporary would be gone by backward
+
+  const Tensor& backward(const Tensor& dy, bool want_dx = true) {
+    SORA_CHECK(x_ != nullptr, "Linear::backward called before forward");
+    backward_to(dx_, want_dx, dy, *x_);
+    return dx_;
+  }
+
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    detail::visit_one(weight, prefix, "weight", fn);
+    if (has_bias_) detail::visit_one(bias, prefix, "bias", fn);
+  }
+
+ private:
+  bool has_bias_ = false;
+  const Tensor* x_ = nullptr;
+  Tensor y_;   // (N, OC)
+  Tensor dx_;  // (N, C)
+};
+
+}  // namespace sora::nn

@@ -1,0 +1,58 @@
+#pragma once
+// Transformer feed-forward block: fc (C -> hidden), GELU, proj (hidden -> C). Both
+// projections are AdaptedLinear slots ("fc", "proj"), default SoRA targets.
+//
+// Parameter gradients accumulate (+=); the returned input gradient is overwritten (=).
+
+#include <cstdint>
+
+#include "sora/nn/adapter.hpp"
+#include "sora/ops/activation.hpp"
+
+namespace sora::nn {
+
+template <class T, class Backend = Cpu>
+class MLP {
+ public:
+  using Tensor = typename Backend::template Tensor<T>;
+
+  AdaptedLinear<T, Backend> fc, proj;
+
+  MLP() = default;
+  MLP(Index channels, Index hidden, ops::Gelu gelu = ops::Gelu::tanh, bool with_bias = true,
+      std::uint64_t seed = 0)
+      : fc(channels, hidden, with_bias, seed * 2 + 1),
+        proj(hidden, channels, with_bias, seed * 2 + 2),
+        gelu_(gelu) {}
+
+  void train(bool on) {
+    fc.train(on);
+    proj.train(on);
+  }
+
+  const Tensor& forward(const Tensor& x) {
+    const Tensor& hpre = fc.forward(x);
+    hact_.resize(hpre.rows(), hpre.cols());
+    ops::gelu_forward<T>(hact_, hpre, gelu_);
+    return proj.forward(hact_);
+  }
+
+  const Tensor& backward(const Tensor& dy, bool want_dx = true) {
+    const Tensor& dhact = proj.backward(dy);
+    dhpre_.resize(dhact.rows(), dhact.cols());
+    ops::gelu_backward<T>(dhpre_, dhact, fc.output(), gelu_);
+    return fc.backward(dhpre_, want_dx);
+  }
+
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    fc.visit_params(join_name(prefix, "fc"), fn);
+    proj.visit_params(join_name(prefix, "proj"), fn);
+  }
+
+ private:
+  ops::Gelu gelu_ = ops::Gelu::tanh;
+  Tensor hact_, dhpre_;  // (N, hidden)
+};
+
+}  // namespace sora::nn
