@@ -5,3 +5,4 @@
 #include "sora/nn.hpp"
 #include "sora/ops.hpp"
 #include "sora/prox.hpp"
+#include "sora/prune.hpp"

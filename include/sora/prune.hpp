@@ -1,0 +1,3 @@
+#pragma once
+// prune/: rank pruning, SoRA -> LoRA, merge / unmerge, parameter counting.
+#include "sora/prune/prune.hpp"
