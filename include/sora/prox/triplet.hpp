@@ -62,13 +62,18 @@ void triplet_apply(Eigen::DenseBase<A>& a, Eigen::DenseBase<B>& b, Eigen::DenseB
   if (all_one) return;
   decltype(auto) aa = as_array(a);
   decltype(auto) ba = as_array(b);
-  for (Index i = 0; i < R; ++i) {
-    if (f(i) == T(1)) continue;
-    aa.row(i) *= f(i);
-    g.coeffRef(i) *= f(i);
-  }
   // B's columns are strided in row-major storage: scale whole rows by the factor vector.
   ba.rowwise() *= f.transpose();
+  for (Index i = 0; i < R; ++i) {
+    if (f(i) == T(0)) {  // a dead rank: exact +0 everywhere (x * 0 would leave -0)
+      aa.row(i).setZero();
+      ba.col(i).setZero();
+      g.coeffRef(i) = T(0);
+    } else if (f(i) != T(1)) {
+      aa.row(i) *= f(i);
+      g.coeffRef(i) *= f(i);
+    }
+  }
 }
 
 template <class A, class B, class G>
