@@ -1,0 +1,194 @@
+// CPU optimizers: AdamW and SparseAdamW against a hand-written scalar reference, the gate
+// proximal step's (ξ, 2ξ) band (default vs official_compat), frozen parameters without state.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "sora/core/param.hpp"
+#include "sora/optim/adamw.hpp"
+#include "sora/optim/sparse_adamw.hpp"
+
+using sora::Matrix;
+using sora::Param;
+using namespace sora::optim;
+
+namespace {
+
+// Torch's AdamW written out per scalar in double, independent of the library's expression.
+struct RefAdam {
+  double m = 0, v = 0;
+  double step(double p, double g, long t, double lr, double b1, double b2, double eps, double wd) {
+    p = p * (1.0 - lr * wd);
+    m = b1 * m + (1.0 - b1) * g;
+    v = b2 * v + (1.0 - b2) * g * g;
+    const double mhat = m / (1.0 - std::pow(b1, double(t)));
+    const double vhat = v / (1.0 - std::pow(b2, double(t)));
+    return p - lr * mhat / (std::sqrt(vhat) + eps);
+  }
+};
+
+Matrix<double> random_matrix(long r, long c, unsigned seed) {
+  Matrix<double> m(r, c);
+  unsigned s = seed * 2654435761u + 12345u;
+  for (long i = 0; i < m.size(); ++i) {
+    s = s * 1664525u + 1013904223u;
+    m.data()[i] = (double(s >> 8) / double(1u << 24)) * 2.0 - 1.0;
+  }
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("AdamW matches a scalar reference over several steps, with per-parameter decay") {
+  Param<double> w("blocks.0.fc.weight", random_matrix(3, 4, 1), true);
+  Param<double> b("blocks.0.fc.bias", random_matrix(1, 4, 2), true, true);
+  AdamWOptions o;
+  o.lr = 1e-2;
+  o.weight_decay = 0.1;
+  AdamW<double> opt({&w, &b}, o);
+  opt.set_weight_decay_if(no_decay_by_name, 0.0);
+
+  std::vector<RefAdam> rw(12), rb(4);
+  Matrix<double> pw = w.value, pb = b.value;
+  for (long t = 1; t <= 5; ++t) {
+    w.gradient() = random_matrix(3, 4, 10 + unsigned(t));
+    b.gradient() = random_matrix(1, 4, 20 + unsigned(t));
+    for (long i = 0; i < 12; ++i)
+      pw.data()[i] =
+          rw[i].step(pw.data()[i], w.gradient().data()[i], t, o.lr, o.beta1, o.beta2, o.eps, 0.1);
+    for (long i = 0; i < 4; ++i)
+      pb.data()[i] =
+          rb[i].step(pb.data()[i], b.gradient().data()[i], t, o.lr, o.beta1, o.beta2, o.eps, 0.0);
+    opt.step();
+    CHECK((w.value - pw).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK((b.value - pb).cwiseAbs().maxCoeff() < 1e-12);
+  }
+  CHECK(opt.step_count() == 5);
+  REQUIRE(opt.state_for("blocks.0.fc.bias") != nullptr);
+  CHECK(opt.state_for("blocks.0.fc.bias")->weight_decay == 0.0);
+  CHECK(opt.state_for("blocks.0.fc.weight")->weight_decay == doctest::Approx(0.1));
+  CHECK(std::abs(opt.state_for("blocks.0.fc.weight")->m(0, 0) - rw[0].m) < 1e-15);
+}
+
+TEST_CASE("AdamW keeps no state for frozen parameters and rejects a frozen-later one") {
+  Param<float> frozen("base.weight", Matrix<float>::Ones(64, 64), false);
+  Param<float> a("q.lora_A", Matrix<float>::Ones(2, 64), true);
+  AdamW<float> opt({&frozen, &a, nullptr}, AdamWOptions{});
+  CHECK(opt.params().size() == 1);
+  CHECK(opt.state_for("base.weight") == nullptr);
+  CHECK(opt.state_bytes() == 2 * 2 * 64 * sizeof(float));
+  a.gradient().setConstant(1.0f);
+  opt.step();
+  CHECK(frozen.value(0, 0) == 1.0f);  // untouched
+  CHECK(a.value(0, 0) < 1.0f);
+  a.set_trainable(false);
+  CHECK_THROWS_AS(opt.step(), sora::Error);
+}
+
+TEST_CASE("AdamW state round-trips through load_state and rejects mismatches") {
+  Param<double> p("x", random_matrix(2, 3, 5), true);
+  AdamW<double> a({&p}, AdamWOptions{});
+  p.gradient() = random_matrix(2, 3, 6);
+  a.step();
+  a.step();
+  Param<double> q("x", p.value, true);
+  AdamW<double> b({&q}, AdamWOptions{});
+  b.load_state(a.step_count(), a.state());
+  p.gradient() = random_matrix(2, 3, 7);
+  q.gradient() = p.gradient();
+  a.step();
+  b.step();
+  CHECK(p.value == q.value);
+  auto bad = a.state();
+  bad[0].name = "y";
+  CHECK_THROWS_AS(b.load_state(1, bad), sora::Error);
+  bad = a.state();
+  bad[0].m.resize(3, 3);
+  CHECK_THROWS_AS(b.load_state(1, bad), sora::Error);
+  AdamWOptions o;
+  o.beta1 = 1.0;
+  CHECK_THROWS_AS(AdamW<double>({&p}, o), sora::Error);
+}
+
+TEST_CASE("SparseAdamW = AdamW without decay, then a true soft threshold") {
+  Param<double> g("q.gate", random_matrix(1, 16, 3), true, true);
+  SparseAdamWOptions o;
+  o.lr = 1e-2;
+  o.xi = 2e-2;
+  SparseAdamW<double> opt({&g}, o);
+  opt.set_weight_decay_if([](auto) { return true; }, 0.5);  // must be ignored for gates
+  std::vector<RefAdam> ref(16);
+  Matrix<double> pg = g.value;
+  for (long t = 1; t <= 6; ++t) {
+    g.gradient() = random_matrix(1, 16, 30 + unsigned(t));
+    for (long i = 0; i < 16; ++i) {
+      double y =
+          ref[i].step(pg.data()[i], g.gradient().data()[i], t, o.lr, o.beta1, o.beta2, o.eps, 0.0);
+      y = std::abs(y) <= o.xi ? 0.0 : (y > 0 ? y - o.xi : y + o.xi);
+      pg.data()[i] = y;
+    }
+    opt.step();
+    CHECK((g.value - pg).cwiseAbs().maxCoeff() < 1e-12);
+  }
+  CHECK(opt.threshold() == doctest::Approx(o.xi));
+}
+
+TEST_CASE("SparseAdamW threshold scaled by lr when asked") {
+  SparseAdamWOptions o;
+  o.lr = 0.5;
+  o.xi = 0.1;
+  o.scale_xi_by_lr = true;
+  Param<double> g("g", Matrix<double>::Zero(1, 1), true, true);
+  SparseAdamW<double> opt({&g}, o);
+  CHECK(opt.threshold() == doctest::Approx(0.05));
+  opt.set_lr(0.1);
+  CHECK(opt.threshold() == doctest::Approx(0.01));
+  CHECK_THROWS_AS(opt.set_xi(-1.0), sora::Error);
+}
+
+// Regression for the official code's defect: with lr = 0 (no Adam move: m/v update but the
+// step is lr * ... = 0) only the proximal step acts, so the band is visible directly.
+TEST_CASE("gate prox: default kills |g| <= xi only; official_compat kills the (xi, 2xi) band") {
+  const double xi = 0.1;
+  Matrix<double> start(1, 8);
+  start << 0.05, 0.1, 0.15, 0.19, 0.25, -0.15, -0.1, -0.3;
+  for (bool compat : {false, true}) {
+    Param<double> g("g", start, true, true);
+    SparseAdamWOptions o;
+    o.lr = 0.0;
+    o.xi = xi;
+    o.official_compat = compat;
+    SparseAdamW<double> opt({&g}, o);
+    g.gradient().setConstant(1.0);
+    opt.step();
+    const auto& v = g.value;
+    CHECK(v(0, 0) == 0.0);
+    if (!compat) {
+      CHECK(v(0, 1) == 0.0);                    // |g| == xi: true soft gives 0
+      CHECK(v(0, 2) == doctest::Approx(0.05));  // in the band: shrunk, alive
+      CHECK(v(0, 3) == doctest::Approx(0.09));
+      CHECK(v(0, 5) == doctest::Approx(-0.05));
+      CHECK(v(0, 6) == 0.0);
+    } else {
+      CHECK(v(0, 1) == doctest::Approx(0.1));  // |g| == xi: no mask fires, kept as is
+      CHECK(v(0, 2) == 0.0);                   // the band dies
+      CHECK(v(0, 3) == 0.0);
+      CHECK(v(0, 5) == 0.0);
+      CHECK(v(0, 6) == doctest::Approx(-0.1));
+    }
+    CHECK(v(0, 4) == doctest::Approx(0.15));  // beyond 2 xi: both shrink by xi
+    CHECK(v(0, 7) == doctest::Approx(-0.2));
+  }
+}
+
+TEST_CASE("SparseAdamW: NaN gradient propagates, never silently zeroed") {
+  Param<float> g("g", Matrix<float>::Constant(1, 2, 1.0f), true, true);
+  SparseAdamW<float> opt({&g}, SparseAdamWOptions{});
+  g.gradient()(0, 0) = std::numeric_limits<float>::quiet_NaN();
+  opt.step();
+  CHECK(std::isnan(g.value(0, 0)));
+  CHECK(std::isfinite(g.value(0, 1)));
+}
