@@ -1,0 +1,465 @@
+#pragma once
+// A small pre-LayerNorm transformer assembled from nn/ (DESIGN.md section 7):
+//
+//   x = dropout(wte[tokens] + wpe[positions])
+//   L x Block (model/block.hpp)
+//   h = ln_f(x)
+//   lm:              logits = h W^T, W = wte (tied) or lm_head       (N, V)
+//   classification:  p = h[pooled token of each sequence]           (B, C)
+//                    logits = out(dropout(tanh(dense(dropout(p)))))  (B, K)
+//   regression:      the same head, K outputs, mean squared error
+//
+// Parameter names (one visitor, stable dotted paths): wte.weight, wpe.weight,
+// blocks.<l>.{ln1,ln2}.{weight,bias}, blocks.<l>.attn.{q,k,v,o}.{weight,bias,lora_A,lora_B,
+// lora_gate|lora_E}, blocks.<l>.mlp.{fc,proj}.<same>, ln_f.{weight,bias}, lm_head.weight
+// (untied LM head), head.{dense,out}.{weight,bias} (sequence heads).
+//
+// Memory: every activation buffer belongs to a layer or to the model and is resized on the
+// first batch of a shape; later batches of that shape reuse it (Eigen's resize keeps the
+// allocation when the size is unchanged), so a training step allocates nothing.
+//
+// Backward contract: parameter gradients accumulate (+=) until zero_grad(), so that
+// micro-batches can be summed.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <iomanip>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sora/core/rng.hpp"
+#include "sora/model/block.hpp"
+#include "sora/model/config.hpp"
+#include "sora/model/peft.hpp"
+#include "sora/nn/adapter.hpp"
+#include "sora/nn/embedding.hpp"
+#include "sora/nn/layernorm.hpp"
+#include "sora/ops/dropout.hpp"
+#include "sora/ops/linear.hpp"
+#include "sora/ops/loss.hpp"
+
+namespace sora::model {
+
+// Trainable / total scalars of one kind of module.
+struct SummaryRow {
+  std::string kind;  // embeddings, attention, mlp, layernorm, adapters, head
+  Index trainable = 0;
+  Index total = 0;
+};
+
+// The kind of module a parameter belongs to, from its name.
+inline std::string module_kind(std::string_view name) {
+  if (name.find(".lora_") != std::string_view::npos) return "adapters";
+  if (name.starts_with("wte.") || name.starts_with("wpe.")) return "embeddings";
+  if (name.starts_with("ln_f.") || name.find(".ln1.") != std::string_view::npos ||
+      name.find(".ln2.") != std::string_view::npos)
+    return "layernorm";
+  if (name.find(".attn.") != std::string_view::npos) return "attention";
+  if (name.find(".mlp.") != std::string_view::npos) return "mlp";
+  if (name.starts_with("lm_head.") || name.starts_with("head.")) return "head";
+  return "other";
+}
+
+template <class T, class Backend = Cpu>
+class Transformer {
+ public:
+  using Tensor = typename Backend::template Tensor<T>;
+  using Linear = nn::AdaptedLinear<T, Backend>;
+
+  nn::Embedding<T, Backend> wte;
+  nn::PositionEmbedding<T, Backend> wpe;
+  std::vector<Block<T, Backend>> blocks;
+  nn::LayerNorm<T, Backend> ln_f;
+  std::optional<Linear> lm_head;     // untied LM head (V, C), no bias
+  std::optional<Linear> dense, out;  // sequence head: dense (C, C), out (K, C)
+
+  explicit Transformer(const TransformerConfig& config)
+      : config_((config.validate(), config)), dropout_rng_(config.seed, 2) {
+    const auto& c = config_;
+    // Every module draws its initialisation from a seed of its own, derived from the model's,
+    // so that adding a module (a head) never changes another module's weights.
+    const std::uint64_t base = c.seed * 1000003ULL;
+    wte = nn::Embedding<T, Backend>(c.vocab_size, c.width, true, base + 1);
+    wpe = nn::PositionEmbedding<T, Backend>(c.max_len, c.width, true, base + 2);
+    blocks.reserve(static_cast<std::size_t>(c.layers));  // layers keep pointers: never move
+    for (Index l = 0; l < c.layers; ++l)
+      blocks.emplace_back(c, base + 16 + static_cast<std::uint64_t>(l));
+    ln_f = nn::LayerNorm<T, Backend>(c.width, true, static_cast<T>(c.ln_eps));
+    if (c.head == Head::lm) {
+      if (!c.tied_lm_head) lm_head.emplace(c.width, c.vocab_size, false, base + 3);
+    } else {
+      dense.emplace(c.width, c.width, c.bias, base + 4);
+      out.emplace(c.width, c.num_labels, c.bias, base + 5);
+    }
+  }
+
+  // The layers point into each other's buffers: a copy or move would leave them dangling.
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  const TransformerConfig& config() const { return config_; }
+
+  // ---- modes -------------------------------------------------------------------------------
+
+  // Training mode turns dropout on (model dropout and every adapter's); eval turns it off.
+  void train(bool on = true) {
+    training_ = on;
+    for (auto& b : blocks) b.train(on);
+    visit_linears([&](const std::string&, Linear& lin) { lin.train(on); });
+  }
+  void eval() { train(false); }
+  bool training() const { return training_; }
+
+  // Restarts every dropout stream (the model's and each adapter's) from `seed`, so that two
+  // forward passes draw identical masks (gradient checks through dropout need this).
+  void reseed_dropout(std::uint64_t seed) {
+    dropout_rng_.reseed(seed, 2);
+    std::uint64_t i = 0;
+    visit_linears([&](const std::string&, Linear& lin) {
+      if (lin.adapter) lin.adapter->dropout_rng().reseed(seed + 7919 * ++i, 1);
+    });
+  }
+  Rng& dropout_rng() { return dropout_rng_; }
+
+  // ---- parameters --------------------------------------------------------------------------
+
+  // fn(Param<T>&) for every parameter, named by its dotted path (prefix + "." + path).
+  template <class Fn>
+  void visit_params(std::string_view prefix, Fn&& fn) {
+    wte.visit_params(nn::join_name(prefix, "wte"), fn);
+    wpe.visit_params(nn::join_name(prefix, "wpe"), fn);
+    for (std::size_t l = 0; l < blocks.size(); ++l)
+      blocks[l].visit_params(nn::join_name(prefix, "blocks." + std::to_string(l)), fn);
+    ln_f.visit_params(nn::join_name(prefix, "ln_f"), fn);
+    if (lm_head) lm_head->visit_params(nn::join_name(prefix, "lm_head"), fn);
+    if (dense) dense->visit_params(nn::join_name(prefix, "head.dense"), fn);
+    if (out) out->visit_params(nn::join_name(prefix, "head.out"), fn);
+  }
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params("", fn);
+  }
+
+  // fn(const std::string& name, AdaptedLinear&) for every linear slot an adapter can be
+  // injected into: blocks.<l>.attn.{q,k,v,o}, blocks.<l>.mlp.{fc,proj}, lm_head, head.dense,
+  // head.out.
+  template <class Fn>
+  void visit_linears(Fn&& fn) {
+    for (std::size_t l = 0; l < blocks.size(); ++l)
+      blocks[l].visit_linears("blocks." + std::to_string(l), fn);
+    if (lm_head) fn(std::string("lm_head"), *lm_head);
+    if (dense) fn(std::string("head.dense"), *dense);
+    if (out) fn(std::string("head.out"), *out);
+  }
+
+  std::vector<Param<T>*> parameters() {
+    std::vector<Param<T>*> all;
+    visit_params([&](Param<T>& p) { all.push_back(&p); });
+    return all;
+  }
+  // The parameters that own a gradient, i.e. what an optimizer and clipping see.
+  std::vector<Param<T>*> trainable_parameters() {
+    std::vector<Param<T>*> all;
+    visit_params([&](Param<T>& p) {
+      if (p.trainable()) all.push_back(&p);
+    });
+    return all;
+  }
+  void zero_grad() {
+    visit_params([](Param<T>& p) { p.zero_grad(); });
+  }
+
+  // ---- fine-tuning method --------------------------------------------------------------------
+
+  // Sets the model up for `peft.method`, replacing any adapters attached before:
+  //   full        every parameter trainable, no adapters;
+  //   lora, sora, adalora
+  //               every base weight frozen (no gradient, no optimizer state); an adapter
+  //               attached to each linear slot matching peft.target_modules; LayerNorms, the
+  //               head and the embeddings trainable as peft says.
+  // Returns the number of adapted modules. Throws when the patterns match no module (PEFT's
+  // "target modules not found"), rather than silently training nothing.
+  Index apply_peft(const PeftConfig& peft) {
+    visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
+    if (peft.method == Method::full) {
+      visit_params([](Param<T>& p) { p.set_trainable(true); });
+      return 0;
+    }
+    visit_params([](Param<T>& p) { p.set_trainable(false); });
+    Index adapted = 0;
+    visit_linears([&](const std::string& name, Linear& lin) {
+      if (!matches_any(name, peft.target_modules)) return;
+      nn::AdapterConfig ac;
+      ac.kind = adapter_kind(peft.method);
+      ac.rank = peft.rank;
+      ac.alpha = peft.alpha;
+      ac.dropout = peft.dropout;
+      ac.gate_init = peft.gate_init;
+      ac.seed = peft.seed + static_cast<std::uint64_t>(adapted);
+      lin.attach(ac);
+      lin.train(training_);
+      ++adapted;
+    });
+    SORA_CHECK(adapted > 0, "apply_peft: no module matches the target patterns ",
+               join_patterns(peft.target_modules),
+               " (modules are named like blocks.0.attn.q, blocks.0.mlp.fc, head.dense)");
+    for (auto& b : blocks) {
+      set_layernorm_trainable(b.ln1, peft.train_layernorms);
+      set_layernorm_trainable(b.ln2, peft.train_layernorms);
+    }
+    set_layernorm_trainable(ln_f, peft.train_layernorms);
+    for (auto* head : {&lm_head, &dense, &out}) {
+      // A head with an adapter of its own keeps its base frozen.
+      if (*head && !(*head)->adapter) (*head)->base.set_trainable(peft.train_head);
+    }
+    wte.weight.set_trainable(peft.train_embeddings);
+    wpe.weight.set_trainable(peft.train_embeddings);
+    return adapted;
+  }
+
+  // Trainable / total scalars per module kind, in a fixed order, plus a "total" row.
+  std::vector<SummaryRow> summary() {
+    std::vector<SummaryRow> rows;
+    for (const char* kind : {"embeddings", "attention", "mlp", "layernorm", "adapters", "head"})
+      rows.push_back(SummaryRow{kind, 0, 0});
+    SummaryRow total{"total", 0, 0};
+    visit_params([&](Param<T>& p) {
+      const std::string kind = module_kind(p.name);
+      for (auto& row : rows) {
+        if (row.kind != kind) continue;
+        row.total += p.size();
+        if (p.trainable()) row.trainable += p.size();
+      }
+      total.total += p.size();
+      if (p.trainable()) total.trainable += p.size();
+    });
+    std::erase_if(rows, [](const SummaryRow& r) { return r.total == 0; });
+    rows.push_back(total);
+    return rows;
+  }
+
+  std::string summary_string() {
+    std::ostringstream s;
+    s << std::left << std::setw(12) << "module" << std::right << std::setw(14) << "trainable"
+      << std::setw(14) << "total" << std::setw(10) << "share" << '\n';
+    for (const SummaryRow& row : summary()) {
+      const double share =
+          row.total == 0 ? 0.0 : 100.0 * static_cast<double>(row.trainable) / row.total;
+      s << std::left << std::setw(12) << row.kind << std::right << std::setw(14) << row.trainable
+        << std::setw(14) << row.total << std::setw(9) << std::fixed << std::setprecision(2) << share
+        << "%\n";
+    }
+    return s.str();
+  }
+
+  // ---- forward / backward ------------------------------------------------------------------
+
+  // The logits of a batch: (B T, V) for the LM head, (B, K) for a sequence head. Valid until
+  // the next forward. The batch must stay alive and unchanged until backward.
+  const Tensor& forward_logits(const Batch& batch) {
+    const auto& c = config_;
+    batch.validate(c.max_len);
+    B_ = batch.batch;
+    T_ = batch.seq;
+    const Index N = B_ * T_;
+    dropping_ = training_ && c.dropout > 0.0;
+    const T p = static_cast<T>(c.dropout);
+
+    if (batch.mask.empty()) {
+      key_mask_.resize(0, 0);
+    } else {
+      key_mask_.resize(B_, T_);
+      for (Index n = 0; n < N; ++n)
+        key_mask_(n / T_, n % T_) = static_cast<T>(batch.mask[static_cast<std::size_t>(n)]);
+    }
+
+    emb_ = wte.forward(batch.tokens);  // (N, C); same size every step: no reallocation
+    wpe.forward_add(emb_, T_);
+    if (dropping_) {
+      emb_mask_.resize(N, c.width);
+      ops::dropout_forward<T>(emb_, emb_mask_, emb_, p, dropout_rng_);
+    }
+    const Tensor* x = &emb_;
+    for (auto& b : blocks) x = &b.forward(*x, B_, T_, key_mask_, dropout_rng_);
+    hf_ = &ln_f.forward(*x);  // (N, C)
+
+    if (c.head == Head::lm) {
+      if (lm_head) {
+        logits_ = &lm_head->forward(*hf_);
+      } else {
+        logits_buf_.resize(N, c.vocab_size);
+        ops::linear_forward<T>(logits_buf_, *hf_, wte.weight.value);
+        logits_ = &logits_buf_;
+      }
+      return *logits_;
+    }
+
+    // Sequence head on one token per sequence.
+    pool_index_.resize(static_cast<std::size_t>(B_));
+    pooled_.resize(B_, c.width);
+    for (Index b = 0; b < B_; ++b) {
+      Index t = 0;
+      if (c.pooled_token() == Pooling::last) {
+        t = T_ - 1;
+        if (!batch.mask.empty()) {
+          while (t >= 0 && batch.mask[static_cast<std::size_t>(b * T_ + t)] == 0.0f) --t;
+          SORA_CHECK(t >= 0, "Transformer: sequence ", b, " of the batch is all padding");
+        }
+      }
+      pool_index_[static_cast<std::size_t>(b)] = b * T_ + t;
+      pooled_.row(b) = hf_->row(b * T_ + t);
+    }
+    if (dropping_) {
+      pool_mask_.resize(B_, c.width);
+      ops::dropout_forward<T>(pooled_, pool_mask_, pooled_, p, dropout_rng_);
+    }
+    const Tensor& z = dense->forward(pooled_);  // (B, C)
+    tanh_.resize(z.rows(), z.cols());
+    tanh_.array() = z.array().tanh();
+    head_in_.resize(z.rows(), z.cols());
+    if (dropping_) {
+      head_mask_.resize(z.rows(), z.cols());
+      ops::dropout_forward<T>(head_in_, head_mask_, tanh_, p, dropout_rng_);
+    } else {
+      head_in_ = tanh_;
+    }
+    logits_ = &out->forward(head_in_);
+    return *logits_;
+  }
+
+  // Logits and loss: mean cross-entropy over the labelled tokens (lm) or sequences
+  // (classification), or the mean squared error over B x K values (regression).
+  T forward(const Batch& batch) {
+    const Tensor& logits = forward_logits(batch);
+    const auto& c = config_;
+    labels_.assign(batch.labels.begin(), batch.labels.end());
+    if (c.head == Head::regression) {
+      SORA_CHECK(static_cast<Index>(batch.values.size()) == B_ * c.num_labels,
+                 "Transformer: ", batch.values.size(), " regression targets for ", B_,
+                 " sequences x ", c.num_labels, " outputs");
+      target_.resize(B_, c.num_labels);
+      for (Index i = 0; i < target_.size(); ++i)
+        target_(i / c.num_labels, i % c.num_labels) =
+            static_cast<T>(batch.values[static_cast<std::size_t>(i)]);
+      loss_ = ops::mse_forward<T>(logits, target_);
+    } else {
+      probs_.resize(logits.rows(), logits.cols());
+      loss_ = ops::cross_entropy_forward<T>(probs_, logits, labels_);
+    }
+    return loss_;
+  }
+
+  // Gradients of dloss * (the last forward's loss), accumulated into every trainable
+  // parameter's gradient.
+  void backward(T dloss = T(1)) {
+    SORA_CHECK(logits_ != nullptr, "Transformer::backward called before forward");
+    const auto& c = config_;
+    dlogits_.resize(logits_->rows(), logits_->cols());
+    if (c.head == Head::regression) {
+      ops::mse_backward<T>(dlogits_, *logits_, target_, dloss);
+    } else {
+      ops::cross_entropy_backward<T>(dlogits_, probs_, labels_, ops::kIgnoreIndex, dloss);
+    }
+
+    const Tensor* dhf = nullptr;  // (N, C)
+    if (c.head == Head::lm) {
+      if (lm_head) {
+        dhf = &lm_head->backward(dlogits_);
+      } else {
+        // Tied: logits = h wte^T, so wte collects dlogits^T h here and the embedding's own
+        // gradient in the backward below.
+        dhf_.resize(hf_->rows(), hf_->cols());
+        ops::linear_backward<T>(dhf_, nn::detail::grad_or_absent(wte.weight), ops::absent<T>(),
+                                dlogits_, *hf_, wte.weight.value);
+        dhf = &dhf_;
+      }
+    } else {
+      const Tensor& dhead_in = out->backward(dlogits_);
+      dz_.resize(dhead_in.rows(), dhead_in.cols());
+      if (dropping_) {
+        ops::dropout_backward<T>(dz_, dhead_in, head_mask_);
+      } else {
+        dz_ = dhead_in;
+      }
+      dz_.array() *= T(1) - tanh_.array().square();  // tanh' = 1 - tanh^2
+      const Tensor& dpooled = dense->backward(dz_);
+      dpooled_.resize(dpooled.rows(), dpooled.cols());
+      if (dropping_) {
+        ops::dropout_backward<T>(dpooled_, dpooled, pool_mask_);
+      } else {
+        dpooled_ = dpooled;
+      }
+      // Only the pooled token of each sequence reaches the head.
+      dhf_.setZero(hf_->rows(), hf_->cols());
+      for (Index b = 0; b < B_; ++b)
+        dhf_.row(pool_index_[static_cast<std::size_t>(b)]) = dpooled_.row(b);
+      dhf = &dhf_;
+    }
+
+    const Tensor* dx = &ln_f.backward(*dhf);
+    const bool embeddings_train = wte.weight.trainable() || wpe.weight.trainable();
+    for (std::size_t l = blocks.size(); l-- > 0;)
+      dx = &blocks[l].backward(*dx, l > 0 || embeddings_train);
+    if (!embeddings_train) return;
+    const Tensor* demb = dx;
+    if (dropping_) {
+      demb_.resize(dx->rows(), dx->cols());
+      ops::dropout_backward<T>(demb_, *dx, emb_mask_);
+      demb = &demb_;
+    }
+    wte.backward(*demb);
+    wpe.backward(*demb);
+  }
+
+  const Tensor& logits() const {
+    SORA_CHECK(logits_ != nullptr, "Transformer::logits called before forward");
+    return *logits_;
+  }
+  T loss() const { return loss_; }
+
+  // Argmax over each row of the last logits (class per sequence, or next token per token).
+  std::vector<int> predictions() const {
+    const Tensor& z = logits();
+    std::vector<int> out_ids(static_cast<std::size_t>(z.rows()));
+    for (Index i = 0; i < z.rows(); ++i) {
+      Index best = 0;
+      z.row(i).maxCoeff(&best);
+      out_ids[static_cast<std::size_t>(i)] = static_cast<int>(best);
+    }
+    return out_ids;
+  }
+
+ private:
+  static void set_layernorm_trainable(nn::LayerNorm<T, Backend>& ln, bool on) {
+    ln.weight.set_trainable(on);
+    ln.bias.set_trainable(on);
+  }
+  static std::string join_patterns(const std::vector<std::string>& patterns) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < patterns.size(); ++i) s += (i ? ", " : "") + patterns[i];
+    return s + "]";
+  }
+
+  TransformerConfig config_;
+  Rng dropout_rng_;
+  bool training_ = true;
+  bool dropping_ = false;
+  Index B_ = 0, T_ = 0;
+  Tensor key_mask_;                  // (B, T) or empty
+  Tensor emb_, emb_mask_, demb_;     // (N, C)
+  const Tensor* hf_ = nullptr;       // (N, C) final LayerNorm output
+  Tensor dhf_;                       // (N, C)
+  Tensor logits_buf_;                // (N, V) tied LM head
+  const Tensor* logits_ = nullptr;   // (N, V) or (B, K)
+  Tensor probs_, dlogits_, target_;  // like the logits
+  std::vector<int> labels_;
+  T loss_ = T(0);
+  std::vector<Index> pool_index_;  // (B) row of h each sequence pools
+  Tensor pooled_, pool_mask_, tanh_, head_in_, head_mask_, dz_, dpooled_;  // (B, C)
+};
+
+}  // namespace sora::model

@@ -1,0 +1,1 @@
+// PyTorch parity (written next).
