@@ -1,0 +1,235 @@
+// sora-inspect: what is in a safetensors file or a PEFT adapter folder.
+//
+//   sora-inspect model.safetensors   each tensor's dtype, shape and statistics; the metadata
+//   sora-inspect adapter/            adapter_config.json (r, lora_alpha, target_modules,
+//                                    rank_pattern), each adapted module's rank and shapes,
+//                                    then the tensors as above
+//
+// A malformed file prints the reader's error and exits with status 1, so the program doubles
+// as a validator in scripts.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sora/io/safetensors.hpp>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using sora::io::SafetensorsFile;
+using sora::io::TensorInfo;
+
+namespace {
+
+struct Stats {
+  double min = std::numeric_limits<double>::infinity();
+  double max = -std::numeric_limits<double>::infinity();
+  double mean = 0;
+  double m2 = 0;  // sum of squared deviations (Welford: stable for large tensors)
+  std::uint64_t finite = 0, zeros = 0, nans = 0, infs = 0, count = 0;
+};
+
+// Streams through the tensor in chunks, so a multi-gigabyte tensor needs no copy of itself.
+Stats statistics(const SafetensorsFile& file, const TensorInfo& t) {
+  Stats s;
+  const std::uint64_t n = t.numel();
+  const std::size_t width = sora::io::dtype_size(t.dtype);
+  std::vector<double> chunk(1 << 16);
+  for (std::uint64_t first = 0; first < n; first += chunk.size()) {
+    const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), n - first));
+    sora::io::decode_values<double>(t.dtype, file.raw(t).data() + first * width, chunk.data(), len);
+    for (std::size_t i = 0; i < len; ++i) {
+      const double v = chunk[i];
+      ++s.count;
+      if (std::isnan(v)) {
+        ++s.nans;
+        continue;
+      }
+      s.min = std::min(s.min, v);
+      s.max = std::max(s.max, v);
+      if (v == 0) ++s.zeros;
+      if (std::isinf(v)) {
+        ++s.infs;
+        continue;
+      }
+      ++s.finite;
+      const double delta = v - s.mean;
+      s.mean += delta / static_cast<double>(s.finite);
+      s.m2 += delta * (v - s.mean);
+    }
+  }
+  return s;
+}
+
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+void print_tensors(const SafetensorsFile& file, bool stats) {
+  std::size_t name_width = 4, shape_width = 5;
+  for (const TensorInfo& t : file.tensors()) {
+    name_width = std::max(name_width, t.name.size());
+    shape_width = std::max(shape_width, sora::io::shape_string(t.shape).size());
+  }
+  std::printf("%-*s  %-5s  %-*s  %s\n", static_cast<int>(name_width), "name", "dtype",
+              static_cast<int>(shape_width), "shape", stats ? "statistics" : "bytes");
+  for (const TensorInfo& t : file.tensors()) {
+    std::printf("%-*s  %-5s  %-*s  ", static_cast<int>(name_width), t.name.c_str(),
+                std::string(sora::io::dtype_name(t.dtype)).c_str(), static_cast<int>(shape_width),
+                sora::io::shape_string(t.shape).c_str());
+    if (!stats) {
+      std::printf("%llu\n", static_cast<unsigned long long>(t.nbytes()));
+      continue;
+    }
+    const Stats s = statistics(file, t);
+    if (s.count == 0) {
+      std::printf("(empty)\n");
+      continue;
+    }
+    const double std_dev = s.finite > 0 ? std::sqrt(s.m2 / static_cast<double>(s.finite)) : NAN;
+    std::printf("min %s  max %s  mean %s  std %s  zeros %.2f%%", number(s.min).c_str(),
+                number(s.max).c_str(), number(s.mean).c_str(), number(std_dev).c_str(),
+                100.0 * static_cast<double>(s.zeros) / static_cast<double>(s.count));
+    if (s.nans > 0) std::printf("  nan %llu", static_cast<unsigned long long>(s.nans));
+    if (s.infs > 0) std::printf("  inf %llu", static_cast<unsigned long long>(s.infs));
+    std::printf("\n");
+  }
+}
+
+void print_file(const SafetensorsFile& file, bool stats) {
+  std::printf("%s: %zu bytes, header %zu bytes, %zu tensors\n", file.source().c_str(),
+              file.file_size(), file.data_offset() - 8, file.tensors().size());
+  print_tensors(file, stats);
+  if (!file.metadata().empty()) {
+    std::printf("metadata:\n");
+    for (const auto& [key, value] : file.metadata()) {
+      std::printf("  %s = %s\n", key.c_str(), value.c_str());
+    }
+  }
+}
+
+// The rank PEFT uses for `module`: a rank_pattern entry naming it exactly or as a dotted
+// suffix, else the config's r.
+int configured_rank(const nlohmann::json& config, const std::string& module) {
+  if (config.contains("rank_pattern") && config["rank_pattern"].is_object()) {
+    for (const auto& [pattern, rank] : config["rank_pattern"].items()) {
+      const bool suffix =
+          module.size() > pattern.size() &&
+          module.compare(module.size() - pattern.size(), pattern.size(), pattern) == 0 &&
+          module[module.size() - pattern.size() - 1] == '.';
+      if ((module == pattern || suffix) && rank.is_number_integer()) return rank.get<int>();
+    }
+  }
+  return config.value("r", -1);
+}
+
+// Returns false when the adapter is inconsistent (shapes or ranks that PEFT would reject).
+bool print_adapter(const fs::path& dir, bool stats) {
+  const fs::path config_path = dir / "adapter_config.json";
+  const fs::path weights_path = dir / "adapter_model.safetensors";
+  std::ifstream in(config_path);
+  if (!in) throw sora::Error("cannot open '" + config_path.string() + "'");
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw sora::Error(config_path.string() + ": not valid JSON: " + e.what());
+  }
+  if (!config.is_object()) throw sora::Error(config_path.string() + ": not a JSON object");
+  std::printf("%s:\n", config_path.string().c_str());
+  for (const char* key : {"peft_type", "r", "lora_alpha", "target_modules", "rank_pattern",
+                          "alpha_pattern", "base_model_name_or_path"}) {
+    if (config.contains(key)) std::printf("  %-24s = %s\n", key, config[key].dump().c_str());
+  }
+
+  if (!fs::exists(weights_path)) {
+    throw sora::Error("cannot open '" + weights_path.string() +
+                      "' (only safetensors adapters can be inspected)");
+  }
+  const SafetensorsFile file = SafetensorsFile::open(weights_path);
+  // base_model.model.<module>.lora_A.weight (r, in) and .lora_B.weight (out, r).
+  struct Module {
+    const TensorInfo* a = nullptr;
+    const TensorInfo* b = nullptr;
+  };
+  std::map<std::string, Module> modules;
+  const std::string prefix = "base_model.model.";
+  for (const TensorInfo& t : file.tensors()) {
+    for (const char* which : {".lora_A.weight", ".lora_B.weight"}) {
+      const std::string suffix = which;
+      if (t.name.size() > prefix.size() + suffix.size() && t.name.starts_with(prefix) &&
+          t.name.ends_with(suffix)) {
+        const std::string module =
+            t.name.substr(prefix.size(), t.name.size() - prefix.size() - suffix.size());
+        (suffix == ".lora_A.weight" ? modules[module].a : modules[module].b) = &t;
+      }
+    }
+  }
+  bool consistent = true;
+  std::size_t width = 6;
+  for (const auto& [name, m] : modules) width = std::max(width, name.size());
+  std::printf("%zu adapted modules:\n", modules.size());
+  std::uint64_t total = 0;
+  for (const auto& [name, m] : modules) {
+    std::printf("  %-*s  ", static_cast<int>(width), name.c_str());
+    if (m.a == nullptr || m.b == nullptr || m.a->shape.size() != 2 || m.b->shape.size() != 2) {
+      std::printf("INCONSISTENT: needs a 2-D lora_A and a 2-D lora_B\n");
+      consistent = false;
+      continue;
+    }
+    const std::uint64_t rank = m.a->shape[0], in = m.a->shape[1], out = m.b->shape[0];
+    const std::uint64_t params = rank * (in + out);
+    total += params;
+    std::printf("rank %llu  in %llu  out %llu  params %llu", static_cast<unsigned long long>(rank),
+                static_cast<unsigned long long>(in), static_cast<unsigned long long>(out),
+                static_cast<unsigned long long>(params));
+    if (m.b->shape[1] != rank) {
+      std::printf("  INCONSISTENT: lora_B has rank %llu",
+                  static_cast<unsigned long long>(m.b->shape[1]));
+      consistent = false;
+    }
+    const int expected = configured_rank(config, name);
+    if (expected >= 0 && static_cast<std::uint64_t>(expected) != rank) {
+      std::printf("  INCONSISTENT: the config gives rank %d", expected);
+      consistent = false;
+    }
+    std::printf("\n");
+  }
+  std::printf("adapter parameters: %llu\n\n", static_cast<unsigned long long>(total));
+  print_file(file, stats);
+  return consistent;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Print the tensors of a safetensors file, or a PEFT adapter folder"};
+  std::string path;
+  bool no_stats = false;
+  app.add_option("path", path, "a .safetensors file or a PEFT adapter folder")->required();
+  app.add_flag("--no-stats", no_stats, "skip the statistics (reads only the header)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (fs::is_directory(path)) {
+      if (!print_adapter(path, !no_stats)) {
+        std::fprintf(stderr, "sora-inspect: %s: the adapter is inconsistent\n", path.c_str());
+        return 1;
+      }
+    } else {
+      print_file(SafetensorsFile::open(path), !no_stats);
+    }
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "sora-inspect: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
