@@ -21,8 +21,8 @@ inline LrScheduleKind parse_lr_schedule(const std::string& name) {
   if (name == "constant") return LrScheduleKind::constant;
   if (name == "linear" || name == "warmup_linear") return LrScheduleKind::warmup_linear;
   if (name == "cosine" || name == "warmup_cosine") return LrScheduleKind::warmup_cosine;
-  detail::throw_error("unknown learning-rate schedule '", name,
-                      "' (expected constant, linear or cosine)");
+  ::sora::detail::throw_error("unknown learning-rate schedule '", name,
+                              "' (expected constant, linear or cosine)");
 }
 
 class LrSchedule {

@@ -22,8 +22,8 @@ inline XiScheduleKind parse_xi_schedule(const std::string& name) {
   if (name == "linear") return XiScheduleKind::linear;
   if (name == "log_linear" || name == "log-linear") return XiScheduleKind::log_linear;
   if (name == "exp_linear" || name == "exp-linear") return XiScheduleKind::exp_linear;
-  detail::throw_error("unknown xi schedule '", name,
-                      "' (expected linear, log-linear or exp-linear)");
+  ::sora::detail::throw_error("unknown xi schedule '", name,
+                              "' (expected linear, log-linear or exp-linear)");
 }
 
 inline std::vector<double> xi_schedule(XiScheduleKind kind, double xi0, double xi_max, int K,
