@@ -424,6 +424,7 @@ TEST_CASE("the reader rejects every malformed file with an error that says what 
       {"data without tensors", raw_file("{}", 1), "the last 1 bytes"},
       {"duplicate names", raw_file(header(a4 + "," + entry("a", "[1]", "[4,8]")), 8),
        "duplicate entry 'a'"},
+      {"empty name", raw_file(header(entry("", "[1]", "[0,4]")), 4), "a tensor name is empty"},
       {"duplicate field",
        raw_file(R"({"a":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4),
        "tensor 'a': duplicate field 'dtype'"},

@@ -165,6 +165,8 @@ class HeaderHandler {
 
   bool key(std::string& k) {
     if (depth_ == 1) {
+      // The writer refuses empty names (no framework produces them), so the reader does too.
+      if (k.empty()) return fail("a tensor name is empty");
       if (!root_keys_.insert(k).second) return fail("duplicate entry '", k, "' in the header");
       key_ = std::move(k);
       return true;
