@@ -14,7 +14,7 @@
 //                      development machine it runs at about half the in-place rate, so a
 //                      ratio against it would flatter the operators.
 // Everything here is single-threaded, baselines included (the operators do not split work
-// over threads: see kParallel in prox/detail.hpp for why).
+// over threads: kParallel in prox/detail.hpp is off).
 //
 // Each operator is applied repeatedly to the same buffer. The kernels do the same work
 // whatever the values (soft and hard threshold read and write every element), and repeated
