@@ -1,0 +1,14 @@
+#pragma once
+// sora's optional CUDA backend (nvcc only; link sora::cuda):
+//   cuda/common.cuh            SORA_CUDA_CHECK / SORA_CUBLAS_CHECK, Stream, Event, CublasHandle
+//   cuda/tensor.cuh            DeviceTensor / DeviceView (float, double, bf16), host copies
+//   cuda/prox_elementwise.cuh  soft / hard / L1 / L0 / elastic net / nonneg / firm / box
+//   cuda/prox_group.cuh        group soft / hard / L0 over rows, cols, blocks, partitions, triplets
+//   cuda/prox_topk.cuh         projection onto the L0 ball
+//   cuda/optim.cuh             fused AdamW / SparseAdamW steps, GateBatch (all gates, one launch)
+#include "sora/cuda/common.cuh"
+#include "sora/cuda/optim.cuh"
+#include "sora/cuda/prox_elementwise.cuh"
+#include "sora/cuda/prox_group.cuh"
+#include "sora/cuda/prox_topk.cuh"
+#include "sora/cuda/tensor.cuh"
