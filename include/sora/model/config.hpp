@@ -30,7 +30,8 @@ inline Head parse_head(const std::string& name) {
   if (name == "lm") return Head::lm;
   if (name == "classification" || name == "cls") return Head::classification;
   if (name == "regression" || name == "reg") return Head::regression;
-  detail::throw_error("unknown head '", name, "' (expected lm, classification or regression)");
+  ::sora::detail::throw_error("unknown head '", name,
+                              "' (expected lm, classification or regression)");
 }
 
 inline const char* head_name(Head head) {

@@ -24,8 +24,8 @@ inline Method parse_method(const std::string& name) {
   if (name == "lora") return Method::lora;
   if (name == "sora") return Method::sora;
   if (name == "adalora") return Method::adalora;
-  detail::throw_error("unknown fine-tuning method '", name,
-                      "' (expected full, lora, sora or adalora)");
+  ::sora::detail::throw_error("unknown fine-tuning method '", name,
+                              "' (expected full, lora, sora or adalora)");
 }
 
 inline const char* method_name(Method method) {

@@ -67,8 +67,10 @@ inline std::string module_kind(std::string_view name) {
 template <class T, class Backend = Cpu>
 class Transformer {
  public:
+  using Scalar = T;
   using Tensor = typename Backend::template Tensor<T>;
   using Linear = nn::AdaptedLinear<T, Backend>;
+  using Batch = model::Batch;
 
   nn::Embedding<T, Backend> wte;
   nn::PositionEmbedding<T, Backend> wpe;

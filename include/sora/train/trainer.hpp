@@ -1,0 +1,142 @@
+#pragma once
+// A small training loop: batches, steps, periodic evaluation, early stopping on the best
+// validation metric, and the SoRA options of a step (an L1 loss term on the gates, global
+// gradient-norm clipping before the optimizer steps).
+//
+// One step:  zero grads -> forward -> backward -> (+ L1 gate term) -> clip -> lr schedule ->
+// optimizer step. The model needs forward(batch) -> loss, backward(), train(bool),
+// visit_params(fn); the optimizer needs step() and set_lr_multiplier(double)
+// (optim::FineTuneOptimizer, optim::SGD).
+
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "sora/core/error.hpp"
+#include "sora/core/param.hpp"
+#include "sora/optim/clip.hpp"
+#include "sora/optim/lr_schedule.hpp"
+#include "sora/optim/param_groups.hpp"
+
+namespace sora::train {
+
+// The optional L1 term on SoRA's gates, lambda * sum|g| / N_gates (N_gates: the number of gate
+// scalars), added to the loss. Its (sub)gradient lambda sign(g) / N_gates is added onto each
+// gate's gradient, with 0 at g = 0 (the subgradient the proximal step makes moot). Returns the
+// term's value.
+template <class T>
+double add_gate_l1(const std::vector<Param<T>*>& gates, double lambda) {
+  SORA_CHECK(std::isfinite(lambda) && lambda >= 0.0, "add_gate_l1: lambda must be >= 0, got ",
+             lambda);
+  Index count = 0;
+  for (const Param<T>* g : gates) count += g->size();
+  if (lambda == 0.0 || count == 0) return 0.0;
+  const double weight = lambda / static_cast<double>(count);
+  double sum = 0.0;
+  for (Param<T>* g : gates) {
+    sum += g->value.template cast<double>().cwiseAbs().sum();
+    g->gradient().array() += static_cast<T>(weight) * g->value.array().sign();
+  }
+  return weight * sum;
+}
+
+struct TrainerOptions {
+  long max_steps = 1000;
+  long eval_every = 0;  // evaluate every this many steps (and after the last); 0: never
+  // Stop after this many evaluations in a row without improving the best metric by more than
+  // min_delta; 0: never stop early.
+  long patience = 0;
+  double min_delta = 0.0;
+  bool higher_is_better = true;  // accuracy, F1, correlation; false for a loss
+  bool restore_best = true;      // put the best evaluated parameters back at the end
+  double max_grad_norm = 0.0;    // global clipping over all trainable parameters; 0: off
+  double gate_l1 = 0.0;          // lambda of add_gate_l1; 0: off
+  optim::LrSchedule schedule;    // multiplier on the optimizer's base rates (constant: 1)
+  // Called after every step with (step, loss); e.g. a progress bar.
+  std::function<void(long, double)> on_step;
+};
+
+struct TrainResult {
+  long steps = 0;                    // optimizer steps taken
+  std::vector<double> losses;        // training loss of every step (with the L1 term)
+  std::vector<long> eval_steps;      // the step after which each evaluation ran
+  std::vector<double> eval_metrics;  // parallel to eval_steps
+  double best_metric = std::numeric_limits<double>::quiet_NaN();
+  long best_step = -1;
+  bool stopped_early = false;
+};
+
+// next_batch(step) supplies the batch of each step (it must stay alive until the step ends);
+// evaluate() returns the validation metric and is called with the model in eval mode.
+template <class Model, class Optimizer>
+TrainResult fit(Model& model, Optimizer& optimizer,
+                const std::function<const typename Model::Batch&(long)>& next_batch,
+                const std::function<double()>& evaluate, const TrainerOptions& options) {
+  using T = typename Model::Scalar;
+  SORA_CHECK(options.max_steps >= 0, "fit: max_steps must be >= 0, got ", options.max_steps);
+  SORA_CHECK(options.eval_every == 0 || evaluate, "fit: eval_every is set but no evaluate()");
+  std::vector<Param<T>*> params;
+  std::vector<Param<T>*> gates;
+  model.visit_params([&](Param<T>& p) {
+    if (!p.trainable()) return;
+    params.push_back(&p);
+    if (optim::is_sora_gate(p.name)) gates.push_back(&p);
+  });
+
+  TrainResult result;
+  std::vector<Matrix<T>> best;  // snapshot of the trainable values at the best evaluation
+  long since_best = 0;
+  auto better = [&](double metric) {
+    if (std::isnan(result.best_metric)) return !std::isnan(metric);
+    return options.higher_is_better ? metric > result.best_metric + options.min_delta
+                                    : metric < result.best_metric - options.min_delta;
+  };
+  auto run_eval = [&](long step) {
+    model.train(false);
+    const double metric = evaluate();
+    model.train(true);
+    result.eval_steps.push_back(step);
+    result.eval_metrics.push_back(metric);
+    if (better(metric)) {
+      result.best_metric = metric;
+      result.best_step = step;
+      since_best = 0;
+      if (options.restore_best) {
+        best.resize(params.size());
+        for (std::size_t i = 0; i < params.size(); ++i) best[i] = params[i]->value;
+      }
+    } else {
+      ++since_best;
+    }
+    return options.patience > 0 && since_best >= options.patience;
+  };
+
+  model.train(true);
+  for (long step = 0; step < options.max_steps; ++step) {
+    for (Param<T>* p : params) p->zero_grad();
+    double loss = static_cast<double>(model.forward(next_batch(step)));
+    model.backward();
+    if (options.gate_l1 > 0.0) loss += add_gate_l1(gates, options.gate_l1);
+    optim::clip_grad_norm(params, options.max_grad_norm);
+    optimizer.set_lr_multiplier(options.schedule.multiplier(step));
+    optimizer.step();
+    result.losses.push_back(loss);
+    result.steps = step + 1;
+    if (options.on_step) options.on_step(step, loss);
+    const bool last = step + 1 == options.max_steps;
+    if (options.eval_every > 0 && ((step + 1) % options.eval_every == 0 || last)) {
+      if (run_eval(step + 1)) {
+        result.stopped_early = !last;
+        break;
+      }
+    }
+  }
+  if (options.restore_best && !best.empty()) {
+    for (std::size_t i = 0; i < params.size(); ++i) params[i]->value = best[i];
+  }
+  return result;
+}
+
+}  // namespace sora::train
