@@ -1,0 +1,11 @@
+#pragma once
+// io/: tensor files (safetensors, memory-mapped), loading weights by name, atomic writes,
+// GLUE task files with byte-level tokenization, SVG plots. Needs nlohmann/json: link
+// sora::io rather than sora::sora. (Not in sora/sora.hpp, which needs only Eigen.)
+#include "sora/io/atomic_file.hpp"
+#include "sora/io/dtype.hpp"
+#include "sora/io/glue_tsv.hpp"
+#include "sora/io/mapped_file.hpp"
+#include "sora/io/named_tensors.hpp"
+#include "sora/io/safetensors.hpp"
+#include "sora/io/svg_plot.hpp"
