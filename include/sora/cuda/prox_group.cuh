@@ -206,21 +206,25 @@ __global__ void __launch_bounds__(kThreads) col_sumsq_kernel(ConstView<T> x, com
   using C = compute_t<T>;
   const Index c = Index(blockIdx.x) * kThreads + threadIdx.x;
   if (c >= x.cols) return;
-  const Index r0 = Index(blockIdx.y) * kColRows;
-  const Index r1 = r0 + kColRows < x.rows ? r0 + kColRows : x.rows;
-  C acc = 0;
-  for (Index r = r0; r < r1; ++r) {
-    const C e = to_compute(x.data[r * x.stride + c]);
-    acc += e * e;
+  const Index chunks = (x.rows + kColRows - 1) / kColRows;
+  for (Index chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+    const Index r0 = chunk * kColRows;
+    const Index r1 = r0 + kColRows < x.rows ? r0 + kColRows : x.rows;
+    C acc = 0;
+    for (Index r = r0; r < r1; ++r) {
+      const C e = to_compute(x.data[r * x.stride + c]);
+      acc += e * e;
+    }
+    atomicAdd(n2 + c, acc);
   }
-  atomicAdd(n2 + c, acc);
 }
 
 template <class T>
 void launch_col_sumsq(ConstView<T> x, compute_t<T>* n2, cudaStream_t s) {
   if (x.empty()) return;
+  const Index chunks = (x.rows + kColRows - 1) / kColRows;
   const dim3 grid(static_cast<unsigned>((x.cols + kThreads - 1) / kThreads),
-                  static_cast<unsigned>((x.rows + kColRows - 1) / kColRows));
+                  static_cast<unsigned>(std::min<Index>(chunks, 65535)));
   col_sumsq_kernel<T><<<grid, kThreads, 0, s>>>(x, n2);
   SORA_CUDA_CHECK_LAUNCH("col_sumsq_kernel");
 }

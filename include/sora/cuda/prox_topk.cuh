@@ -25,14 +25,14 @@ template <class T>
 using key_t =
     std::conditional_t<std::is_same_v<compute_t<T>, double>, unsigned long long, unsigned>;
 
+// The bit pattern of |v| with the sign bit cleared (so -0 and +0 share the key 0).
 template <class T>
 __device__ inline key_t<T> mag_key(T v) {
   const compute_t<T> c = to_compute(v);
-  const compute_t<T> a = c < 0 ? -c : c;
   if constexpr (std::is_same_v<compute_t<T>, double>) {
-    return static_cast<unsigned long long>(__double_as_longlong(a));
+    return static_cast<unsigned long long>(__double_as_longlong(c)) & 0x7fffffffffffffffull;
   } else {
-    return __float_as_uint(a);
+    return __float_as_uint(c) & 0x7fffffffu;
   }
 }
 
