@@ -14,6 +14,7 @@ SORA_PACKAGES=(
   doctest-dev          # tests
   libbenchmark-dev     # benchmarks
   python3              # PyTorch parity and file-format checks
+  python3-torch        # PyTorch parity of the transformer (tests/parity_test.cpp)
   clang libclang-rt-dev  # libFuzzer for scripts/fuzz-safetensors (run by .ci/run)
 )
 
