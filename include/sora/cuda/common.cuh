@@ -96,8 +96,8 @@ inline bool gpu_available() {
 inline int sm_count() {
   int dev = 0;
   SORA_CUDA_CHECK(cudaGetDevice(&dev));
-  static int cached_dev = -1;
-  static int cached = 0;
+  thread_local int cached_dev = -1;  // per host thread: each may drive another device
+  thread_local int cached = 0;
   if (dev != cached_dev) {
     SORA_CUDA_CHECK(cudaDeviceGetAttribute(&cached, cudaDevAttrMultiProcessorCount, dev));
     cached_dev = dev;

@@ -96,10 +96,10 @@ __device__ inline C group_sum(C v) {
 
 // y = op(x[, w]) elementwise over contiguous, 16-byte aligned storage: pack loads, two packs
 // in flight per thread per iteration, a scalar tail. y may alias x (each element is read
-// only to write itself).
+// only to write itself), so y and x are not __restrict__.
 template <class T, bool HasW, class Op>
 __global__ void __launch_bounds__(kThreads)
-    ew_pack_kernel(T* __restrict__ y, const T* x, const T* __restrict__ w, Index n, Op op) {
+    ew_pack_kernel(T* y, const T* x, const T* __restrict__ w, Index n, Op op) {
   constexpr int N = kPack<T>;
   using P = Pack<T, N>;
   const Index packs = n / N;
