@@ -1,6 +1,7 @@
 // Adaptive rank: AdaLoRA's allocator (budget schedule, importance, masking of the lowest
 // triplets, orthogonal regularizer, allocation inside step(), pruning of the masked model) and
-// SoRA's sparsity scheduler (the paper's Algorithm 1) on fakes and on a small synthetic task.
+// SoRA's sparsity scheduler (the paper's Algorithm 1) on fakes and on a small synthetic task;
+// both again on the transformer, through train::fit and optim::FineTuneOptimizer.
 
 #include <doctest/doctest.h>
 
@@ -15,13 +16,16 @@
 #include <utility>
 #include <vector>
 
+#include "sora/model.hpp"
 #include "sora/nn/adapter.hpp"
 #include "sora/ops/loss.hpp"
 #include "sora/optim/adalora.hpp"
 #include "sora/optim/adamw.hpp"
+#include "sora/optim/param_groups.hpp"
 #include "sora/optim/sparse_adamw.hpp"
 #include "sora/prune/prune.hpp"
 #include "sora/train/sparsity_scheduler.hpp"
+#include "sora/train/trainer.hpp"
 #include "support/gradcheck.hpp"
 
 using namespace sora;
@@ -642,4 +646,113 @@ TEST_CASE("sparsity scheduler on SoRA layers: counts fall stage by stage, CSV ma
     CHECK(csv[last][8] == doctest::Approx(va / r.val_reference * 100.0).epsilon(1e-9));
   }
   std::filesystem::remove_all(dir);
+}
+
+// ---- with the transformer and the trainer ----------------------------------------------------
+
+namespace {
+
+model::TransformerConfig tiny_transformer() {
+  model::TransformerConfig c;
+  c.vocab_size = 16;
+  c.width = 16;
+  c.heads = 2;
+  c.layers = 2;
+  c.ffn_width = 32;
+  c.max_len = 8;
+  c.causal = false;
+  c.dropout = 0.0;
+  c.head = model::Head::classification;
+  c.num_labels = 2;
+  c.seed = 5;
+  return c;
+}
+
+std::vector<model::Batch> random_batches(int count, std::uint64_t seed) {
+  Rng rng(seed, 0);
+  std::vector<model::Batch> batches(static_cast<std::size_t>(count));
+  for (auto& b : batches) {
+    b.batch = 4;
+    b.seq = 8;
+    for (int i = 0; i < 32; ++i) b.tokens.push_back(static_cast<int>(rng.below(16)));
+    for (int i = 0; i < 4; ++i) b.labels.push_back(static_cast<int>(rng.below(2)));
+  }
+  return batches;
+}
+
+}  // namespace
+
+TEST_CASE("AdaLoRA on the transformer through train::fit: final pattern, pruned logits equal") {
+  model::Transformer<float> m(tiny_transformer());
+  model::PeftConfig peft;
+  peft.method = model::Method::adalora;
+  peft.rank = 4;
+  peft.alpha = 8.0;
+  const Index modules = m.apply_peft(peft);
+  REQUIRE(modules == 12);  // q, k, v, o, fc, proj in 2 blocks
+  const auto batches = random_batches(4, 3);
+  optim::AdamWOptions a;
+  a.lr = 1e-2;
+  const long T = 40;
+  optim::AdaLoraOptimizer<float> opt(m, a, adalora_options(T, 5, 10, 5, 2));
+  train::TrainerOptions t;
+  t.max_steps = T;
+  t.max_grad_norm = 1.0;
+  const auto result = train::fit<model::Transformer<float>>(
+      m, opt, [&](long s) -> const model::Batch& { return batches[s % 4]; }, {}, t);
+  CHECK(result.steps == T);
+  REQUIRE(opt.allocator().finalized());
+  Index alive = 0;
+  m.visit_params([&](Param<float>& p) {
+    if (p.name.ends_with(".lora_E")) alive += (p.value.array() != 0.0f).count();
+  });
+  CHECK(alive == 2 * modules);
+  m.eval();
+  m.forward(batches[0]);
+  const MatrixF before = m.logits();
+  Index kept = 0;
+  m.visit_linears(
+      [&](const std::string&, nn::AdaptedLinear<float>& lin) { kept += prune::prune(lin); });
+  CHECK(kept == 2 * modules);
+  m.forward(batches[0]);
+  CHECK((m.logits() - before).cwiseAbs().maxCoeff() < 1e-5f);
+}
+
+TEST_CASE("sparsity scheduler drives a SoRA transformer with FineTuneOptimizer") {
+  model::Transformer<float> m(tiny_transformer());
+  model::PeftConfig peft;
+  peft.method = model::Method::sora;
+  peft.rank = 4;
+  peft.alpha = 8.0;
+  m.apply_peft(peft);
+  const auto batches = random_batches(4, 4);
+  optim::FineTuneOptions fo;
+  fo.lr = 5e-3;
+  auto opt = optim::FineTuneOptimizer<float>::for_model(m, fo);
+  auto loss_metric = [&] {  // higher is better: 1 / (1 + mean loss)
+    double loss = 0;
+    for (const auto& b : batches) loss += m.forward(b) / 4.0;
+    return 1.0 / (1.0 + loss);
+  };
+  std::vector<train::AdapterSnapshot<float>> snapshots;
+  auto hooks = train::make_sparsity_hooks(
+      m, opt, [&](long s) -> const model::Batch& { return batches[s % 4]; }, loss_metric,
+      loss_metric, 1.0, &snapshots);
+  train::SparsitySchedulerOptions o;
+  o.xi_kind = optim::XiScheduleKind::log_linear;
+  o.xi0 = 5e-3;
+  o.xi_max = 5e-2;
+  o.stages = 3;
+  o.dense_steps = 10;
+  o.stage_steps = 20;
+  o.lr = 5e-3;
+  const train::SparsityResult r = train::run_sparsity_scheduler(hooks, o);
+  CHECK(r.stages_completed == 3);
+  REQUIRE(r.rows.size() == 4);
+  CHECK(snapshots.size() == 4);
+  CHECK(opt.xi() == doctest::Approx(5e-2));
+  for (std::size_t i = 1; i < r.rows.size(); ++i) CHECK(r.rows[i].nonzero <= r.rows[i - 1].nonzero);
+  CHECK(r.rows.back().nonzero < r.rows.front().nonzero);
+  // Dense: 4 ranks x (4 (16 + 16 + 1) + 2 (16 + 32 + 1)) per block, 2 blocks.
+  CHECK(r.rows.front().nonzero == 2 * 4 * (4 * 33 + 2 * 49));
 }
