@@ -1,0 +1,825 @@
+#pragma once
+// sora-finetune's logic: pretraining (cached), one fine-tuning run per method and seed, the
+// comparison table, the sparsity scheduler and the output folder. main.cpp only parses the
+// command line and calls run(); tests call the same functions.
+//
+// Output folder:
+//   metrics.csv              one row per evaluation of every run
+//   summary.json             the setup, each run, each method's aggregate, the sparsity walk
+//   curves.svg, loss.svg     validation metric and training loss against the step (first seed)
+//   ranks_<method>.svg       final rank of every adapted module, layers x module kind
+//   adapter_<method>/        the pruned adapter of the first seed in PEFT format
+//   sparsity.csv, .svg       Algorithm 1, with --sparsity-schedule
+//   cache/pretrained-*.safetensors   the pretrained model, reused by later runs
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "data.hpp"
+#include "options.hpp"
+#include "sora/core/threading.hpp"
+#include "sora/io/atomic_file.hpp"
+#include "sora/io/named_tensors.hpp"
+#include "sora/io/peft_adapter.hpp"
+#include "sora/io/safetensors.hpp"
+#include "sora/io/svg_plot.hpp"
+#include "sora/model/transformer.hpp"
+#include "sora/optim/adalora.hpp"
+#include "sora/optim/lr_schedule.hpp"
+#include "sora/optim/param_groups.hpp"
+#include "sora/optim/xi_schedule.hpp"
+#include "sora/prune/prune.hpp"
+#include "sora/train/progress.hpp"
+#include "sora/train/sparsity_scheduler.hpp"
+#include "sora/train/trainer.hpp"
+
+namespace sora_finetune {
+
+namespace fs = std::filesystem;
+using Model = sora::model::Transformer<float>;
+using json = nlohmann::ordered_json;
+
+// ---- setup -----------------------------------------------------------------------------------
+
+struct Setup {
+  Options opt;
+  TaskData task;
+  Corpus corpus;
+  sora::model::TransformerConfig lm_config;    // pretraining
+  sora::model::TransformerConfig task_config;  // fine-tuning: the same body, a sequence head
+  fs::path out, cache_dir;
+  std::ostream* log = &std::cout;
+};
+
+inline std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char c : text) {
+    if (c == ',') {
+      if (!cur.empty()) parts.push_back(cur);
+      cur.clear();
+    } else if (c != ' ') {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) parts.push_back(cur);
+  return parts;
+}
+
+inline Setup make_setup(const Options& o, std::ostream& log) {
+  Setup s;
+  s.opt = o;
+  s.log = &log;
+  s.out = o.out;
+  s.cache_dir = o.cache_dir.empty() ? s.out / "cache" : fs::path(o.cache_dir);
+  const int max_len = o.max_len > 0 ? o.max_len : (o.synthetic() ? 24 : 128);
+  if (o.synthetic()) {
+    s.task =
+        synthetic_task(o.task, o.data_seed, static_cast<std::size_t>(o.train_size),
+                       static_cast<std::size_t>(o.val_size), static_cast<std::size_t>(o.test_size));
+    s.corpus = synthetic_corpus_for(o.data_seed, static_cast<std::size_t>(o.corpus_tokens));
+  } else {
+    s.task =
+        glue_task(o.glue_dir, *sora::io::parse_glue_task(o.task), max_len,
+                  static_cast<std::size_t>(o.train_size), static_cast<std::size_t>(o.val_size));
+    s.corpus = o.pretrain_text.empty() ? task_text_corpus(s.task) : text_corpus(o.pretrain_text);
+  }
+  sora::model::TransformerConfig c;
+  c.vocab_size = s.task.vocab_size;
+  c.width = o.width;
+  c.heads = o.heads;
+  c.layers = o.layers;
+  c.max_len = std::max<Index>(max_len, s.task.longest());
+  c.causal = true;  // GPT-style: pretrained by next-token prediction, pools the last token
+  c.dropout = o.dropout;
+  c.tied_lm_head = true;
+  c.head = sora::model::Head::lm;
+  c.seed = o.seed;
+  s.lm_config = c;
+  c.head = s.task.regression ? sora::model::Head::regression : sora::model::Head::classification;
+  c.num_labels = s.task.num_labels;
+  s.task_config = c;
+  return s;
+}
+
+// ---- pretraining and its cache ---------------------------------------------------------------
+
+inline std::string pretrain_key(const Setup& s) {
+  const auto& c = s.lm_config;
+  const Options& o = s.opt;
+  return sora::detail::concat("sora-finetune pretrain v1; corpus: ", s.corpus.description,
+                              "; vocab ", c.vocab_size, " width ", c.width, " heads ", c.heads,
+                              " layers ", c.layers, " max_len ", c.max_len, " dropout ", c.dropout,
+                              " seed ", c.seed, "; steps ", o.pretrain_steps, " batch ",
+                              o.pretrain_batch, " lr ", o.pretrain_lr);
+}
+
+inline std::uint64_t fnv1a(const std::string& text) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+struct Pretrained {
+  fs::path path;
+  bool reused = false;
+  double final_loss = std::nan("");  // mean loss of the last 10% of steps (when trained now)
+  double seconds = 0.0;
+};
+
+inline sora::train::ProgressBar::Options progress_options(const Options& o) {
+  sora::train::ProgressBar::Options p;
+  p.force_plain = o.plain;
+  return p;
+}
+
+// Trains the language model on the corpus, or reuses the cached one with the same key.
+inline Pretrained pretrain(const Setup& s) {
+  const std::string key = pretrain_key(s);
+  char name[64];
+  std::snprintf(name, sizeof name, "pretrained-%016llx.safetensors",
+                static_cast<unsigned long long>(fnv1a(key)));
+  Pretrained result;
+  result.path = s.cache_dir / name;
+  if (!s.opt.no_cache && fs::exists(result.path)) {
+    const auto file = sora::io::SafetensorsFile::open(result.path);
+    const auto it = file.metadata().find("sora.pretrain_key");
+    if (it != file.metadata().end() && it->second == key) {
+      result.reused = true;
+      *s.log << "pretrained model: reusing the cached " << result.path.string() << "\n";
+      return result;
+    }
+  }
+  *s.log << "pretrained model: training (" << s.opt.pretrain_steps << " steps on "
+         << s.corpus.tokens.size() << " corpus tokens), cache " << result.path.string() << "\n";
+  const auto start = std::chrono::steady_clock::now();
+  Model model(s.lm_config);
+  model.apply_peft(sora::model::PeftConfig{sora::model::Method::full});
+  sora::optim::FineTuneOptions fo;
+  fo.lr = s.opt.pretrain_lr;
+  fo.weight_decay = 0.01;
+  auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
+  sora::model::Batch batch;
+  sora::Rng rng(s.opt.data_seed, 21);
+  sora::train::TrainerOptions to;
+  to.max_steps = s.opt.pretrain_steps;
+  to.max_grad_norm = 1.0;
+  to.schedule = sora::optim::LrSchedule::with_warmup_ratio(
+      sora::optim::LrScheduleKind::warmup_cosine, s.opt.pretrain_lr, 0.05, s.opt.pretrain_steps);
+  const Index T = std::min<Index>(s.lm_config.max_len, 32);
+  sora::train::ProgressBar bar("pretrain", s.opt.pretrain_steps, progress_options(s.opt));
+  to.on_step = [&](long step, double loss) {
+    char status[48];
+    std::snprintf(status, sizeof status, "loss %.4f", loss);
+    bar.update(step + 1, status);
+  };
+  const auto r = sora::train::fit(
+      model, optimizer,
+      [&](long) -> const sora::model::Batch& {
+        fill_lm_batch(batch, s.corpus, s.opt.pretrain_batch, T, rng);
+        return batch;
+      },
+      {}, to);
+  bar.finish();
+  const std::size_t tail = std::max<std::size_t>(1, r.losses.size() / 10);
+  result.final_loss =
+      std::accumulate(r.losses.end() - static_cast<std::ptrdiff_t>(tail), r.losses.end(), 0.0) /
+      static_cast<double>(tail);
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fs::create_directories(s.cache_dir);
+  sora::io::save_tensors<float>(
+      result.path, sora::io::slots_of<float>([&](auto f) { model.visit_params(f); }),
+      sora::io::Dtype::F32, {{"format", "pt"}, {"sora.pretrain_key", key}});
+  *s.log << "pretrained model: final loss " << result.final_loss << ", saved\n";
+  return result;
+}
+
+// A task model with the pretrained body; its sequence head keeps its fresh initialisation.
+inline void load_pretrained(Model& model, const fs::path& path) {
+  std::vector<sora::io::TensorSlot<float>> slots;
+  model.visit_params([&](sora::Param<float>& p) {
+    if (!p.name.starts_with("head.")) slots.push_back(sora::io::slot(p));
+  });
+  sora::io::load_into(sora::io::SafetensorsFile::open(path), slots);
+}
+
+// ---- one fine-tuning run ---------------------------------------------------------------------
+
+struct RunResult {
+  std::string method;
+  std::uint64_t seed = 0;
+  double best_val = 0.0;
+  double metric = 0.0;  // on the test split when there is one, else the best validation
+  long steps = 0;
+  double epochs = 0.0;
+  double train_seconds = 0.0;  // training only, evaluations excluded
+  Index trainable = 0;
+  Index nonzero = 0;
+  Index after_pruning = 0;
+  Index adapter_after_pruning = 0;  // the adapters' share of after_pruning
+  std::size_t train_state_bytes = 0;
+  std::vector<std::pair<std::string, Index>> ranks;  // adapted module -> kept rank
+  std::vector<long> eval_steps;
+  std::vector<double> eval_metrics;
+  std::vector<double> eval_losses;  // mean training loss since the previous evaluation
+  fs::path adapter_dir;
+  double time_per_epoch() const { return epochs > 0 ? train_seconds / epochs : 0.0; }
+};
+
+inline double evaluate(Model& model, const TaskData& data, const std::vector<Example>& examples) {
+  std::vector<int> pred;
+  std::vector<double> values;
+  sora::model::Batch batch;
+  constexpr std::size_t kEvalBatch = 128;
+  std::vector<std::size_t> order(examples.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  for (std::size_t first = 0; first < examples.size(); first += kEvalBatch) {
+    const std::size_t count = std::min(kEvalBatch, examples.size() - first);
+    fill_batch(batch, data, examples, std::span<const std::size_t>(order).subspan(first, count));
+    const auto& logits = model.forward_logits(batch);
+    if (data.regression) {
+      for (Index i = 0; i < logits.rows(); ++i) values.push_back(logits(i, 0));
+    } else {
+      const auto p = model.predictions();
+      pred.insert(pred.end(), p.begin(), p.end());
+    }
+  }
+  return task_metric(data, pred, values, examples);
+}
+
+inline std::size_t train_state_bytes(Model& model) {
+  std::size_t bytes = 0;
+  model.visit_params([&](sora::Param<float>& p) { bytes += p.grad_bytes(); });
+  return bytes;
+}
+
+inline sora::model::PeftConfig peft_config(const Options& o, sora::model::Method method,
+                                           std::uint64_t seed) {
+  sora::model::PeftConfig p;
+  p.method = method;
+  p.rank = o.rank;
+  p.alpha = o.alpha;
+  p.target_modules = split_commas(o.targets);
+  p.seed = seed * 7919 + 17;
+  return p;
+}
+
+inline sora::optim::FineTuneOptions finetune_options(const Options& o, sora::model::Method m) {
+  sora::optim::FineTuneOptions f;
+  f.lr = m == sora::model::Method::full ? o.full_lr : o.lr;
+  f.gate_lr = o.gate_lr;
+  f.weight_decay = o.weight_decay;
+  f.xi = m == sora::model::Method::sora ? o.xi : 0.0;
+  f.scale_xi_by_lr = o.scale_xi_by_lr;
+  return f;
+}
+
+// The training batches of one run: a fresh permutation of the training set every epoch.
+class BatchStream {
+ public:
+  BatchStream(const TaskData& data, int batch_size, std::uint64_t seed)
+      : data_(data), batch_size_(static_cast<std::size_t>(batch_size)), rng_(seed, 31) {
+    order_.resize(data.train.size());
+    std::iota(order_.begin(), order_.end(), std::size_t{0});
+  }
+  std::size_t steps_per_epoch() const { return (order_.size() + batch_size_ - 1) / batch_size_; }
+  const sora::model::Batch& next() {
+    if (pos_ == 0) shuffle();
+    const std::size_t count = std::min(batch_size_, order_.size() - pos_);
+    fill_batch(batch_, data_, data_.train,
+               std::span<const std::size_t>(order_).subspan(pos_, count));
+    pos_ += count;
+    if (pos_ >= order_.size()) pos_ = 0;
+    return batch_;
+  }
+
+ private:
+  void shuffle() {
+    for (std::size_t i = order_.size(); i > 1; --i)
+      std::swap(order_[i - 1], order_[static_cast<std::size_t>(rng_.below(i))]);
+  }
+  const TaskData& data_;
+  std::size_t batch_size_;
+  sora::Rng rng_;
+  std::vector<std::size_t> order_;
+  std::size_t pos_ = 0;
+  sora::model::Batch batch_;
+};
+
+inline std::string run_label(const std::string& method, std::uint64_t seed) {
+  return method + " seed " + std::to_string(seed);
+}
+
+// Fine-tunes a fresh copy of the pretrained model with `method`; appends a metrics.csv line per
+// evaluation to *csv; exports the pruned adapter to `adapter_dir` unless it is empty.
+inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::string& method_name,
+                            std::uint64_t seed, const fs::path& adapter_dir, std::string* csv) {
+  const Options& o = s.opt;
+  const sora::model::Method method = sora::model::parse_method(method_name);
+  Model model(s.task_config);
+  load_pretrained(model, pre.path);
+  model.apply_peft(peft_config(o, method, seed));
+  model.reseed_dropout(seed * 104729 + 3);
+
+  BatchStream stream(s.task, o.batch_size, seed);
+  const long per_epoch = static_cast<long>(stream.steps_per_epoch());
+  const long steps = per_epoch * o.epochs;
+  sora::train::TrainerOptions to;
+  to.max_steps = steps;
+  to.eval_every = o.eval_every > 0 ? o.eval_every : per_epoch;
+  to.max_grad_norm = o.max_grad_norm;
+  to.higher_is_better = true;
+  to.restore_best = true;
+  const double base_lr = method == sora::model::Method::full ? o.full_lr : o.lr;
+  to.schedule = sora::optim::LrSchedule::with_warmup_ratio(
+      sora::optim::parse_lr_schedule(o.lr_schedule), base_lr, o.warmup, steps);
+
+  RunResult r;
+  r.method = method_name;
+  r.seed = seed;
+  sora::train::ProgressBar bar(run_label(method_name, seed), steps, progress_options(o));
+  double loss_sum = 0.0;
+  long loss_count = 0, done = 0;
+  to.on_step = [&](long step, double loss) {
+    loss_sum += loss;
+    ++loss_count;
+    done = step + 1;
+    char status[48];
+    std::snprintf(status, sizeof status, "loss %.4f", loss);
+    bar.update(step + 1, status);
+  };
+  double eval_seconds = 0.0;
+  auto evaluate_val = [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double metric = evaluate(model, s.task, s.task.val);
+    const double mean_loss = loss_count > 0 ? loss_sum / static_cast<double>(loss_count) : 0.0;
+    loss_sum = 0.0;
+    loss_count = 0;
+    r.eval_losses.push_back(mean_loss);
+    const Index nonzero = sora::train::adapter_nonzero(model);
+    if (csv != nullptr) {
+      char line[256];
+      std::snprintf(line, sizeof line, "%s,%llu,%ld,%.4f,%.6f,%.6f,%lld\n", method_name.c_str(),
+                    static_cast<unsigned long long>(seed), done,
+                    static_cast<double>(done) / static_cast<double>(per_epoch), mean_loss, metric,
+                    static_cast<long long>(nonzero));
+      *csv += line;
+    }
+    eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return metric;
+  };
+  auto next = [&](long) -> const sora::model::Batch& { return stream.next(); };
+
+  const auto start = std::chrono::steady_clock::now();
+  sora::train::TrainResult tr;
+  if (method == sora::model::Method::adalora) {
+    sora::optim::AdamWOptions a;
+    a.lr = o.lr;
+    a.weight_decay = o.weight_decay;
+    sora::optim::AdaLoraOptions ao;
+    ao.target_rank = o.adalora_target_rank;
+    ao.total_steps = steps;
+    ao.t_init = static_cast<long>(o.adalora_tinit * static_cast<double>(steps));
+    ao.t_final = static_cast<long>(o.adalora_tfinal * static_cast<double>(steps));
+    ao.delta_t = o.adalora_delta_t;
+    ao.orth_reg_weight = o.adalora_orth;
+    sora::optim::AdaLoraOptimizer<float> optimizer(model, a, ao);
+    tr = sora::train::fit(model, optimizer, next, evaluate_val, to);
+    r.train_state_bytes = optimizer.state_bytes();
+    // The allocator's importance statistics (two per element of A, E and B) are state too.
+    for (std::size_t k = 0; k < optimizer.allocator().modules().size(); ++k) {
+      const auto& st = optimizer.allocator().importance(k);
+      for (const auto* s2 : {&st.A, &st.B, &st.E})
+        r.train_state_bytes +=
+            static_cast<std::size_t>(s2->sensitivity.size() + s2->uncertainty.size()) *
+            sizeof(float);
+    }
+  } else {
+    auto optimizer =
+        sora::optim::FineTuneOptimizer<float>::for_model(model, finetune_options(o, method));
+    tr = sora::train::fit(model, optimizer, next, evaluate_val, to);
+    r.train_state_bytes = optimizer.state_bytes();
+  }
+  const double total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  bar.finish();
+  r.train_state_bytes += train_state_bytes(model);
+  r.train_seconds = total - eval_seconds;
+  r.steps = tr.steps;
+  r.epochs = static_cast<double>(tr.steps) / static_cast<double>(per_epoch);
+  r.eval_steps = tr.eval_steps;
+  r.eval_metrics = tr.eval_metrics;
+  r.best_val = tr.best_metric;
+
+  // The model now holds the best evaluated parameters (restore_best).
+  model.eval();
+  r.metric = s.task.has_test() ? evaluate(model, s.task, s.task.test) : r.best_val;
+  const sora::prune::ParamCounts counts = sora::prune::count_parameters(model);
+  r.trainable = counts.trainable;
+  r.nonzero = counts.nonzero;
+  r.after_pruning = counts.after_pruning;
+  for (const auto& m : counts.modules)
+    if (m.rank > 0) r.ranks.emplace_back(m.module, m.kept_rank);
+  // The adapters' share: kept ranks x (in + out).
+  model.visit_linears([&](const std::string&, Model::Linear& lin) {
+    if (!lin.adapter) return;
+    const Index kept = static_cast<Index>(sora::prune::kept_ranks(*lin.adapter).size());
+    r.adapter_after_pruning += kept * (lin.in_features() + lin.out_features());
+  });
+  if (!adapter_dir.empty() && method != sora::model::Method::full) {
+    sora::io::PeftExportOptions eo;
+    eo.task_type = "SEQ_CLS";
+    eo.metadata["sora.method"] = method_name;
+    eo.metadata["sora.task"] = s.task.name;
+    sora::io::export_peft_adapter(model, adapter_dir, eo);
+    r.adapter_dir = adapter_dir;
+  }
+  return r;
+}
+
+// ---- the sparsity scheduler ------------------------------------------------------------------
+
+struct SparsityOutcome {
+  sora::train::SparsityResult result;
+  fs::path csv, svg;
+};
+
+inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
+  const Options& o = s.opt;
+  Model model(s.task_config);
+  load_pretrained(model, pre.path);
+  model.apply_peft(peft_config(o, sora::model::Method::sora, o.seed));
+  auto fo = finetune_options(o, sora::model::Method::sora);
+  fo.xi = 0.0;
+  auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
+  BatchStream stream(s.task, o.batch_size, o.seed + 1000);
+  const long per_epoch = static_cast<long>(stream.steps_per_epoch());
+
+  // Memorization is measured on a fixed training subset (DESIGN.md 4).
+  const std::vector<Example> subset(
+      s.task.train.begin(),
+      s.task.train.begin() +
+          static_cast<std::ptrdiff_t>(std::min<std::size_t>(512, s.task.train.size())));
+  auto hooks = sora::train::make_sparsity_hooks(
+      model, optimizer, [&](long) -> const sora::model::Batch& { return stream.next(); },
+      [&] { return evaluate(model, s.task, subset); },
+      [&] { return evaluate(model, s.task, s.task.val); }, o.max_grad_norm);
+
+  sora::train::SparsitySchedulerOptions so;
+  so.xi_kind = sora::optim::parse_xi_schedule(o.xi_schedule);
+  so.xi0 = o.xi0;
+  so.xi_max = o.xi_max;
+  so.stages = o.stages;
+  so.dense_steps = per_epoch * o.dense_epochs;
+  so.stage_steps = per_epoch * o.stage_epochs;
+  so.eval_every = per_epoch;
+  so.lr = o.lr;
+  so.warmup_ratio = o.warmup;
+  SparsityOutcome outcome;
+  outcome.csv = s.out / "sparsity.csv";
+  outcome.svg = s.out / "sparsity.svg";
+  so.csv_path = outcome.csv;
+  so.svg_path = outcome.svg;
+  so.title = "SoRA sparsity schedule: " + s.task.name;
+
+  const long total = so.dense_steps + so.stage_steps * so.stages;
+  sora::train::ProgressBar bar("sparsity schedule", total, progress_options(o));
+  long done = 0;
+  auto train_stage = hooks.train_stage;
+  hooks.train_stage = [&](double xi, const sora::optim::LrSchedule& sched, long begin, long end) {
+    train_stage(xi, sched, begin, end);
+    done += end - begin;
+    char status[48];
+    std::snprintf(status, sizeof status, "xi %.2g", xi);
+    bar.update(done, status);
+  };
+  outcome.result = sora::train::run_sparsity_scheduler(hooks, so);
+  bar.finish();
+  return outcome;
+}
+
+// ---- reporting -------------------------------------------------------------------------------
+
+struct MethodSummary {
+  std::string method;
+  std::vector<const RunResult*> runs;
+  double mean = 0.0, std = 0.0;
+};
+
+inline std::vector<MethodSummary> summarize(const std::vector<RunResult>& runs) {
+  std::vector<MethodSummary> out;
+  for (const RunResult& r : runs) {
+    auto it = std::find_if(out.begin(), out.end(),
+                           [&](const MethodSummary& m) { return m.method == r.method; });
+    if (it == out.end()) {
+      out.push_back(MethodSummary{r.method, {}, 0.0, 0.0});
+      it = out.end() - 1;
+    }
+    it->runs.push_back(&r);
+  }
+  for (MethodSummary& m : out) {
+    const double n = static_cast<double>(m.runs.size());
+    for (const RunResult* r : m.runs) m.mean += r->metric / n;
+    double ss = 0.0;
+    for (const RunResult* r : m.runs) ss += (r->metric - m.mean) * (r->metric - m.mean);
+    m.std = m.runs.size() > 1 ? std::sqrt(ss / (n - 1.0)) : 0.0;  // sample standard deviation
+  }
+  return out;
+}
+
+inline std::string with_commas(long long v) {
+  std::string digits = std::to_string(v < 0 ? -v : v), out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return (v < 0 ? "-" : "") + out;
+}
+
+inline std::string format_bytes(double bytes) {
+  char buffer[32];
+  if (bytes >= 1024.0 * 1024.0) {
+    std::snprintf(buffer, sizeof buffer, "%.2f MiB", bytes / (1024.0 * 1024.0));
+  } else {
+    std::snprintf(buffer, sizeof buffer, "%.1f KiB", bytes / 1024.0);
+  }
+  return buffer;
+}
+
+// The comparison table: one line per method, means over the seeds.
+inline std::string table(const Setup& s, const std::vector<MethodSummary>& methods) {
+  std::ostringstream t;
+  const std::string metric = metric_name(s.task.metric);
+  const std::size_t n = methods.empty() ? 0 : methods.front().runs.size();
+  t << "task " << s.task.name << ": " << metric << " on the "
+    << (s.task.has_test() ? "test" : "validation") << " split, mean \u00b1 std over " << n
+    << (n == 1 ? " seed" : " seeds") << "\n";
+  char line[256];
+  std::snprintf(line, sizeof line, "%-8s  %-17s  %11s  %13s  %10s  %10s\n", "method",
+                metric.c_str(), "trainable", "after pruning", "time/epoch", "train mem");
+  t << line;
+  for (const MethodSummary& m : methods) {
+    char value[48];
+    std::snprintf(value, sizeof value, "%.4f \u00b1 %.4f", m.mean, m.std);
+    double trainable = 0, after = 0, seconds = 0, bytes = 0;
+    for (const RunResult* r : m.runs) {
+      trainable += static_cast<double>(r->trainable);
+      after += static_cast<double>(r->after_pruning);
+      seconds += r->time_per_epoch();
+      bytes += static_cast<double>(r->train_state_bytes);
+    }
+    const double k = static_cast<double>(m.runs.size());
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%.2f s", seconds / k);
+    // "±" is two bytes in UTF-8 but one column: pad by hand.
+    std::snprintf(line, sizeof line, "%-8s  %-18s  %11s  %13s  %10s  %10s\n", m.method.c_str(),
+                  value, with_commas(std::llround(trainable / k)).c_str(),
+                  with_commas(std::llround(after / k)).c_str(), secs,
+                  format_bytes(bytes / k).c_str());
+    t << line;
+  }
+  return t.str();
+}
+
+inline long peak_rss_bytes() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss * 1024L;  // Linux reports KiB
+}
+
+// Final rank of every adapted module as a heat map: layers x module kind.
+inline std::string rank_heatmap(const Setup& s, const RunResult& r) {
+  sora::io::Heatmap h;
+  h.title = r.method + ": final rank per module (seed " + std::to_string(r.seed) + ")";
+  h.value_label = "rank";
+  const std::vector<std::string> kinds = {"attn.q", "attn.k", "attn.v",
+                                          "attn.o", "mlp.fc", "mlp.proj"};
+  for (const std::string& k : kinds) h.col_labels.push_back(k.substr(k.find('.') + 1));
+  for (Index l = 0; l < s.task_config.layers; ++l) {
+    h.row_labels.push_back("layer " + std::to_string(l));
+    std::vector<double> row;
+    for (const std::string& k : kinds) {
+      const std::string name = "blocks." + std::to_string(l) + "." + k;
+      double v = std::nan("");
+      for (const auto& [module, rank] : r.ranks)
+        if (module == name) v = static_cast<double>(rank);
+      row.push_back(v);
+    }
+    h.values.push_back(std::move(row));
+  }
+  return h.svg();
+}
+
+inline void write_plots(const Setup& s, const std::vector<MethodSummary>& methods) {
+  sora::io::LinePlot curves, losses;
+  curves.title = s.task.name + ": validation " + metric_name(s.task.metric);
+  curves.x_label = "training step";
+  curves.y_label = metric_name(s.task.metric);
+  losses.title = s.task.name + ": training loss";
+  losses.x_label = "training step";
+  losses.y_label = "mean loss since the previous evaluation";
+  for (const MethodSummary& m : methods) {
+    const RunResult& r = *m.runs.front();
+    sora::io::Series c, l;
+    c.name = l.name = r.method;
+    for (std::size_t i = 0; i < r.eval_steps.size(); ++i) {
+      c.x.push_back(static_cast<double>(r.eval_steps[i]));
+      c.y.push_back(r.eval_metrics[i]);
+      l.x.push_back(static_cast<double>(r.eval_steps[i]));
+      l.y.push_back(r.eval_losses[i]);
+    }
+    curves.add(std::move(c));
+    losses.add(std::move(l));
+    if (r.method != "full")
+      sora::io::write_file_atomic(s.out / ("ranks_" + r.method + ".svg"), rank_heatmap(s, r));
+  }
+  sora::io::write_file_atomic(s.out / "curves.svg", curves.svg());
+  sora::io::write_file_atomic(s.out / "loss.svg", losses.svg());
+}
+
+inline json run_json(const RunResult& r) {
+  json j;
+  j["method"] = r.method;
+  j["seed"] = r.seed;
+  j["metric"] = r.metric;
+  j["best_validation"] = r.best_val;
+  j["steps"] = r.steps;
+  j["epochs"] = r.epochs;
+  j["train_seconds"] = r.train_seconds;
+  j["time_per_epoch_s"] = r.time_per_epoch();
+  j["trainable_params"] = r.trainable;
+  j["nonzero_params"] = r.nonzero;
+  j["params_after_pruning"] = r.after_pruning;
+  j["adapter_params_after_pruning"] = r.adapter_after_pruning;
+  j["train_state_bytes"] = r.train_state_bytes;
+  json ranks = json::object();
+  for (const auto& [module, rank] : r.ranks) ranks[module] = rank;
+  j["ranks"] = ranks;
+  j["adapter_dir"] =
+      r.adapter_dir.empty() ? json(nullptr) : json(r.adapter_dir.filename().string());
+  return j;
+}
+
+inline json config_json(const sora::model::TransformerConfig& c) {
+  json j;
+  j["vocab_size"] = c.vocab_size;
+  j["width"] = c.width;
+  j["heads"] = c.heads;
+  j["layers"] = c.layers;
+  j["max_len"] = c.max_len;
+  j["dropout"] = c.dropout;
+  j["causal"] = c.causal;
+  return j;
+}
+
+// ---- the program -----------------------------------------------------------------------------
+
+// Runs what the options ask for; returns the process exit code. Progress and tables go to
+// `log` (stdout in the program); progress bars to stderr.
+inline int run(const Options& o, std::ostream& log) {
+  if (o.threads > 0) sora::set_num_threads(o.threads);
+  const auto wall_start = std::chrono::steady_clock::now();
+  Setup s = make_setup(o, log);
+  fs::create_directories(s.out);
+  log << "task " << s.task.name << " (" << s.task.source << "): " << s.task.train.size()
+      << " train / " << s.task.val.size() << " validation / " << s.task.test.size()
+      << " test examples, metric " << metric_name(s.task.metric) << "\n";
+  log << "model: " << s.task_config.layers << " layers, width " << s.task_config.width << ", "
+      << s.task_config.heads << " heads, vocabulary " << s.task_config.vocab_size << ", "
+      << sora::num_threads() << " thread(s)\n";
+  const Pretrained pre = pretrain(s);
+
+  const std::vector<std::string> methods =
+      o.compare ? method_names() : std::vector<std::string>{o.method};
+  std::string csv = "method,seed,step,epoch,train_loss,val_metric,adapter_nonzero_params\n";
+  std::vector<RunResult> runs;
+  runs.reserve(methods.size() * static_cast<std::size_t>(o.seeds));
+  for (const std::string& m : methods) {
+    for (int k = 0; k < o.seeds; ++k) {
+      const std::uint64_t seed = o.seed + static_cast<std::uint64_t>(k);
+      const fs::path adapter =
+          k == 0 ? s.out / (o.compare ? "adapter_" + m : std::string("adapter")) : fs::path();
+      runs.push_back(run_method(s, pre, m, seed, adapter, &csv));
+      const RunResult& r = runs.back();
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "  %-8s seed %llu: %s %.4f (best validation %.4f), %lld trainable -> %lld "
+                    "after pruning, %.2f s/epoch\n",
+                    m.c_str(), static_cast<unsigned long long>(seed), metric_name(s.task.metric),
+                    r.metric, r.best_val, static_cast<long long>(r.trainable),
+                    static_cast<long long>(r.after_pruning), r.time_per_epoch());
+      log << line << std::flush;
+      sora::io::write_file_atomic(s.out / "metrics.csv", csv);
+    }
+  }
+  const std::vector<MethodSummary> summary = summarize(runs);
+  const std::string tab = table(s, summary);
+  log << "\n" << tab << std::flush;
+  write_plots(s, summary);
+
+  json j;
+  j["program"] = "sora-finetune";
+  j["task"] = {{"name", s.task.name},
+               {"source", s.task.source},
+               {"metric", metric_name(s.task.metric)},
+               {"reported_split", s.task.has_test() ? "test" : "validation"},
+               {"train", s.task.train.size()},
+               {"validation", s.task.val.size()},
+               {"test", s.task.test.size()}};
+  j["model"] = config_json(s.task_config);
+  j["pretrain"] = {
+      {"cache", pre.path.string()},
+      {"reused", pre.reused},
+      {"steps", o.pretrain_steps},
+      {"final_loss", std::isnan(pre.final_loss) ? json(nullptr) : json(pre.final_loss)},
+      {"seconds", pre.seconds}};
+  j["hyperparameters"] = {{"epochs", o.epochs},
+                          {"batch_size", o.batch_size},
+                          {"lr", o.lr},
+                          {"full_lr", o.full_lr},
+                          {"rank", o.rank},
+                          {"alpha", o.alpha},
+                          {"xi", o.xi},
+                          {"targets", split_commas(o.targets)},
+                          {"max_grad_norm", o.max_grad_norm},
+                          {"adalora_target_rank", o.adalora_target_rank}};
+  json ms = json::array();
+  for (const MethodSummary& m : summary) {
+    json e;
+    e["method"] = m.method;
+    e["metric_mean"] = m.mean;
+    e["metric_std"] = m.std;
+    e["seeds"] = m.runs.size();
+    e["trainable_params"] = m.runs.front()->trainable;
+    double after = 0;
+    for (const RunResult* r : m.runs) after += static_cast<double>(r->after_pruning);
+    e["params_after_pruning_mean"] = after / static_cast<double>(m.runs.size());
+    double tpe = 0;
+    for (const RunResult* r : m.runs) tpe += r->time_per_epoch();
+    e["time_per_epoch_s"] = tpe / static_cast<double>(m.runs.size());
+    e["train_state_bytes"] = m.runs.front()->train_state_bytes;
+    e["adapter_dir"] = m.runs.front()->adapter_dir.empty()
+                           ? json(nullptr)
+                           : json(m.runs.front()->adapter_dir.filename().string());
+    ms.push_back(e);
+  }
+  j["methods"] = ms;
+  json rs = json::array();
+  for (const RunResult& r : runs) rs.push_back(run_json(r));
+  j["runs"] = rs;
+  j["table"] = tab;
+
+  if (o.sparsity_schedule) {
+    log << "\nsparsity schedule (Algorithm 1): dense phase, then " << o.stages << " xi stages from "
+        << o.xi0 << " to " << o.xi_max << " (" << o.xi_schedule << ")\n";
+    const SparsityOutcome sp = run_sparsity(s, pre);
+    for (const auto& row : sp.result.rows) {
+      char line[200];
+      std::snprintf(line, sizeof line,
+                    "  stage %d  xi %-9.3g  non-zero %7lld  memorization %6.1f%%  "
+                    "generalization %6.1f%%\n",
+                    row.stage, row.xi, static_cast<long long>(row.nonzero), row.memorization,
+                    row.generalization);
+      log << line;
+    }
+    json sj;
+    sj["csv"] = sp.csv.filename().string();
+    sj["svg"] = sp.svg.filename().string();
+    sj["xis"] = sp.result.xis;
+    sj["train_reference"] = sp.result.train_reference;
+    sj["validation_reference"] = sp.result.val_reference;
+    sj["stages_completed"] = sp.result.stages_completed;
+    sj["rows"] = sp.result.rows.size();
+    if (!sp.result.rows.empty()) {
+      sj["final_nonzero"] = sp.result.rows.back().nonzero;
+      sj["final_generalization_pct"] = sp.result.rows.back().generalization;
+    }
+    j["sparsity_schedule"] = sj;
+  }
+  j["peak_rss_bytes"] = peak_rss_bytes();
+  j["wall_seconds"] =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  sora::io::write_file_atomic(s.out / "summary.json", j.dump(2) + "\n");
+  log << "\nreport: " << fs::absolute(s.out).string()
+      << "/ (summary.json, metrics.csv, curves.svg, loss.svg, ranks_*.svg, adapter*/"
+      << (o.sparsity_schedule ? ", sparsity.csv, sparsity.svg" : "") << ")\n";
+  return 0;
+}
+
+}  // namespace sora_finetune

@@ -1,0 +1,359 @@
+#pragma once
+// sora-finetune's command line: every flag, its default and its check, in one place (CLI11).
+// parse_options never exits the process: it returns an exit code for --help and for errors,
+// so that tests can drive it.
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "data.hpp"
+
+namespace sora_finetune {
+
+struct Options {
+  // What to run.
+  std::string method = "sora";
+  bool compare = false;
+  bool sparsity_schedule = false;
+  std::string task = "polarity";
+  std::string glue_dir;
+  std::vector<std::string> pretrain_text;
+  std::string out = "sora-finetune-out";
+  std::string cache_dir;  // empty: <out>/cache
+  bool no_cache = false;
+  int seeds = 3;
+  std::uint64_t seed = 0;
+  std::uint64_t data_seed = 7;
+  int threads = 1;
+  bool plain = false;
+
+  // Data sizes (the synthetic tasks; GLUE: caps, 0 = the whole split).
+  int train_size = 2000;
+  int val_size = 500;
+  int test_size = 1000;
+  int max_len = 0;  // 0: 24 for the synthetic language, 128 for bytes
+
+  // The model.
+  int width = 64;
+  int layers = 4;
+  int heads = 4;
+  double dropout = 0.0;
+
+  // Pretraining.
+  int pretrain_steps = 500;
+  int pretrain_batch = 32;
+  double pretrain_lr = 3e-3;
+  int corpus_tokens = 200000;
+
+  // Fine-tuning, every method.
+  int epochs = 4;
+  int batch_size = 32;
+  int eval_every = 0;  // 0: once per epoch
+  double max_grad_norm = 1.0;
+  double warmup = 0.06;
+  std::string lr_schedule = "linear";
+  double weight_decay = 0.1;
+  double full_lr = 1e-3;  // full fine-tuning
+  double lr = 4e-3;       // adapter methods
+  int rank = 8;
+  double alpha = 16.0;
+  std::string targets = "q,k,v,o,fc,proj";
+  // SoRA.
+  double xi = 1e-3;
+  double gate_lr = -1.0;  // < 0: lr
+  bool scale_xi_by_lr = false;
+  // AdaLoRA.
+  int adalora_target_rank = 4;
+  double adalora_tinit = 0.1;   // share of the steps before any masking
+  double adalora_tfinal = 0.2;  // share of the steps with the final pattern
+  int adalora_delta_t = 10;
+  double adalora_orth = 0.1;
+  // Sparsity scheduler (Algorithm 1).
+  std::string xi_schedule = "linear";
+  double xi0 = 1e-3;
+  double xi_max = 8e-3;
+  int stages = 5;
+  int dense_epochs = 2;
+  int stage_epochs = 1;
+
+  bool synthetic() const { return glue_dir.empty(); }
+};
+
+inline const std::vector<std::string>& method_names() {
+  static const std::vector<std::string> names = {"full", "lora", "sora", "adalora"};
+  return names;
+}
+
+// Parses argv into `o`. Returns std::nullopt to go on, or the exit code to leave with (0 after
+// --help). Messages go to `out` (help) and `err` (errors), each error naming its flag.
+inline std::optional<int> parse_options(int argc, const char* const* argv, Options& o,
+                                        std::ostream& out, std::ostream& err) {
+  CLI::App app{
+      "sora-finetune: pretrain a small transformer (cached), fine-tune it with full, LoRA, SoRA "
+      "or AdaLoRA, compare the methods, walk SoRA's sparsity schedule and export the pruned "
+      "adapter in PEFT format. With no arguments: the embedded synthetic language and its "
+      "'polarity' task, SoRA, 3 seeds.",
+      "sora-finetune"};
+  app.get_formatter()->column_width(34);
+  auto* g_run = "What to run";
+  app.add_option("--method", o.method, "fine-tuning method")
+      ->check(CLI::IsMember(method_names()))
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_flag("--compare", o.compare,
+               "run all four methods on the same pretrained model, data and seeds; print a table")
+      ->group(g_run);
+  app.add_flag("--sparsity-schedule", o.sparsity_schedule,
+               "also run SoRA's sparsity scheduler (Algorithm 1): CSV + SVG of memorization and "
+               "generalization against non-zero parameters")
+      ->group(g_run);
+  app.add_option("--task", o.task,
+                 "embedded task (polarity, pair, score) or, with --glue-dir, a GLUE task "
+                 "(sst2, cola, mrpc, rte, stsb, qnli, qqp, mnli)")
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--glue-dir", o.glue_dir, "GLUE task folder with train.tsv and dev.tsv")
+      ->check(CLI::ExistingDirectory)
+      ->group(g_run);
+  app.add_option("--pretrain-text", o.pretrain_text,
+                 "text files to pretrain on (byte level); needs --glue-dir")
+      ->check(CLI::ExistingFile)
+      ->group(g_run);
+  app.add_option("--out", o.out, "output folder")->capture_default_str()->group(g_run);
+  app.add_option("--cache-dir", o.cache_dir, "pretrained-model cache (default: <out>/cache)")
+      ->group(g_run);
+  app.add_flag("--no-cache", o.no_cache, "pretrain again even when a cached model exists")
+      ->group(g_run);
+  app.add_option("--seeds", o.seeds, "seeds per method (fine-tuning: adapter init, data order)")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--seed", o.seed, "first seed (also the model's initialisation)")
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--data-seed", o.data_seed, "seed of the synthetic corpus and tasks")
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--threads", o.threads, "threads (0: all cores; small models run fastest on one)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_flag("--plain", o.plain, "plain progress lines even on a terminal")->group(g_run);
+
+  auto* g_data = "Data";
+  app.add_option("--train-size", o.train_size, "training examples (GLUE: cap, 0 = all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_data);
+  app.add_option("--val-size", o.val_size, "validation examples (GLUE: cap, 0 = all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_data);
+  app.add_option("--test-size", o.test_size, "test examples (synthetic tasks only)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_data);
+  app.add_option("--max-len", o.max_len,
+                 "longest sequence in tokens (0: 24 synthetic, 128 bytes for real data)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str()
+      ->group(g_data);
+
+  auto* g_model = "Model";
+  app.add_option("--width", o.width, "model width C")
+      ->check(CLI::Range(4, 4096))
+      ->capture_default_str()
+      ->group(g_model);
+  app.add_option("--layers", o.layers, "transformer blocks")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str()
+      ->group(g_model);
+  app.add_option("--heads", o.heads, "attention heads (must divide --width)")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str()
+      ->group(g_model);
+  app.add_option("--dropout", o.dropout, "dropout of the model")
+      ->check(CLI::Range(0.0, 0.9))
+      ->capture_default_str()
+      ->group(g_model);
+
+  auto* g_pre = "Pretraining";
+  app.add_option("--pretrain-steps", o.pretrain_steps, "language-modelling steps")
+      ->check(CLI::Range(1, 100000000))
+      ->capture_default_str()
+      ->group(g_pre);
+  app.add_option("--pretrain-batch", o.pretrain_batch, "windows per pretraining batch")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str()
+      ->group(g_pre);
+  app.add_option("--pretrain-lr", o.pretrain_lr, "pretraining learning rate")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(g_pre);
+  app.add_option("--corpus-tokens", o.corpus_tokens, "tokens of the synthetic corpus")
+      ->check(CLI::Range(64, 1000000000))
+      ->capture_default_str()
+      ->group(g_pre);
+
+  auto* g_ft = "Fine-tuning (every method)";
+  app.add_option("--epochs", o.epochs, "passes over the training set")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--batch-size", o.batch_size, "examples per step")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--eval-every", o.eval_every, "steps between evaluations (0: once per epoch)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--max-grad-norm", o.max_grad_norm, "global gradient clipping (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--warmup", o.warmup, "warm-up share of the steps")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--lr-schedule", o.lr_schedule, "learning-rate schedule")
+      ->check(CLI::IsMember({"constant", "linear", "cosine"}))
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay on matrices")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--full-lr", o.full_lr, "learning rate of full fine-tuning")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--lr", o.lr, "learning rate of LoRA, SoRA and AdaLoRA")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--rank", o.rank, "adapter rank r (SoRA's r_max, AdaLoRA's initial rank)")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--alpha", o.alpha, "adapter alpha (scale alpha / r)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--targets", o.targets, "comma-separated adapted modules (PEFT suffix rule)")
+      ->capture_default_str()
+      ->group(g_ft);
+
+  auto* g_sora = "SoRA";
+  app.add_option("--xi", o.xi, "gate sparsity threshold xi (per step)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_sora);
+  app.add_option("--gate-lr", o.gate_lr, "gate learning rate (default: --lr)")
+      ->check(CLI::PositiveNumber)
+      ->group(g_sora);
+  app.add_flag("--scale-xi-by-lr", o.scale_xi_by_lr,
+               "threshold xi * lr (proximal-gradient form) instead of xi")
+      ->group(g_sora);
+
+  auto* g_ada = "AdaLoRA";
+  app.add_option("--adalora-target-rank", o.adalora_target_rank,
+                 "final average rank per module (budget = this x modules)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str()
+      ->group(g_ada);
+  app.add_option("--adalora-tinit", o.adalora_tinit, "share of the steps before any masking")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str()
+      ->group(g_ada);
+  app.add_option("--adalora-tfinal", o.adalora_tfinal,
+                 "share of the steps trained with the final rank pattern")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str()
+      ->group(g_ada);
+  app.add_option("--adalora-delta-t", o.adalora_delta_t, "steps between two allocations")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str()
+      ->group(g_ada);
+  app.add_option("--adalora-orth", o.adalora_orth, "orthogonal regularizer weight")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_ada);
+
+  auto* g_sched = "Sparsity scheduler";
+  app.add_option("--xi-schedule", o.xi_schedule, "spacing of the xi values")
+      ->check(CLI::IsMember({"linear", "log-linear", "exp-linear"}))
+      ->capture_default_str()
+      ->group(g_sched);
+  app.add_option("--xi0", o.xi0, "first xi")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_sched);
+  app.add_option("--xi-max", o.xi_max, "last xi")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(g_sched);
+  app.add_option("--stages", o.stages, "number of xi values (sparse stages)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str()
+      ->group(g_sched);
+  app.add_option("--dense-epochs", o.dense_epochs, "epochs of the dense phase (xi = 0)")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str()
+      ->group(g_sched);
+  app.add_option("--stage-epochs", o.stage_epochs, "epochs of each sparse stage")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str()
+      ->group(g_sched);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    err << "sora-finetune: " << e.what() << "\n(run sora-finetune --help for the flags)\n";
+    return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
+  }
+
+  // Checks across flags, each naming the flag at fault.
+  auto fail = [&](const std::string& message) -> std::optional<int> {
+    err << "sora-finetune: " << message << "\n";
+    return 2;
+  };
+  if (o.synthetic()) {
+    if (!is_synthetic_task(o.task))
+      return fail("--task: '" + o.task + "' is not an embedded task (expected " + kSyntheticTasks +
+                  "; GLUE tasks need --glue-dir)");
+    if (!o.pretrain_text.empty())
+      return fail(
+          "--pretrain-text needs --glue-dir: the embedded tasks use the synthetic language's "
+          "own word vocabulary, not bytes");
+    if (o.train_size < 1 || o.val_size < 1 || o.test_size < 1)
+      return fail("--train-size, --val-size and --test-size must be >= 1 for the embedded tasks");
+  } else {
+    const auto task = sora::io::parse_glue_task(o.task);
+    if (!task || *task == sora::io::GlueTask::WNLI)
+      return fail("--task: '" + o.task +
+                  "' is not a GLUE task (expected sst2, cola, mrpc, rte, stsb, qnli, qqp or mnli)");
+  }
+  if (o.width % o.heads != 0)
+    return fail("--heads: " + std::to_string(o.heads) + " does not divide --width " +
+                std::to_string(o.width));
+  if (o.xi_max < o.xi0) return fail("--xi-max must be >= --xi0");
+  if (o.xi_schedule == "log-linear" && o.xi0 <= 0)
+    return fail("--xi0 must be > 0 for a log-linear --xi-schedule");
+  if (o.adalora_target_rank > o.rank)
+    return fail("--adalora-target-rank " + std::to_string(o.adalora_target_rank) +
+                " exceeds --rank " + std::to_string(o.rank));
+  if (o.adalora_tinit + o.adalora_tfinal >= 1.0)
+    return fail("--adalora-tinit + --adalora-tfinal must be < 1");
+  if (o.targets.empty()) return fail("--targets: give at least one module name");
+  return std::nullopt;
+}
+
+}  // namespace sora_finetune

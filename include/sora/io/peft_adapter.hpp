@@ -1,0 +1,322 @@
+#pragma once
+// PEFT-format LoRA adapters (DESIGN.md section 8): a folder holding
+//   adapter_config.json         peft_type "LORA", r, lora_alpha, target_modules, rank_pattern,
+//                               alpha_pattern, ...
+//   adapter_model.safetensors   base_model.model.<module>.lora_A.weight (r, in)
+//                               base_model.model.<module>.lora_B.weight (out, r)
+// that Hugging Face PEFT loads with PeftModel.from_pretrained onto the same base weights.
+//
+// Export prunes on the way out (prune::to_lora): a SoRA or AdaLoRA module keeps the ranks with
+// a non-zero gate and folds the gate into B; a module left with no rank is not written at all
+// (PEFT never sees a zero-sized tensor); a LoRA module is written whole.
+//
+// The scale. PEFT computes scaling = alpha_m / r_m per module, with r_m from rank_pattern and
+// alpha_m from alpha_pattern (else r and lora_alpha). Ours is s = alpha / r_max, fixed for the
+// module's life, so a SoRA module pruned to r' ranks does not have PEFT's alpha / r'. The
+// choice here: fold s into B as well (B_file = s B diag(g)) and make PEFT's scaling exactly 1
+// by writing alpha_pattern[m] = rank_pattern[m] = r_m, and lora_alpha = r = the largest rank.
+// alpha_m / r_m = 1 is exact in floating point, so PEFT's update B_file A is ours to the
+// rounding of one product; no reader has to know what r_max was. (Setting alpha_pattern to
+// alpha r_m / r_max instead would put an inexact quotient into every module's scale.) sora's
+// own alpha and r_max go into the safetensors metadata, for the record.
+//
+// Import reads any PEFT LoRA adapter (not only sora's): each module becomes a LoRA adapter
+// with scale alpha_m / r_m (alpha_m / sqrt(r_m) under use_rslora), replacing every adapter the
+// model had. Every problem in the files (unknown module, misshapen tensor, a rank that the
+// config contradicts, tensors that are not LoRA weights) is reported at once, before the model
+// is touched.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sora/core/error.hpp"
+#include "sora/core/tensor.hpp"
+#include "sora/io/atomic_file.hpp"
+#include "sora/io/safetensors.hpp"
+#include "sora/nn/adapter.hpp"
+#include "sora/prune/prune.hpp"
+
+namespace sora::io {
+
+inline constexpr const char* kPeftConfigFile = "adapter_config.json";
+inline constexpr const char* kPeftWeightsFile = "adapter_model.safetensors";
+inline constexpr const char* kPeftKeyPrefix = "base_model.model.";
+
+struct PeftExportOptions {
+  std::string base_model_name_or_path;  // written as null when empty
+  std::string task_type;                // e.g. "SEQ_CLS"; null when empty
+  Dtype dtype = Dtype::F32;
+  std::map<std::string, std::string> metadata;  // extra safetensors metadata
+};
+
+struct PeftModuleInfo {
+  std::string module;  // dotted module path, e.g. "blocks.0.attn.q"
+  Index rank = 0;      // ranks written (0: pruned away, not in the files)
+  Index in = 0, out = 0;
+};
+
+struct PeftExportReport {
+  std::vector<PeftModuleInfo> modules;  // every adapted module, in model order, rank 0 included
+  Index max_rank = 0;                   // the config's r
+  Index parameters = 0;                 // scalars written: sum of r (in + out)
+  Index exported_modules() const {
+    return static_cast<Index>(std::count_if(modules.begin(), modules.end(),
+                                            [](const PeftModuleInfo& m) { return m.rank > 0; }));
+  }
+};
+
+namespace peft_detail {
+
+inline std::string key(const std::string& module, const char* which) {
+  return std::string(kPeftKeyPrefix) + module + "." + which + ".weight";
+}
+
+inline nlohmann::json read_json(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  SORA_CHECK(in.good(), "cannot open '", path.string(), "'");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    detail::throw_error(path.string(), ": not valid JSON: ", e.what());
+  }
+}
+
+// PEFT's pattern rule for rank_pattern / alpha_pattern keys: the key names the module exactly
+// or as a dotted suffix (PEFT matches the regex "(.*\.)?<key>$"; for dotted module names
+// without regex metacharacters these agree).
+inline const nlohmann::json* pattern_value(const nlohmann::json& config, const char* field,
+                                           const std::string& module) {
+  if (!config.contains(field) || !config[field].is_object()) return nullptr;
+  for (const auto& [pattern, value] : config[field].items()) {
+    const bool suffix = module.size() > pattern.size() && module.ends_with(pattern) &&
+                        module[module.size() - pattern.size() - 1] == '.';
+    if (module == pattern || suffix) return &value;
+  }
+  return nullptr;
+}
+
+}  // namespace peft_detail
+
+// Writes the model's adapters, pruned, as a PEFT LoRA adapter folder `dir` (created if
+// needed; both files written atomically). The model must offer visit_linears(fn(name, layer))
+// (model::Transformer). The model itself is not changed.
+template <class Model>
+PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& dir,
+                                     const PeftExportOptions& options = {}) {
+  using Linear = typename Model::Linear;
+  using T = typename Model::Scalar;
+  PeftExportReport report;
+  SafetensorsWriter writer;
+  nlohmann::ordered_json targets = nlohmann::ordered_json::array();
+  nlohmann::ordered_json ranks = nlohmann::ordered_json::object();
+  double alpha = 0.0, dropout = 0.0;
+  Index r_max = 0;
+  bool any = false;
+  model.visit_linears([&](const std::string& name, Linear& lin) {
+    if (!lin.adapter) return;
+    SORA_CHECK(!lin.merged(), "export_peft_adapter: module '", name,
+               "' has its adapter merged into the base weight; unmerge it first");
+    const auto& adapter = *lin.adapter;
+    if (!any) {
+      // The configured alpha of the run, for the metadata: s r_max undoes s = alpha / r_max.
+      alpha = static_cast<double>(adapter.scale()) * static_cast<double>(adapter.r_max());
+      r_max = adapter.r_max();
+      dropout = static_cast<double>(adapter.dropout());
+      any = true;
+    }
+    PeftModuleInfo info{name, 0, adapter.in_features(), adapter.out_features()};
+    const std::optional<typename Linear::Adapter> lora = prune::to_lora(adapter);
+    if (lora) {
+      info.rank = lora->rank();
+      const Matrix<T> B = lora->lora_B.value * lora->scale();  // (OC, R): s B diag(g)
+      writer.add(peft_detail::key(name, "lora_A"), lora->lora_A.value, options.dtype);
+      writer.add(peft_detail::key(name, "lora_B"), B, options.dtype);
+      targets.push_back(name);
+      ranks[name] = info.rank;
+      report.max_rank = std::max(report.max_rank, info.rank);
+      report.parameters += info.rank * (info.in + info.out);
+    }
+    report.modules.push_back(std::move(info));
+  });
+  SORA_CHECK(any, "export_peft_adapter: the model has no adapter to export");
+
+  nlohmann::ordered_json config;
+  config["peft_type"] = "LORA";
+  config["task_type"] = options.task_type.empty() ? nlohmann::ordered_json(nullptr)
+                                                  : nlohmann::ordered_json(options.task_type);
+  config["base_model_name_or_path"] = options.base_model_name_or_path.empty()
+                                          ? nlohmann::ordered_json(nullptr)
+                                          : nlohmann::ordered_json(options.base_model_name_or_path);
+  config["inference_mode"] = true;
+  // A model pruned to nothing still gets a loadable (empty) adapter: PEFT requires r >= 1.
+  const Index r = std::max<Index>(report.max_rank, 1);
+  config["r"] = r;
+  config["lora_alpha"] = r;  // scaling = lora_alpha / r = 1: s is folded into lora_B
+  config["lora_dropout"] = dropout;
+  config["target_modules"] = targets;
+  config["rank_pattern"] = ranks;
+  config["alpha_pattern"] = ranks;  // alpha_m = r_m: scaling 1 on every module
+  config["fan_in_fan_out"] = false;
+  config["bias"] = "none";
+  config["use_rslora"] = false;
+  config["use_dora"] = false;
+  config["modules_to_save"] = nullptr;
+  config["init_lora_weights"] = true;
+  config["layers_to_transform"] = nullptr;
+  config["layers_pattern"] = nullptr;
+  config["revision"] = nullptr;
+
+  writer.set_metadata("format", "pt");
+  writer.set_metadata("sora.alpha", detail::concat(alpha));
+  writer.set_metadata("sora.r_max", detail::concat(r_max));
+  writer.set_metadata("sora.scale_folded_into_lora_B", "true");
+  for (const auto& [k, v] : options.metadata) writer.set_metadata(k, v);
+
+  std::filesystem::create_directories(dir);
+  writer.write(dir / kPeftWeightsFile);
+  write_file_atomic(dir / kPeftConfigFile, config.dump(2) + "\n");
+  return report;
+}
+
+struct PeftImportReport {
+  std::vector<PeftModuleInfo> modules;  // in model order
+  Index parameters = 0;
+};
+
+// Reads a PEFT LoRA adapter folder into the model: every adapter the model had is detached,
+// then each module in the files gets a LoRA adapter (base frozen, adapter trainable) with
+// PEFT's scale. Throws one sora::Error listing every problem before changing the model.
+template <class Model>
+PeftImportReport import_peft_adapter(Model& model, const std::filesystem::path& dir) {
+  using Linear = typename Model::Linear;
+  using T = typename Model::Scalar;
+  const std::filesystem::path config_path = dir / kPeftConfigFile;
+  const nlohmann::json config = peft_detail::read_json(config_path);
+  SORA_CHECK(config.is_object(), config_path.string(), ": not a JSON object");
+  SORA_CHECK(config.value("peft_type", std::string()) == "LORA", config_path.string(),
+             ": peft_type is ",
+             config.contains("peft_type") ? config["peft_type"].dump() : "absent",
+             ", only \"LORA\" adapters can be imported");
+  SORA_CHECK(config.contains("r") && config["r"].is_number_integer() && config["r"].get<long>() > 0,
+             config_path.string(), ": 'r' must be a positive integer");
+  SORA_CHECK(config.contains("lora_alpha") && config["lora_alpha"].is_number(),
+             config_path.string(), ": 'lora_alpha' must be a number");
+  SORA_CHECK(!config.value("fan_in_fan_out", false), config_path.string(),
+             ": fan_in_fan_out adapters (transposed Conv1D weights) are not supported");
+  const bool rslora = config.value("use_rslora", false);
+  const Index default_r = config["r"].get<Index>();
+  const double default_alpha = config["lora_alpha"].get<double>();
+
+  const SafetensorsFile file = SafetensorsFile::open(dir / kPeftWeightsFile);
+  struct Pair {
+    const TensorInfo* A = nullptr;
+    const TensorInfo* B = nullptr;
+  };
+  std::map<std::string, Pair> pairs;
+  std::vector<std::string> problems;
+  const std::string prefix = kPeftKeyPrefix;
+  for (const TensorInfo& t : file.tensors()) {
+    bool matched = false;
+    for (const char* which : {".lora_A.weight", ".lora_B.weight"}) {
+      const std::string suffix = which;
+      if (t.name.size() > prefix.size() + suffix.size() && t.name.starts_with(prefix) &&
+          t.name.ends_with(suffix)) {
+        const std::string module =
+            t.name.substr(prefix.size(), t.name.size() - prefix.size() - suffix.size());
+        (suffix == ".lora_A.weight" ? pairs[module].A : pairs[module].B) = &t;
+        matched = true;
+      }
+    }
+    if (!matched) problems.push_back(detail::concat("tensor '", t.name, "' is not a LoRA weight"));
+  }
+
+  std::map<std::string, Linear*> slots;
+  model.visit_linears([&](const std::string& name, Linear& lin) { slots[name] = &lin; });
+  struct Plan {
+    Linear* layer = nullptr;
+    const TensorInfo* A = nullptr;
+    const TensorInfo* B = nullptr;
+    Index rank = 0;
+    double scale = 1.0;
+  };
+  std::vector<std::pair<std::string, Plan>> plans;
+  for (const auto& [module, pair] : pairs) {
+    const auto slot = slots.find(module);
+    if (slot == slots.end()) {
+      problems.push_back(detail::concat("module '", module, "' is not in the model"));
+      continue;
+    }
+    if (pair.A == nullptr || pair.B == nullptr) {
+      problems.push_back(
+          detail::concat("module '", module, "' has only lora_", pair.A == nullptr ? "B" : "A"));
+      continue;
+    }
+    const Linear& lin = *slot->second;
+    const Shape& a = pair.A->shape;
+    const Shape& b = pair.B->shape;
+    const auto in = static_cast<std::uint64_t>(lin.in_features());
+    const auto out = static_cast<std::uint64_t>(lin.out_features());
+    if (a.size() != 2 || b.size() != 2 || a[0] == 0 || a[1] != in || b[0] != out || b[1] != a[0]) {
+      problems.push_back(detail::concat("module '", module, "': lora_A ", shape_string(a),
+                                        " and lora_B ", shape_string(b), " do not fit a (", out,
+                                        ", ", in, ") weight as (r, ", in, ") and (", out, ", r)"));
+      continue;
+    }
+    const auto rank = static_cast<Index>(a[0]);
+    const nlohmann::json* pr = peft_detail::pattern_value(config, "rank_pattern", module);
+    const Index configured =
+        pr != nullptr && pr->is_number_integer() ? pr->get<Index>() : default_r;
+    if (configured != rank) {
+      problems.push_back(detail::concat("module '", module, "' has rank ", rank,
+                                        " but the config gives ", configured));
+      continue;
+    }
+    const nlohmann::json* pa = peft_detail::pattern_value(config, "alpha_pattern", module);
+    const double alpha = pa != nullptr && pa->is_number() ? pa->get<double>() : default_alpha;
+    const double scale =
+        rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
+    plans.push_back({module, Plan{slot->second, pair.A, pair.B, rank, scale}});
+  }
+  if (!problems.empty()) {
+    std::string message =
+        detail::concat(dir.string(), ": cannot import the adapter (", problems.size(),
+                       problems.size() == 1 ? " problem):" : " problems):");
+    for (const std::string& p : problems) message += "\n  " + p;
+    throw Error(message);
+  }
+
+  model.visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
+  PeftImportReport report;
+  for (auto& [module, plan] : plans) {
+    Matrix<T> A(plan.rank, plan.layer->in_features());
+    Matrix<T> B(plan.layer->out_features(), plan.rank);
+    file.read<T>(*plan.A, std::span<T>(A.data(), static_cast<std::size_t>(A.size())));
+    file.read<T>(*plan.B, std::span<T>(B.data(), static_cast<std::size_t>(B.size())));
+    plan.layer->attach(Linear::Adapter::from_weights(nn::AdapterKind::lora, std::move(A),
+                                                     std::move(B), Matrix<T>(),
+                                                     static_cast<T>(plan.scale), plan.rank));
+    report.modules.push_back(
+        PeftModuleInfo{module, plan.rank, plan.layer->in_features(), plan.layer->out_features()});
+    report.parameters += plan.rank * (plan.layer->in_features() + plan.layer->out_features());
+  }
+  // Model order rather than the file's alphabetical order.
+  std::vector<PeftModuleInfo> ordered;
+  model.visit_linears([&](const std::string& name, Linear&) {
+    for (const PeftModuleInfo& m : report.modules)
+      if (m.module == name) ordered.push_back(m);
+  });
+  report.modules = std::move(ordered);
+  return report;
+}
+
+}  // namespace sora::io
