@@ -5,9 +5,11 @@
 //
 // Sizes: N rows, C columns.
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
+#include "sora/core/threading.hpp"
 #include "sora/ops/common.hpp"
 
 namespace sora::ops {
@@ -33,12 +35,23 @@ void gelu_forward(MatrixRef<T> out,       // (N, C)
                   Gelu kind = Gelu::tanh) {
   detail::check_shape("gelu_forward", "out", out, inp.rows(), inp.cols());
   using K = detail::GeluConstants<T>;
+  if (kind == Gelu::tanh) {
+    // Eigen's array tanh is vectorized for float (a rational approximation good to a few ulp);
+    // std::tanh one element at a time made GELU a fifth of a LoRA training step. Row by row,
+    // in parallel: the rows are independent and each is a contiguous stretch of memory.
+    parallel_for(
+        0, inp.rows(),
+        [&](Index n) {
+          const auto x = inp.row(n).array();
+          out.row(n).array() = T(0.5) * x * (T(1) + (K::k * (x + K::c * x.cube())).tanh());
+        },
+        64);
+    return;
+  }
   for (Index n = 0; n < inp.rows(); ++n) {
     for (Index c = 0; c < inp.cols(); ++c) {
       const T x = inp(n, c);
-      out(n, c) = kind == Gelu::tanh
-                      ? T(0.5) * x * (T(1) + std::tanh(K::k * (x + K::c * x * x * x)))
-                      : T(0.5) * x * (T(1) + std::erf(x * K::inv_sqrt2));
+      out(n, c) = T(0.5) * x * (T(1) + std::erf(x * K::inv_sqrt2));
     }
   }
 }
@@ -54,18 +67,32 @@ void gelu_backward(MatrixRef<T> dinp,       // (N, C)
   detail::check_shape("gelu_backward", "dout", dout, inp.rows(), inp.cols());
   detail::check_shape("gelu_backward", "dinp", dinp, inp.rows(), inp.cols());
   using K = detail::GeluConstants<T>;
+  if (kind == Gelu::tanh) {
+    // Vectorized as the forward. t is needed twice; it goes through a stack buffer of at most
+    // kChunk columns (no heap allocation per call, and dinp may still alias dout).
+    constexpr Index kChunk = 256;
+    parallel_for(
+        0, inp.rows(),
+        [&](Index n) {
+          Eigen::Array<T, 1, Eigen::Dynamic, Eigen::RowMajor, 1, kChunk> t;
+          for (Index c0 = 0; c0 < inp.cols(); c0 += kChunk) {
+            const Index len = std::min(kChunk, inp.cols() - c0);
+            const auto x = inp.row(n).segment(c0, len).array();
+            t = (K::k * (x + K::c * x.cube())).tanh();
+            dinp.row(n).segment(c0, len).array() =
+                (T(0.5) * (T(1) + t) +
+                 T(0.5) * x * (T(1) - t.square()) * K::k * (T(1) + T(3) * K::c * x.square())) *
+                dout.row(n).segment(c0, len).array();
+          }
+        },
+        64);
+    return;
+  }
   for (Index n = 0; n < inp.rows(); ++n) {
     for (Index c = 0; c < inp.cols(); ++c) {
       const T x = inp(n, c);
-      T grad;
-      if (kind == Gelu::tanh) {
-        const T t = std::tanh(K::k * (x + K::c * x * x * x));
-        grad =
-            T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * K::k * (T(1) + T(3) * K::c * x * x);
-      } else {
-        grad = T(0.5) * (T(1) + std::erf(x * K::inv_sqrt2)) +
-               x * K::inv_sqrt_2pi * std::exp(T(-0.5) * x * x);
-      }
+      const T grad = T(0.5) * (T(1) + std::erf(x * K::inv_sqrt2)) +
+                     x * K::inv_sqrt_2pi * std::exp(T(-0.5) * x * x);
       dinp(n, c) = grad * dout(n, c);
     }
   }
