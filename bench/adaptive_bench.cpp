@@ -20,13 +20,14 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <ctime>
 #include <memory>
 #include <sora/model.hpp>
 #include <sora/optim/adalora.hpp>
 #include <sora/optim/clip.hpp>
 #include <sora/optim/param_groups.hpp>
 #include <vector>
+
+#include "paired_timing.hpp"
 
 namespace {
 
@@ -141,49 +142,15 @@ void BM_Step(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * s.B * s.T);
 }
 
-double thread_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
-template <class Run>
-double timed_step(Run& run, const sora::model::Batch& batch) {
-  const double t0 = thread_seconds();
-  run.step(batch);
-  benchmark::ClobberMemory();
-  return thread_seconds() - t0;
-}
-
+// AdaLoRA against SoRA with paired timing (bench/paired_timing.hpp).
 void BM_AdaLoraOverSoraPaired(benchmark::State& state) {
   const Shape s = shape_of(state);
   SoraRun sora_run(s);
   AdaLoraRun ada_run(s);
   const auto batch = make_batch(s);
-  timed_step(sora_run, batch);
-  timed_step(ada_run, batch);
-  std::vector<double> ratios;
-  double best_sora = 1e30, best_ada = 1e30;
-  bool sora_first = true;
-  for (auto _ : state) {
-    double ts, ta;
-    if (sora_first) {
-      ts = timed_step(sora_run, batch);
-      ta = timed_step(ada_run, batch);
-    } else {
-      ta = timed_step(ada_run, batch);
-      ts = timed_step(sora_run, batch);
-    }
-    sora_first = !sora_first;
-    best_sora = std::min(best_sora, ts);
-    best_ada = std::min(best_ada, ta);
-    ratios.push_back(ta / ts);
-  }
-  std::sort(ratios.begin(), ratios.end());
-  state.counters["adalora_over_sora_min"] = best_ada / best_sora;
-  state.counters["adalora_over_sora_median"] = ratios[ratios.size() / 2];
-  state.counters["sora_ms_min"] = 1e3 * best_sora;
-  state.counters["adalora_ms_min"] = 1e3 * best_ada;
+  sora::bench::run_paired(
+      state, "adalora_over_sora", "adalora", [&] { ada_run.step(batch); }, "sora",
+      [&] { sora_run.step(batch); });
 }
 
 // The AdaLoRA-only work of a step: the orthogonal regularizer with its gradients, and the

@@ -14,9 +14,10 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <ctime>
 #include <sora/nn.hpp>
+
 #include <vector>
+#include "paired_timing.hpp"
 
 namespace {
 
@@ -78,23 +79,12 @@ void BM_SoraLinear(benchmark::State& state) {
   run(state, layer, in);
 }
 
-// On a shared machine separate runs drift by more than the 5% being measured, so this one
-// alternates the two layers iteration by iteration (ABBA order, so neither always runs on a
-// warm cache), times each with the thread's CPU clock (time descheduled does not count), and
-// reports the ratio of the per-layer minimum and the median of the per-pair ratios.
-double thread_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
+// SoRA against LoRA with paired timing (bench/paired_timing.hpp): separate runs on a shared
+// machine drift by more than the 5% being measured.
 template <class Layer>
-double step_seconds(Layer& layer, const Inputs& in) {
-  const double t0 = thread_seconds();
+void forward_backward(Layer& layer, const Inputs& in) {
   benchmark::DoNotOptimize(layer.forward(in.x).data());
   benchmark::DoNotOptimize(layer.backward(in.dy).data());
-  benchmark::ClobberMemory();
-  return thread_seconds() - t0;
 }
 
 void BM_SoraOverLoraPaired(benchmark::State& state) {
@@ -105,30 +95,9 @@ void BM_SoraOverLoraPaired(benchmark::State& state) {
   randomize(sora);
   sora.adapter->gate.value(0, 0) = 0.0f;
   Inputs in(N, C);
-  step_seconds(lora, in);
-  step_seconds(sora, in);
-  std::vector<double> ratios;
-  double best_lora = 1e30, best_sora = 1e30;
-  bool lora_first = true;
-  for (auto _ : state) {
-    double tl, ts;
-    if (lora_first) {
-      tl = step_seconds(lora, in);
-      ts = step_seconds(sora, in);
-    } else {
-      ts = step_seconds(sora, in);
-      tl = step_seconds(lora, in);
-    }
-    lora_first = !lora_first;
-    best_lora = std::min(best_lora, tl);
-    best_sora = std::min(best_sora, ts);
-    ratios.push_back(ts / tl);
-  }
-  std::sort(ratios.begin(), ratios.end());
-  state.counters["sora_over_lora_min"] = best_sora / best_lora;
-  state.counters["sora_over_lora_median"] = ratios[ratios.size() / 2];
-  state.counters["lora_ms_min"] = 1e3 * best_lora;
-  state.counters["sora_ms_min"] = 1e3 * best_sora;
+  sora::bench::run_paired(
+      state, "sora_over_lora", "sora", [&] { forward_backward(sora, in); }, "lora",
+      [&] { forward_backward(lora, in); });
 }
 
 void Shapes(benchmark::internal::Benchmark* b, bool with_rank) {
