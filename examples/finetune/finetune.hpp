@@ -85,7 +85,7 @@ inline Setup make_setup(const Options& o, std::ostream& log) {
   s.log = &log;
   s.out = o.out;
   s.cache_dir = o.cache_dir.empty() ? s.out / "cache" : fs::path(o.cache_dir);
-  const int max_len = o.max_len > 0 ? o.max_len : (o.synthetic() ? 24 : 128);
+  const int max_len = o.max_len > 0 ? o.max_len : (o.synthetic() ? 32 : 128);
   if (o.synthetic()) {
     s.task =
         synthetic_task(o.task, o.data_seed, static_cast<std::size_t>(o.train_size),
@@ -136,10 +136,41 @@ inline std::uint64_t fnv1a(const std::string& text) {
   return h;
 }
 
+// How often the pretrained language model, given "<sentence> , it was", puts most of its
+// verdict probability on verdicts of the right sign (great / awful / fine): whether pretraining
+// learned the sentiment the downstream tasks ask about. Synthetic corpus only.
+inline double verdict_accuracy(Model& lm, std::uint64_t seed, int count = 400) {
+  const Lexicon lex;
+  sora::Rng rng(seed, 41);
+  int hits = 0;
+  lm.eval();
+  for (int i = 0; i < count; ++i) {
+    const Lexicon::Sentence sentence = lex.sentence(rng);
+    sora::model::Batch b;
+    b.tokens.push_back(Lexicon::kBos);
+    b.tokens.insert(b.tokens.end(), sentence.tokens.begin(), sentence.tokens.end());
+    lex.append_verdict_prompt(b.tokens);
+    b.batch = 1;
+    b.seq = static_cast<Index>(b.tokens.size());
+    const auto& logits = lm.forward_logits(b);
+    // Probability mass per sign (-1, 0, +1): three words share each of the signs +1 and -1.
+    double mass[3] = {0.0, 0.0, 0.0};
+    const double top = logits.row(b.seq - 1).maxCoeff();
+    for (int v = 0; v < lex.size(); ++v)
+      if (lex.is_verdict(v)) mass[lex.word(v).polarity + 1] += std::exp(logits(b.seq - 1, v) - top);
+    const int best = static_cast<int>(std::max_element(mass, mass + 3) - mass) - 1;
+    const int sign = (sentence.sentiment > 0) - (sentence.sentiment < 0);
+    hits += best == sign;
+  }
+  lm.train();
+  return static_cast<double>(hits) / count;
+}
+
 struct Pretrained {
   fs::path path;
   bool reused = false;
-  double final_loss = std::nan("");  // mean loss of the last 10% of steps (when trained now)
+  double verdict_accuracy = std::nan("");  // synthetic corpus only
+  double final_loss = std::nan("");        // mean loss of the last 10% of steps (when trained now)
   double seconds = 0.0;
 };
 
@@ -162,6 +193,8 @@ inline Pretrained pretrain(const Setup& s) {
     const auto it = file.metadata().find("sora.pretrain_key");
     if (it != file.metadata().end() && it->second == key) {
       result.reused = true;
+      const auto acc = file.metadata().find("sora.verdict_accuracy");
+      if (acc != file.metadata().end()) result.verdict_accuracy = std::stod(acc->second);
       *s.log << "pretrained model: reusing the cached " << result.path.string() << "\n";
       return result;
     }
@@ -202,11 +235,18 @@ inline Pretrained pretrain(const Setup& s) {
       std::accumulate(r.losses.end() - static_cast<std::ptrdiff_t>(tail), r.losses.end(), 0.0) /
       static_cast<double>(tail);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::map<std::string, std::string> metadata = {{"format", "pt"}, {"sora.pretrain_key", key}};
+  if (s.opt.synthetic()) {
+    result.verdict_accuracy = verdict_accuracy(model, s.opt.data_seed);
+    metadata["sora.verdict_accuracy"] = sora::detail::concat(result.verdict_accuracy);
+  }
   fs::create_directories(s.cache_dir);
-  sora::io::save_tensors<float>(
-      result.path, sora::io::slots_of<float>([&](auto f) { model.visit_params(f); }),
-      sora::io::Dtype::F32, {{"format", "pt"}, {"sora.pretrain_key", key}});
-  *s.log << "pretrained model: final loss " << result.final_loss << ", saved\n";
+  sora::io::save_tensors<float>(result.path,
+                                sora::io::slots_of<float>([&](auto f) { model.visit_params(f); }),
+                                sora::io::Dtype::F32, metadata);
+  *s.log << "pretrained model: final loss " << result.final_loss;
+  if (s.opt.synthetic()) *s.log << ", verdict accuracy " << result.verdict_accuracy;
+  *s.log << ", saved\n";
   return result;
 }
 
@@ -748,6 +788,8 @@ inline int run(const Options& o, std::ostream& log) {
       {"reused", pre.reused},
       {"steps", o.pretrain_steps},
       {"final_loss", std::isnan(pre.final_loss) ? json(nullptr) : json(pre.final_loss)},
+      {"verdict_accuracy",
+       std::isnan(pre.verdict_accuracy) ? json(nullptr) : json(pre.verdict_accuracy)},
       {"seconds", pre.seconds}};
   j["hyperparameters"] = {{"epochs", o.epochs},
                           {"batch_size", o.batch_size},

@@ -58,7 +58,7 @@ struct Options {
   std::string lr_schedule = "linear";
   double weight_decay = 0.1;
   double full_lr = 1e-3;  // full fine-tuning
-  double lr = 4e-3;       // adapter methods
+  double lr = 2e-3;       // adapter methods
   int rank = 8;
   double alpha = 16.0;
   std::string targets = "q,k,v,o,fc,proj";
@@ -158,7 +158,7 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_data);
   app.add_option("--max-len", o.max_len,
-                 "longest sequence in tokens (0: 24 synthetic, 128 bytes for real data)")
+                 "longest sequence in tokens (0: 32 synthetic, 128 bytes for real data)")
       ->check(CLI::Range(0, 4096))
       ->capture_default_str()
       ->group(g_data);

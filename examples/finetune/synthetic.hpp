@@ -2,12 +2,11 @@
 // The embedded default of sora-finetune: a small synthetic language, generated in process
 // from a seed, whose sentences carry a hidden sentiment that three downstream tasks ask about.
 //
-//   sentence   = DET ADJS NOUN VERB DET ADJS NOUN          "the not kind dog hurts a very calm fox"
-//   ADJS       = 0..2 of ([not] [very] ADJ)
-//   sentiment  = sum over adjectives of polarity(ADJ) x (-1 if "not") x (2 if "very")
-//                + polarity(VERB)
+//   sentence   = DET ADJS NOUN VERB DET ADJS NOUN          "the not kind dog hurts a calm fox"
+//   ADJS       = nothing, or [not] ADJ
+//   sentiment  = sum over adjectives of polarity(ADJ) x (-1 if "not") + polarity(VERB)
 // Polarities are +1, -1 or 0 per word, fixed by the lexicon; the model sees only token ids, so
-// it must learn which words are which, and how "not" and "very" act on the word after them.
+// it must learn which words are which, and how "not" acts on the word after it.
 //
 // The pretraining corpus is made of such sentences, most of them followed by a verdict,
 // ", it was great ." / ", it was awful ." / ", it was fine .", that follows the sign of the
@@ -15,7 +14,7 @@
 // and it needs exactly what the downstream tasks need: the sentiment of the sentence. So the
 // pretrained model already computes it (somewhere), and fine-tuning has to find and read it.
 //
-// Downstream tasks (sentences without verdicts, labels from the hidden sentiment):
+// Downstream tasks (sentences without verdicts; labels from the hidden sentiment):
 //   polarity   single sentence, classification: sentiment > 0 (zero-sentiment sentences are
 //              not drawn); accuracy
 //   pair       sentence pair, classification: do both sentences have the same sign; accuracy
@@ -35,7 +34,7 @@
 
 namespace sora_finetune {
 
-enum class WordClass { special, det, noun, adj, verb, not_, very, verdict, punct };
+enum class WordClass { special, det, noun, adj, verb, not_, verdict, punct };
 
 struct Word {
   std::string text;
@@ -48,6 +47,8 @@ class Lexicon {
   static constexpr int kPad = 0;
   static constexpr int kBos = 1;
   static constexpr int kSep = 2;
+  // Share of adjectives preceded by "not" (which flips their polarity).
+  static constexpr double kNotShare = 0.1;
 
   Lexicon() {
     add("<pad>", WordClass::special, 0);
@@ -73,7 +74,6 @@ class Lexicon {
     for (const char* w : {"sees", "meets", "follows", "watches", "finds", "passes"})
       verb_.push_back(add(w, WordClass::verb, 0));
     not_ = add("not", WordClass::not_, 0);
-    very_ = add("very", WordClass::very, 0);
     for (const char* w : {"great", "wonderful", "lovely"})
       verdict_pos_.push_back(add(w, WordClass::verdict, +1));
     for (const char* w : {"awful", "terrible", "sad"})
@@ -111,16 +111,12 @@ class Lexicon {
     };
     auto noun_phrase = [&] {
       s.tokens.push_back(pick(det_));
-      const int adjectives = static_cast<int>(rng.below(3));
+      const int adjectives = rng.uniform() < 0.75 ? 1 : 0;
       for (int i = 0; i < adjectives; ++i) {
         int factor = 1;
-        if (rng.uniform() < 0.25) {
+        if (rng.uniform() < kNotShare) {
           s.tokens.push_back(not_);
           factor = -factor;
-        }
-        if (rng.uniform() < 0.25) {
-          s.tokens.push_back(very_);
-          factor *= 2;
         }
         const int adj = pick(adj_);
         s.tokens.push_back(adj);
@@ -144,14 +140,22 @@ class Lexicon {
     }
   }
 
+  // ", it was": the corpus's lead-in to a verdict.
+  void append_verdict_prompt(std::vector<int>& out) const {
+    out.push_back(comma_);
+    out.push_back(it_);
+    out.push_back(was_);
+  }
+
+  // The sign a verdict word stands for (+1, -1, 0), or nothing for other words.
+  bool is_verdict(int id) const { return word(id).kind == WordClass::verdict; }
+
   // Corpus text: sentence [, it was VERDICT] .
   void append_corpus_sentence(sora::Rng& rng, std::vector<int>& out) const {
     const Sentence s = sentence(rng);
     out.insert(out.end(), s.tokens.begin(), s.tokens.end());
-    if (rng.uniform() < 0.8) {
-      out.push_back(comma_);
-      out.push_back(it_);
-      out.push_back(was_);
+    if (rng.uniform() < 0.9) {
+      append_verdict_prompt(out);
       const std::vector<int>& verdicts = s.sentiment > 0 ? verdict_pos_ : verdict_neg_;
       out.push_back(s.sentiment == 0
                         ? verdict_zero_
@@ -168,7 +172,7 @@ class Lexicon {
 
   std::vector<Word> words_;
   std::vector<int> det_, noun_, adj_, verb_, verdict_pos_, verdict_neg_;
-  int not_ = 0, very_ = 0, verdict_zero_ = 0, comma_ = 0, it_ = 0, was_ = 0, period_ = 0;
+  int not_ = 0, verdict_zero_ = 0, comma_ = 0, it_ = 0, was_ = 0, period_ = 0;
 };
 
 // A stream of corpus tokens: `count` tokens of back-to-back sentences.

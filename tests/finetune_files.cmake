@@ -1,0 +1,42 @@
+# sora-finetune as a user runs it: --help, errors on bad flags, a tiny --compare run with the
+# sparsity schedule whose output folder Python's standard library checks, and a second run that
+# must reuse the cached pretrained model.
+set(_ft_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-tiny")
+set(_ft_tiny --plain --seeds 2 --train-size 96 --val-size 48 --test-size 48 --width 16 --layers 2
+             --heads 2 --pretrain-steps 10 --pretrain-batch 4 --corpus-tokens 4000 --epochs 2
+             --batch-size 16 --xi 0.05 --stages 2 --xi0 0.01 --xi-max 0.1 --dense-epochs 1
+             --stage-epochs 1)
+
+add_test(NAME "finetune: --help lists the flags" COMMAND sora-finetune --help)
+set_tests_properties("finetune: --help lists the flags" PROPERTIES
+  PASS_REGULAR_EXPRESSION "--sparsity-schedule.*--threads.*--adalora-target-rank")
+add_test(NAME "finetune: a bad value names its flag" COMMAND sora-finetune --method qlora)
+set_tests_properties("finetune: a bad value names its flag" PROPERTIES
+  PASS_REGULAR_EXPRESSION "--method: .*qlora")
+add_test(NAME "finetune: a bad value exits non-zero" COMMAND sora-finetune --rank 0)
+set_tests_properties("finetune: a bad value exits non-zero" PROPERTIES WILL_FAIL TRUE)
+add_test(NAME "finetune: an unknown flag exits non-zero" COMMAND sora-finetune --bogus)
+set_tests_properties("finetune: an unknown flag exits non-zero" PROPERTIES WILL_FAIL TRUE)
+
+add_test(NAME "finetune: tiny compare run"
+         COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_out}" "${_ft_out}-again")
+add_test(NAME "finetune: tiny compare run (train)"
+         COMMAND sora-finetune ${_ft_tiny} --compare --sparsity-schedule --out "${_ft_out}")
+set_tests_properties("finetune: tiny compare run" PROPERTIES FIXTURES_SETUP sora_ft_clean)
+set_tests_properties("finetune: tiny compare run (train)" PROPERTIES
+  FIXTURES_REQUIRED sora_ft_clean FIXTURES_SETUP sora_ft_out
+  PASS_REGULAR_EXPRESSION "pretrained model: training.*method.*adalora.*report: ")
+find_package(Python3 COMPONENTS Interpreter QUIET)
+if(Python3_Interpreter_FOUND)
+  add_test(NAME "finetune: python stdlib checks the output folder and the PEFT adapters"
+           COMMAND Python3::Interpreter "${CMAKE_CURRENT_SOURCE_DIR}/finetune_check_output.py"
+                   "${_ft_out}")
+  set_tests_properties("finetune: python stdlib checks the output folder and the PEFT adapters"
+                       PROPERTIES FIXTURES_REQUIRED sora_ft_out PASS_REGULAR_EXPRESSION "^OK: ")
+endif()
+add_test(NAME "finetune: a second run reuses the cached pretrained model"
+         COMMAND sora-finetune ${_ft_tiny} --method lora --out "${_ft_out}-again"
+                 --cache-dir "${_ft_out}/cache")
+set_tests_properties("finetune: a second run reuses the cached pretrained model" PROPERTIES
+  FIXTURES_REQUIRED sora_ft_out
+  PASS_REGULAR_EXPRESSION "pretrained model: reusing the cached")
