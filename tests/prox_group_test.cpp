@@ -369,6 +369,53 @@ TEST_CASE_TEMPLATE("zero groups stay zero without NaN; NaN and inf inside a grou
   CHECK(yh(2, 2) == inf);
 }
 
+TEST_CASE_TEMPLATE(
+    "small blocks (the fixed-size branch-free path) == the same groups as a partition", T, float,
+    double) {
+  // Blocks of 4, 8, 16 and 32 take a fixed-size path with selects instead of branches; an
+  // explicit partition of the same indices takes the generic path. They must agree: the same
+  // zero pattern (+0, never -0), the same NaNs and infinities, and values equal up to the
+  // rounding of a norm summed in another order. The cases include zero groups, NaN and inf,
+  // a norm exactly at the threshold and a tiny all-negative group.
+  sora::Rng rng(31);
+  for (Index b : {4, 8, 16, 32}) {
+    INFO("block size ", b);
+    const Index n = 8 * b;
+    sora::Matrix<T> x(1, n);
+    rng.fill_uniform(x, -1.0, 1.0);
+    x.block(0, 0, 1, b).setZero();                     // group 0: zero
+    x(0, b) = std::numeric_limits<T>::quiet_NaN();     // group 1: NaN
+    x(0, 2 * b) = std::numeric_limits<T>::infinity();  // group 2: inf
+    x.block(0, 3 * b, 1, b).setZero();                 // group 3: norm exactly 0.5
+    x(0, 3 * b + 1) = T(-0.5);
+    x.block(0, 4 * b, 1, b).setConstant(T(-1e-3));  // group 4: tiny, negative
+    const auto groups = Groups::partition(blocks_of(n, b), n);
+    for (T tau : {T(0), T(0.5), T(1.7)}) {
+      INFO("tau = ", tau);
+      auto same = [](const sora::Matrix<T>& a, const sora::Matrix<T>& c) {
+        for (Index j = 0; j < a.cols(); ++j) {
+          const T u = a(0, j), v = c(0, j);
+          if (std::isnan(u) || std::isnan(v)) {
+            if (std::isnan(u) != std::isnan(v)) return false;
+          } else if (u == T(0) || v == T(0) || std::isinf(u) || std::isinf(v)) {
+            if (u != v || std::signbit(u) != std::signbit(v)) return false;
+          } else if (std::abs(u - v) > 8 * std::numeric_limits<T>::epsilon() * std::abs(v)) {
+            return false;
+          }
+        }
+        return true;
+      };
+      CHECK(same(px::group_soft_threshold(x, Groups::blocks(b), tau),
+                 px::group_soft_threshold(x, groups, tau)));
+      CHECK(same(px::group_hard_threshold(x, Groups::blocks(b), tau),
+                 px::group_hard_threshold(x, groups, tau)));
+      if (tau > 0)
+        CHECK(same(px::group_l0_prox(x, Groups::blocks(b), tau, T(0.3)),
+                   px::group_l0_prox(x, groups, tau, T(0.3))));
+    }
+  }
+}
+
 TEST_CASE_TEMPLATE("rank triplets == an explicit partition of the concatenated (A, B, g)", T, float,
                    double) {
   sora::Rng rng(6);

@@ -52,6 +52,52 @@ void lines_one_pass(A&& a, GroupMode mode, const Thr& thr) {
   }
 }
 
+// Small contiguous blocks of a compile-time size B: Eigen unrolls and vectorizes the norm of a
+// fixed-size block, where a dynamic-size row pays a reduction set-up per group. The write is
+// branch-free (x f + 0, always stored) because whether a small group survives is close to a
+// coin toss and a mispredicted branch per 16 elements costs more than the store; adding +0
+// turns the -0 of a zeroed negative entry into +0, as the branchy path's setZero() does.
+template <int B, class T, class Thr>
+void blocks_fixed(T* data, Index G, GroupMode mode, const Thr& thr) {
+  for (Index g = 0; g < G; ++g) {
+    Eigen::Map<Eigen::Array<T, B, 1>> block(data + g * B);  // (B) contiguous
+    const T norm = std::sqrt(block.abs2().sum());
+    const T t = thr(g);
+    T f;
+    if (mode == GroupMode::Shrink) {
+      // max(0, 1 - t / norm) as selects, not a branch. A zero group divides by 1 instead of
+      // 0 (its factor is irrelevant: 0 * f = 0); a NaN norm gives a NaN factor, as in
+      // group_factor, because NaN < 0 is false.
+      const T shrink = T(1) - t / (norm == T(0) ? T(1) : norm);
+      f = shrink < T(0) ? T(0) : shrink;
+    } else {
+      f = static_cast<T>(!(norm <= t));  // 0 or 1; NaN norms keep, as in group_factor
+    }
+    block = block * f + T(0);
+  }
+}
+
+// Dispatches the block sizes worth a fixed-size path; false if b is not one of them.
+template <class T, class Thr>
+bool blocks_fixed_dispatch(T* data, Index b, Index G, GroupMode mode, const Thr& thr) {
+  switch (b) {
+    case 4:
+      blocks_fixed<4>(data, G, mode, thr);
+      return true;
+    case 8:
+      blocks_fixed<8>(data, G, mode, thr);
+      return true;
+    case 16:
+      blocks_fixed<16>(data, G, mode, thr);
+      return true;
+    case 32:
+      blocks_fixed<32>(data, G, mode, thr);
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Lines are the rows of `a` but its storage is column-major: accumulate all row norms in one
 // sweep over the (contiguous) columns, then scale in a second sweep.
 template <class A, class Thr>
@@ -119,6 +165,7 @@ void group_apply(Eigen::DenseBase<Derived>& x, const Groups& groups, Index G, Gr
         if (is_contiguous(x) && (row_major || vector)) {
           auto flat = flat_map(x);
           const Index b = groups.block_size();
+          if (blocks_fixed_dispatch(flat.data(), b, G, mode, thr)) return;
           // A (G, b) row-major view: block g is row g, contiguous.
           Eigen::Map<Eigen::Array<typename Derived::Scalar, Eigen::Dynamic, Eigen::Dynamic,
                                   Eigen::RowMajor>>
