@@ -13,9 +13,6 @@
 // (ABBA order) on the thread's CPU clock and reports the ratio of the minima and the median of
 // the per-pair ratios; BM_AdaLoraOverhead times the AdaLoRA-only work alone. Run with
 // OMP_NUM_THREADS=1: the thread CPU clock does not see OpenMP's worker threads.
-// g++ 12 reports a false -Wmaybe-uninitialized inside avx512fintrin.h when Eigen's AVX-512
-// kernels are inlined under -march=native; the pragma must precede the includes.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <benchmark/benchmark.h>
 

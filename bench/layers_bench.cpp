@@ -6,10 +6,6 @@
 // gradient is never computed: it owns none). Compare the aggregates of
 //   sora_bench_layers --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 // or, on a busy machine, read BM_SoraOverLoraPaired's counters (ratios measured in one run).
-// g++ 12 reports a false -Wmaybe-uninitialized inside its own avx512fintrin.h
-// (_mm512_undefined_*) when Eigen's AVX-512 kernels are inlined under -march=native; the
-// pragma must precede the includes, since the warning is attributed to the intrinsic header.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <benchmark/benchmark.h>
 

@@ -24,13 +24,6 @@
 //
 // Sizes 2^10 .. 2^24 elements; 2^24 fp32 (64 MiB) is far beyond the 32 MiB L3.
 
-// GCC 12 flags its own AVX-512 intrinsics (_mm512_undefined_ps in _mm512_max_ps, ...) as
-// "may be used uninitialized" once Eigen's packet code is inlined under -march=native: a
-// known false positive of that compiler, silenced for this file only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
 #include <benchmark/benchmark.h>
 
 #include <cstring>

@@ -15,11 +15,6 @@
 // tokens (N = 1024), byte vocabulary V = 256 with a tied LM head, rank r = 8 on q, k, v, o, fc,
 // proj. Dropout is 0: the step measured is the arithmetic, not the random number generator.
 
-// g++ 12 reports a false -Wmaybe-uninitialized inside its own avx512fintrin.h when Eigen's
-// AVX-512 GEMM packing is inlined under -march=native; the warning is attributed to the
-// intrinsic header, so the pragma must precede the includes.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 
@@ -201,8 +196,7 @@ int main(int argc, char** argv) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const double full = peak_rss_mib(self.c_str(), "full");
   for (const char* method : {"full", "lora", "sora"}) {
-    const double rss =
-        method == std::string("full") ? full : peak_rss_mib(self.c_str(), method);
+    const double rss = method == std::string("full") ? full : peak_rss_mib(self.c_str(), method);
     char text[96];
     std::snprintf(text, sizeof text, "%.1f MiB (%.2f of full)", rss, full > 0 ? rss / full : 0.0);
     benchmark::AddCustomContext(std::string("peak_rss_") + method, text);
