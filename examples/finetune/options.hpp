@@ -50,7 +50,7 @@ struct Options {
   int corpus_tokens = 200000;
 
   // Fine-tuning, every method.
-  int epochs = 4;
+  int epochs = 6;
   int batch_size = 32;
   int eval_every = 0;  // 0: once per epoch
   double max_grad_norm = 1.0;
@@ -77,7 +77,7 @@ struct Options {
   double xi0 = 1e-3;
   double xi_max = 8e-3;
   int stages = 5;
-  int dense_epochs = 2;
+  int dense_epochs = 3;
   int stage_epochs = 1;
 
   bool synthetic() const { return glue_dir.empty(); }
