@@ -218,6 +218,16 @@ struct ModuleImportance {
   ImportanceStats<T> A, B, E;
 };
 
+// What a RankAllocator learns while it runs (everything else follows from the modules and the
+// options), as plain data for checkpoints: state() / load_state().
+template <class T>
+struct RankAllocatorState {
+  std::vector<ModuleImportance<T>> importance;  // Ī and Ū of A, B, E, per module
+  std::vector<std::vector<bool>> rank_pattern;  // per module (R), true = kept
+  bool finalized = false;
+  Index budget = -1;  // the last allocation's budget; -1 before the first step
+};
+
 template <class T>
 class RankAllocator {
  public:
@@ -366,6 +376,40 @@ class RankAllocator {
     return optim::orthogonal_regularizer(modules_, options_.orth_reg_weight, accumulate_grad);
   }
 
+  RankAllocatorState<T> state() const {
+    return RankAllocatorState<T>{stats_, pattern_, finalized_, budget_};
+  }
+
+  // Restores a saved state; every shape must fit this allocator's modules. The pattern is not
+  // re-applied: the saved E already obeys it.
+  void load_state(RankAllocatorState<T> state) {
+    SORA_CHECK(
+        state.importance.size() == modules_.size() && state.rank_pattern.size() == modules_.size(),
+        "RankAllocator::load_state: state for ", state.importance.size(), " modules and ",
+        state.rank_pattern.size(), " patterns, the allocator has ", modules_.size());
+    SORA_CHECK(state.budget >= -1 && state.budget <= b_init_, "RankAllocator::load_state: budget ",
+               state.budget, " is not in [-1, ", b_init_, "]");
+    for (std::size_t k = 0; k < modules_.size(); ++k) {
+      const AdaLoraModule<T>& m = modules_[k];
+      const ModuleImportance<T>& st = state.importance[k];
+      const auto fits = [](const ImportanceStats<T>& s, const Param<T>* p) {
+        return s.sensitivity.rows() == p->value.rows() && s.sensitivity.cols() == p->value.cols() &&
+               s.uncertainty.rows() == p->value.rows() && s.uncertainty.cols() == p->value.cols();
+      };
+      SORA_CHECK(fits(st.A, m.A) && fits(st.B, m.B) && fits(st.E, m.E),
+                 "RankAllocator::load_state: the importance of module '", m.name,
+                 "' does not fit its A ", shape_of(m.A->value), ", B ", shape_of(m.B->value),
+                 " and E ", shape_of(m.E->value));
+      SORA_CHECK(static_cast<Index>(state.rank_pattern[k].size()) == m.rank(),
+                 "RankAllocator::load_state: the rank pattern of module '", m.name, "' has ",
+                 state.rank_pattern[k].size(), " entries, the module rank ", m.rank());
+    }
+    stats_ = std::move(state.importance);
+    pattern_ = std::move(state.rank_pattern);
+    finalized_ = state.finalized;
+    budget_ = state.budget;
+  }
+
  private:
   struct Entry {
     T score;
@@ -402,6 +446,16 @@ class RankAllocator {
 };
 
 // ---- the optimizer ---------------------------------------------------------------------------
+
+// An AdaLoraOptimizer's state for checkpoints: the AdamW step and moments, the allocator's
+// state and the last regularizer value. (The last step's budget follows from the step.)
+template <class T>
+struct AdaLoraOptimizerState {
+  long step = 0;
+  std::vector<AdamState<T>> adamw;
+  RankAllocatorState<T> allocator;
+  double orth_loss = 0.0;
+};
 
 template <class T>
 class AdaLoraOptimizer {
@@ -459,6 +513,25 @@ class AdaLoraOptimizer {
   const RankAllocator<T>& allocator() const { return allocator_; }
   AdamW<T>& adamw() { return adamw_; }
   std::size_t state_bytes() const { return adamw_.state_bytes(); }
+
+  AdaLoraOptimizerState<T> state() const {
+    return AdaLoraOptimizerState<T>{adamw_.step_count(), adamw_.state(), allocator_.state(),
+                                    orth_loss_};
+  }
+
+  // Restores a saved state (both parts are checked before either is changed). Taken between
+  // steps, so no regularizer gradient is pending.
+  void load_state(AdaLoraOptimizerState<T> state) {
+    AdamW<T> adamw = adamw_;
+    adamw.load_state(state.step, std::move(state.adamw));
+    RankAllocator<T> allocator = allocator_;
+    allocator.load_state(std::move(state.allocator));
+    adamw_ = std::move(adamw);
+    allocator_ = std::move(allocator);
+    orth_loss_ = state.orth_loss;
+    orth_added_ = false;
+    last_ = state.step > 0 ? allocator_.budget_at(state.step) : BudgetStep{};
+  }
 
  private:
   double base_lr_ = 1e-3;
