@@ -1,0 +1,370 @@
+// Checkpoints: N steps, save, load into a freshly built model and optimizer, N more steps
+// must equal 2N steps straight, bit for bit, for every method (dropout on, so the RNG
+// streams matter; SoRA with gates dying; AdaLoRA allocating on both sides of the save).
+// A failed save leaves the earlier file as it was; a mismatched or truncated file is
+// rejected with every problem listed.
+
+#include <doctest/doctest.h>
+#include <sys/resource.h>
+
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sora/io/checkpoint.hpp"
+#include "sora/model/transformer.hpp"
+#include "sora/optim/adalora.hpp"
+#include "sora/optim/clip.hpp"
+#include "sora/optim/param_groups.hpp"
+
+using namespace sora;
+
+namespace {
+
+constexpr long kHalf = 10;  // N: steps before and after the save
+
+std::filesystem::path temp_dir(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("sora_ckpt_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+std::vector<char> file_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+model::TransformerConfig config(std::uint64_t seed, Index width = 16) {
+  model::TransformerConfig c;
+  c.vocab_size = 16;
+  c.width = width;
+  c.heads = 2;
+  c.layers = 2;
+  c.ffn_width = 32;
+  c.max_len = 8;
+  c.causal = false;
+  c.dropout = 0.1;
+  c.head = model::Head::classification;
+  c.num_labels = 2;
+  c.seed = seed;
+  return c;
+}
+
+std::vector<model::Batch> batches() {
+  Rng rng(3, 0);
+  std::vector<model::Batch> out(4);
+  for (auto& b : out) {
+    b.batch = 4;
+    b.seq = 8;
+    for (int i = 0; i < 32; ++i) b.tokens.push_back(static_cast<int>(rng.below(16)));
+    for (int i = 0; i < 4; ++i) b.labels.push_back(static_cast<int>(rng.below(2)));
+  }
+  return out;
+}
+
+optim::LrSchedule schedule() {
+  return optim::LrSchedule(optim::LrScheduleKind::warmup_linear, 1e-2, 3, 2 * kHalf);
+}
+
+// A model and its optimizer, built in place (the model can be neither copied nor moved).
+// `seed` changes every initial value: a resumed run must owe nothing to its construction.
+struct Setup {
+  model::Transformer<float> model;
+  std::optional<optim::FineTuneOptimizer<float>> fine_tune;
+  std::optional<optim::AdaLoraOptimizer<float>> adalora;
+
+  Setup(model::Method method, std::uint64_t seed, Index rank = 4, Index width = 16)
+      : model(config(seed, width)) {
+    model::PeftConfig peft;
+    peft.method = method;
+    peft.rank = rank;
+    peft.alpha = 8.0;
+    peft.dropout = 0.1;
+    peft.seed = seed;
+    model.apply_peft(peft);
+    if (method == model::Method::adalora) {
+      optim::AdamWOptions a;
+      a.lr = 1e-2;
+      a.weight_decay = 0.01;
+      optim::AdaLoraOptions o;
+      // Allocations at steps 4, 6, 8, 10, 12, the final one at 14: on both sides of step 10.
+      o.total_steps = 2 * kHalf;
+      o.t_init = 2;
+      o.t_final = 6;
+      o.delta_t = 2;
+      o.target_rank = 2;
+      adalora.emplace(model, a, o);
+    } else {
+      optim::FineTuneOptions fo;
+      fo.lr = 1e-2;
+      // Large enough for gates to die within a few steps.
+      fo.xi = method == model::Method::sora ? 0.05 : 0.0;
+      fine_tune.emplace(optim::FineTuneOptimizer<float>::for_model(model, fo));
+    }
+  }
+
+  // The steps [from, to) of train::fit's loop, with the schedule at the global step.
+  template <class Opt>
+  void run(Opt& opt, long from, long to) {
+    const auto data = batches();
+    const auto params = model.trainable_parameters();
+    model.train(true);
+    for (long step = from; step < to; ++step) {
+      for (Param<float>* p : params) p->zero_grad();
+      model.forward(data[static_cast<std::size_t>(step) % data.size()]);
+      model.backward();
+      optim::clip_grad_norm(params, 1.0);
+      opt.set_lr_multiplier(schedule().multiplier(step));
+      opt.step();
+    }
+  }
+  void steps(long from, long to) {
+    if (adalora) {
+      run(*adalora, from, to);
+    } else {
+      run(*fine_tune, from, to);
+    }
+  }
+  void save(const std::filesystem::path& path, const io::TrainingState& state) {
+    if (adalora) {
+      io::save_checkpoint(path, model, *adalora, state);
+    } else {
+      io::save_checkpoint(path, model, *fine_tune, state);
+    }
+  }
+  io::TrainingState load(const std::filesystem::path& path) {
+    if (adalora) return io::load_checkpoint(path, model, *adalora);
+    return io::load_checkpoint(path, model, *fine_tune);
+  }
+  std::vector<Matrix<float>> values() {
+    std::vector<Matrix<float>> out;
+    model.visit_params([&](Param<float>& p) { out.push_back(p.value); });
+    return out;
+  }
+  Index dead_gates() {
+    Index dead = 0;
+    model.visit_params([&](Param<float>& p) {
+      if (p.name.ends_with(".lora_gate") || p.name.ends_with(".lora_E"))
+        dead += (p.value.array() == 0.0f).count();
+    });
+    return dead;
+  }
+};
+
+io::TrainingState run_state(long step) {
+  io::TrainingState s;
+  s.step = step;
+  s.schedule = schedule();
+  s.xi = 0.1 + 1e-17;  // not a short decimal: must come back exactly
+  Rng data(11, 4);
+  for (int i = 0; i < 5; ++i) data.normal();  // leaves a spare normal cached
+  s.rngs["data"] = data.state();
+  s.metadata["task"] = "sst2";
+  return s;
+}
+
+bool bit_equal(const Matrix<float>& a, const Matrix<float>& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+void check_resume(model::Method method) {
+  const auto dir = temp_dir(model::method_name(method));
+  const auto path = dir / "ckpt.safetensors";
+
+  Setup straight(method, 7);
+  straight.steps(0, 2 * kHalf);
+
+  Setup first(method, 7);
+  first.steps(0, kHalf);
+  if (method == model::Method::sora) CHECK(first.dead_gates() > 0);
+  if (method == model::Method::adalora) CHECK_FALSE(first.adalora->allocator().finalized());
+  first.save(path, run_state(kHalf));
+
+  Setup resumed(method, 99);
+  const io::TrainingState st = resumed.load(path);
+  const io::TrainingState want = run_state(kHalf);
+  CHECK(st.step == kHalf);
+  CHECK(st.xi == want.xi);
+  CHECK(st.schedule.kind() == want.schedule.kind());
+  CHECK(st.schedule.base_lr() == want.schedule.base_lr());
+  CHECK(st.schedule.warmup() == want.schedule.warmup());
+  CHECK(st.schedule.total() == want.schedule.total());
+  CHECK(st.rngs == want.rngs);
+  CHECK(st.metadata == want.metadata);
+  resumed.steps(kHalf, 2 * kHalf);
+
+  if (method == model::Method::sora) CHECK(resumed.dead_gates() > first.dead_gates());
+  if (method == model::Method::adalora) {
+    CHECK(resumed.adalora->allocator().finalized());
+    CHECK(resumed.adalora->allocator().rank_pattern() ==
+          straight.adalora->allocator().rank_pattern());
+  }
+  const auto a = straight.values();
+  const auto b = resumed.values();
+  REQUIRE(a.size() == b.size());
+  std::size_t equal = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) equal += bit_equal(a[i], b[i]) ? 1 : 0;
+  CHECK(equal == a.size());
+  // And the run did move: a resume that restored nothing would not be equal by accident.
+  Setup untrained(method, 7);
+  CHECK_FALSE(bit_equal(untrained.values().back(), a.back()));
+  std::filesystem::remove_all(dir);
+}
+
+std::string load_error(Setup& s, const std::filesystem::path& path) {
+  try {
+    s.load(path);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint resume is bit-exact: full fine-tuning") {
+  check_resume(model::Method::full);
+}
+
+TEST_CASE("checkpoint resume is bit-exact: LoRA") {
+  check_resume(model::Method::lora);
+}
+
+TEST_CASE("checkpoint resume is bit-exact: SoRA with gates dying") {
+  check_resume(model::Method::sora);
+}
+
+TEST_CASE("checkpoint resume is bit-exact: AdaLoRA allocating before and after the save") {
+  check_resume(model::Method::adalora);
+}
+
+TEST_CASE("a failed checkpoint save leaves the earlier checkpoint byte-identical") {
+  const auto dir = temp_dir("failed");
+  const auto path = dir / "ckpt.safetensors";
+  Setup s(model::Method::sora, 7);
+  s.steps(0, 2);
+  s.save(path, run_state(2));
+  const std::vector<char> before = file_bytes(path);
+  s.steps(2, 4);
+
+  // Into a directory that does not exist.
+  CHECK_THROWS_AS(s.save(dir / "missing" / "ckpt.safetensors", run_state(4)), Error);
+
+  // Metadata that cannot be encoded (not UTF-8): fails before anything is written.
+  io::TrainingState bad = run_state(4);
+  bad.metadata["note"] = "\xff\xfe";
+  CHECK_THROWS_AS(s.save(path, bad), Error);
+  CHECK(file_bytes(path) == before);
+
+  // A write that fails half-way: the file-size limit makes write() return EFBIG.
+  rlimit old{};
+  REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old;
+  small.rlim_cur = 4096;
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+  std::string message;
+  try {
+    s.save(path, run_state(4));
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  CHECK(contains(message, "cannot write"));
+  CHECK(file_bytes(path) == before);
+
+  // No temporary left behind: the directory holds the one checkpoint.
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    names.push_back(e.path().filename().string());
+  CHECK(names == std::vector<std::string>{"ckpt.safetensors"});
+
+  // And the earlier checkpoint still loads.
+  Setup fresh(model::Method::sora, 1);
+  CHECK(fresh.load(path).step == 2);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("loading a mismatched checkpoint lists every problem and changes nothing") {
+  const auto dir = temp_dir("mismatch");
+  const auto lora_path = dir / "lora.safetensors";
+  Setup lora(model::Method::lora, 7);
+  lora.save(lora_path, run_state(0));
+
+  // Another method: adapters of another kind, gates and their optimizer state missing.
+  Setup sora_model(model::Method::sora, 8);
+  const auto before = sora_model.values();
+  const std::string e1 = load_error(sora_model, lora_path);
+  CHECK(contains(e1, "problems):"));
+  CHECK(contains(e1, "module 'blocks.0.attn.q': adapter 'lora"));
+  CHECK(contains(e1, "module 'blocks.1.mlp.proj': adapter 'lora"));
+  CHECK(contains(e1, "missing tensor 'model.blocks.0.attn.q.lora_gate' (expected [4])"));
+  CHECK(contains(e1, "missing tensor 'optim.gates.blocks.1.mlp.fc.lora_gate.exp_avg'"));
+  const auto after = sora_model.values();
+  for (std::size_t i = 0; i < before.size(); ++i) CHECK(bit_equal(before[i], after[i]));
+
+  // Another rank: one line per module naming it, not one per tensor.
+  Setup rank2(model::Method::lora, 7, 2);
+  const std::string e2 = load_error(rank2, lora_path);
+  CHECK(contains(e2, "module 'blocks.0.attn.q': adapter rank=4 in the checkpoint, rank=2"));
+  CHECK(contains(e2, "module 'blocks.1.mlp.fc': adapter rank=4"));
+  CHECK_FALSE(contains(e2, "lora_A' has shape"));
+
+  // Another width: misshapen tensors.
+  Setup wide(model::Method::lora, 7, 4, 32);
+  const std::string e3 = load_error(wide, lora_path);
+  CHECK(contains(e3, "tensor 'model.wte.weight' has shape [16, 16], expected [16, 32]"));
+  CHECK(contains(e3, "tensor 'model.blocks.0.attn.q.lora_A' has shape [4, 16], expected [4, 32]"));
+
+  // Another optimizer and method: full fine-tuning's file into AdaLoRA.
+  const auto full_path = dir / "full.safetensors";
+  Setup full(model::Method::full, 7);
+  full.save(full_path, run_state(0));
+  Setup ada(model::Method::adalora, 7);
+  const std::string e4 = load_error(ada, full_path);
+  CHECK(contains(e4, "the checkpoint's optimizer is 'finetune', this one is 'adalora'"));
+  CHECK(contains(e4, "missing tensor 'adalora.blocks.0.attn.q.E.sensitivity'"));
+  CHECK(contains(e4, "unexpected tensor 'optim.adamw.blocks.0.attn.q.weight.exp_avg'"));
+  CHECK(contains(e4, "missing metadata 'adalora.blocks.0.attn.q.rank_pattern'"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a truncated checkpoint is rejected with the reader's error") {
+  const auto dir = temp_dir("truncated");
+  const auto path = dir / "ckpt.safetensors";
+  Setup s(model::Method::lora, 7);
+  s.save(path, run_state(0));
+  const std::vector<char> bytes = file_bytes(path);
+  for (const std::size_t keep :
+       {bytes.size() - 1, bytes.size() / 2, std::size_t{100}, std::size_t{4}}) {
+    const auto cut = dir / "cut.safetensors";
+    {
+      std::ofstream out(cut, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(keep));
+    }
+    std::string reader;
+    try {
+      io::SafetensorsFile::open(cut);
+    } catch (const Error& e) {
+      reader = e.what();
+    }
+    CAPTURE(keep);
+    REQUIRE_FALSE(reader.empty());
+    Setup fresh(model::Method::lora, 1);
+    CHECK(load_error(fresh, cut) == reader);
+  }
+  std::filesystem::remove_all(dir);
+}
