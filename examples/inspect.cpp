@@ -17,6 +17,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sora/io/peft_adapter.hpp>
 #include <sora/io/safetensors.hpp>
 #include <string>
 #include <vector>
@@ -118,16 +119,10 @@ void print_file(const SafetensorsFile& file, bool stats) {
 
 // The rank PEFT uses for `module`: a rank_pattern entry naming it exactly or as a dotted
 // suffix, else the config's r.
+// The rank the config gives a module: its rank_pattern entry (PEFT's matching rule), else r.
 int configured_rank(const nlohmann::json& config, const std::string& module) {
-  if (config.contains("rank_pattern") && config["rank_pattern"].is_object()) {
-    for (const auto& [pattern, rank] : config["rank_pattern"].items()) {
-      const bool suffix =
-          module.size() > pattern.size() &&
-          module.compare(module.size() - pattern.size(), pattern.size(), pattern) == 0 &&
-          module[module.size() - pattern.size() - 1] == '.';
-      if ((module == pattern || suffix) && rank.is_number_integer()) return rank.get<int>();
-    }
-  }
+  const nlohmann::json* rank = sora::io::peft_detail::pattern_value(config, "rank_pattern", module);
+  if (rank != nullptr && rank->is_number_integer()) return rank->get<int>();
   return config.value("r", -1);
 }
 
@@ -156,23 +151,7 @@ bool print_adapter(const fs::path& dir, bool stats) {
   }
   const SafetensorsFile file = SafetensorsFile::open(weights_path);
   // base_model.model.<module>.lora_A.weight (r, in) and .lora_B.weight (out, r).
-  struct Module {
-    const TensorInfo* a = nullptr;
-    const TensorInfo* b = nullptr;
-  };
-  std::map<std::string, Module> modules;
-  const std::string prefix = "base_model.model.";
-  for (const TensorInfo& t : file.tensors()) {
-    for (const char* which : {".lora_A.weight", ".lora_B.weight"}) {
-      const std::string suffix = which;
-      if (t.name.size() > prefix.size() + suffix.size() && t.name.starts_with(prefix) &&
-          t.name.ends_with(suffix)) {
-        const std::string module =
-            t.name.substr(prefix.size(), t.name.size() - prefix.size() - suffix.size());
-        (suffix == ".lora_A.weight" ? modules[module].a : modules[module].b) = &t;
-      }
-    }
-  }
+  const auto modules = group_peft_tensors(file);
   bool consistent = true;
   std::size_t width = 6;
   for (const auto& [name, m] : modules) width = std::max(width, name.size());
@@ -180,20 +159,20 @@ bool print_adapter(const fs::path& dir, bool stats) {
   std::uint64_t total = 0;
   for (const auto& [name, m] : modules) {
     std::printf("  %-*s  ", static_cast<int>(width), name.c_str());
-    if (m.a == nullptr || m.b == nullptr || m.a->shape.size() != 2 || m.b->shape.size() != 2) {
+    if (m.A == nullptr || m.B == nullptr || m.A->shape.size() != 2 || m.B->shape.size() != 2) {
       std::printf("INCONSISTENT: needs a 2-D lora_A and a 2-D lora_B\n");
       consistent = false;
       continue;
     }
-    const std::uint64_t rank = m.a->shape[0], in = m.a->shape[1], out = m.b->shape[0];
+    const std::uint64_t rank = m.A->shape[0], in = m.A->shape[1], out = m.B->shape[0];
     const std::uint64_t params = rank * (in + out);
     total += params;
     std::printf("rank %llu  in %llu  out %llu  params %llu", static_cast<unsigned long long>(rank),
                 static_cast<unsigned long long>(in), static_cast<unsigned long long>(out),
                 static_cast<unsigned long long>(params));
-    if (m.b->shape[1] != rank) {
+    if (m.B->shape[1] != rank) {
       std::printf("  INCONSISTENT: lora_B has rank %llu",
-                  static_cast<unsigned long long>(m.b->shape[1]));
+                  static_cast<unsigned long long>(m.B->shape[1]));
       consistent = false;
     }
     const int expected = configured_rank(config, name);

@@ -1,8 +1,10 @@
 #pragma once
 // io/: tensor files (safetensors, memory-mapped), loading weights by name, atomic writes,
-// GLUE task files with byte-level tokenization, PEFT adapter folders, SVG plots. Needs nlohmann/json: link
-// sora::io rather than sora::sora. (Not in sora/sora.hpp, which needs only Eigen.)
+// GLUE task files with byte-level tokenization, PEFT adapter folders, checkpoints, SVG plots.
+// Needs nlohmann/json: link sora::io rather than sora::sora. (Not in sora/sora.hpp, which
+// needs only Eigen.)
 #include "sora/io/atomic_file.hpp"
+#include "sora/io/checkpoint.hpp"
 #include "sora/io/dtype.hpp"
 #include "sora/io/glue_tsv.hpp"
 #include "sora/io/mapped_file.hpp"

@@ -43,6 +43,7 @@
 #include "sora/core/tensor.hpp"
 #include "sora/io/atomic_file.hpp"
 #include "sora/io/safetensors.hpp"
+#include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
 #include "sora/prune/prune.hpp"
 
@@ -97,15 +98,40 @@ inline nlohmann::json read_json(const std::filesystem::path& path) {
 inline const nlohmann::json* pattern_value(const nlohmann::json& config, const char* field,
                                            const std::string& module) {
   if (!config.contains(field) || !config[field].is_object()) return nullptr;
-  for (const auto& [pattern, value] : config[field].items()) {
-    const bool suffix = module.size() > pattern.size() && module.ends_with(pattern) &&
-                        module[module.size() - pattern.size() - 1] == '.';
-    if (module == pattern || suffix) return &value;
-  }
+  for (const auto& [pattern, value] : config[field].items())
+    if (model::matches_target(module, pattern)) return &value;
   return nullptr;
 }
 
 }  // namespace peft_detail
+
+// The LoRA tensors of a PEFT adapter file grouped by module:
+// base_model.model.<module>.lora_A.weight and .lora_B.weight (either may be missing in a
+// broken file). The names of tensors that are not LoRA weights are appended to `others`.
+struct PeftModuleTensors {
+  const TensorInfo* A = nullptr;
+  const TensorInfo* B = nullptr;
+};
+
+inline std::map<std::string, PeftModuleTensors> group_peft_tensors(
+    const SafetensorsFile& file, std::vector<std::string>* others = nullptr) {
+  std::map<std::string, PeftModuleTensors> modules;
+  const std::string prefix = kPeftKeyPrefix;
+  for (const TensorInfo& t : file.tensors()) {
+    bool matched = false;
+    for (const std::string suffix : {".lora_A.weight", ".lora_B.weight"}) {
+      if (t.name.size() > prefix.size() + suffix.size() && t.name.starts_with(prefix) &&
+          t.name.ends_with(suffix)) {
+        const std::string module =
+            t.name.substr(prefix.size(), t.name.size() - prefix.size() - suffix.size());
+        (suffix == ".lora_A.weight" ? modules[module].A : modules[module].B) = &t;
+        matched = true;
+      }
+    }
+    if (!matched && others != nullptr) others->push_back(t.name);
+  }
+  return modules;
+}
 
 // Writes the model's adapters, pruned, as a PEFT LoRA adapter folder `dir` (created if
 // needed; both files written atomically). The model must offer visit_linears(fn(name, layer))
@@ -218,27 +244,10 @@ PeftImportReport import_peft_adapter(Model& model, const std::filesystem::path& 
   const double default_alpha = config["lora_alpha"].get<double>();
 
   const SafetensorsFile file = SafetensorsFile::open(dir / kPeftWeightsFile);
-  struct Pair {
-    const TensorInfo* A = nullptr;
-    const TensorInfo* B = nullptr;
-  };
-  std::map<std::string, Pair> pairs;
-  std::vector<std::string> problems;
-  const std::string prefix = kPeftKeyPrefix;
-  for (const TensorInfo& t : file.tensors()) {
-    bool matched = false;
-    for (const char* which : {".lora_A.weight", ".lora_B.weight"}) {
-      const std::string suffix = which;
-      if (t.name.size() > prefix.size() + suffix.size() && t.name.starts_with(prefix) &&
-          t.name.ends_with(suffix)) {
-        const std::string module =
-            t.name.substr(prefix.size(), t.name.size() - prefix.size() - suffix.size());
-        (suffix == ".lora_A.weight" ? pairs[module].A : pairs[module].B) = &t;
-        matched = true;
-      }
-    }
-    if (!matched) problems.push_back(detail::concat("tensor '", t.name, "' is not a LoRA weight"));
-  }
+  std::vector<std::string> problems, others;
+  const auto pairs = group_peft_tensors(file, &others);
+  for (const std::string& name : others)
+    problems.push_back(detail::concat("tensor '", name, "' is not a LoRA weight"));
 
   std::map<std::string, Linear*> slots;
   model.visit_linears([&](const std::string& name, Linear& lin) { slots[name] = &lin; });
