@@ -130,7 +130,7 @@ inline Corpus synthetic_corpus_for(std::uint64_t seed, std::size_t tokens) {
   Corpus c;
   c.tokens = synthetic_corpus(lex, seed, tokens);
   c.vocab_size = lex.size();
-  c.description = sora::detail::concat("synthetic corpus v1, seed ", seed, ", ", tokens, " tokens");
+  c.description = sora::detail::concat("synthetic corpus v2, seed ", seed, ", ", tokens, " tokens");
   return c;
 }
 

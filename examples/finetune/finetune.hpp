@@ -136,8 +136,8 @@ inline std::uint64_t fnv1a(const std::string& text) {
   return h;
 }
 
-// How often the pretrained language model, given "<sentence> , it was", puts most of its
-// verdict probability on verdicts of the right sign (great / awful / fine): whether pretraining
+// How often the pretrained language model, given "<s> <sentence>" (a task input), puts most of
+// its verdict probability on verdicts of the right sign (great / awful / fine): whether pretraining
 // learned the sentiment the downstream tasks ask about. Synthetic corpus only.
 inline double verdict_accuracy(Model& lm, std::uint64_t seed, int count = 400) {
   const Lexicon lex;
@@ -149,7 +149,6 @@ inline double verdict_accuracy(Model& lm, std::uint64_t seed, int count = 400) {
     sora::model::Batch b;
     b.tokens.push_back(Lexicon::kBos);
     b.tokens.insert(b.tokens.end(), sentence.tokens.begin(), sentence.tokens.end());
-    lex.append_verdict_prompt(b.tokens);
     b.batch = 1;
     b.seq = static_cast<Index>(b.tokens.size());
     const auto& logits = lm.forward_logits(b);

@@ -44,7 +44,7 @@ struct Options {
   double dropout = 0.0;
 
   // Pretraining.
-  int pretrain_steps = 500;
+  int pretrain_steps = 1200;
   int pretrain_batch = 32;
   double pretrain_lr = 3e-3;
   int corpus_tokens = 200000;

@@ -8,11 +8,13 @@
 // Polarities are +1, -1 or 0 per word, fixed by the lexicon; the model sees only token ids, so
 // it must learn which words are which, and how "not" acts on the word after it.
 //
-// The pretraining corpus is made of such sentences, most of them followed by a verdict,
-// ", it was great ." / ", it was awful ." / ", it was fine .", that follows the sign of the
-// sentiment. Predicting the verdict word is the only hard part of language modelling here,
-// and it needs exactly what the downstream tasks need: the sentiment of the sentence. So the
-// pretrained model already computes it (somewhere), and fine-tuning has to find and read it.
+// The pretraining corpus is made of such sentences, each after <s> as in the task inputs, most
+// of them followed directly by a verdict word ("great" / "awful" / "fine", and synonyms) that
+// follows the sign of the sentiment: "<s> the not kind dog hurts a calm fox awful .". The
+// verdict is the only hard word to predict, it needs exactly what the downstream tasks need,
+// the sentiment of the sentence, and it is predicted at the position the tasks pool (the
+// sentence's last word). So the pretrained model computes the sentiment where fine-tuning
+// reads; `verdict accuracy` (finetune.hpp) measures how well.
 //
 // Downstream tasks (sentences without verdicts; labels from the hidden sentiment):
 //   polarity   single sentence, classification: sentiment > 0 (zero-sentiment sentences are
@@ -49,6 +51,8 @@ class Lexicon {
   static constexpr int kSep = 2;
   // Share of adjectives preceded by "not" (which flips their polarity).
   static constexpr double kNotShare = 0.1;
+  // Share of corpus sentences followed by a verdict.
+  static constexpr double kVerdictShare = 0.9;
 
   Lexicon() {
     add("<pad>", WordClass::special, 0);
@@ -79,9 +83,6 @@ class Lexicon {
     for (const char* w : {"awful", "terrible", "sad"})
       verdict_neg_.push_back(add(w, WordClass::verdict, -1));
     verdict_zero_ = add("fine", WordClass::verdict, 0);
-    comma_ = add(",", WordClass::punct, 0);
-    it_ = add("it", WordClass::punct, 0);
-    was_ = add("was", WordClass::punct, 0);
     period_ = add(".", WordClass::punct, 0);
   }
 
@@ -140,22 +141,18 @@ class Lexicon {
     }
   }
 
-  // ", it was": the corpus's lead-in to a verdict.
-  void append_verdict_prompt(std::vector<int>& out) const {
-    out.push_back(comma_);
-    out.push_back(it_);
-    out.push_back(was_);
-  }
-
-  // The sign a verdict word stands for (+1, -1, 0), or nothing for other words.
+  // Whether a word is a verdict (great, awful, fine, ...).
   bool is_verdict(int id) const { return word(id).kind == WordClass::verdict; }
 
-  // Corpus text: sentence [, it was VERDICT] .
+  // Corpus text: <s> sentence [VERDICT] .
+  // The verdict comes right after the sentence's last word, the position whose state the
+  // downstream tasks pool, and each sentence starts with <s> as the task inputs do: the state
+  // that pretraining teaches to predict the verdict is the state that fine-tuning reads.
   void append_corpus_sentence(sora::Rng& rng, std::vector<int>& out) const {
     const Sentence s = sentence(rng);
+    out.push_back(kBos);
     out.insert(out.end(), s.tokens.begin(), s.tokens.end());
-    if (rng.uniform() < 0.9) {
-      append_verdict_prompt(out);
+    if (rng.uniform() < kVerdictShare) {
       const std::vector<int>& verdicts = s.sentiment > 0 ? verdict_pos_ : verdict_neg_;
       out.push_back(s.sentiment == 0
                         ? verdict_zero_
@@ -172,7 +169,7 @@ class Lexicon {
 
   std::vector<Word> words_;
   std::vector<int> det_, noun_, adj_, verb_, verdict_pos_, verdict_neg_;
-  int not_ = 0, verdict_zero_ = 0, comma_ = 0, it_ = 0, was_ = 0, period_ = 0;
+  int not_ = 0, verdict_zero_ = 0, period_ = 0;
 };
 
 // A stream of corpus tokens: `count` tokens of back-to-back sentences.
