@@ -19,8 +19,8 @@
 #include "sora/io/checkpoint.hpp"
 #include "sora/model/transformer.hpp"
 #include "sora/optim/adalora.hpp"
-#include "sora/optim/clip.hpp"
 #include "sora/optim/param_groups.hpp"
+#include "sora/train/trainer.hpp"
 
 using namespace sora;
 
@@ -110,20 +110,21 @@ struct Setup {
     }
   }
 
-  // The steps [from, to) of train::fit's loop, with the schedule at the global step.
+  // The steps [from, to) of a run, through train::fit resuming at `from`.
   template <class Opt>
   void run(Opt& opt, long from, long to) {
     const auto data = batches();
-    const auto params = model.trainable_parameters();
-    model.train(true);
-    for (long step = from; step < to; ++step) {
-      for (Param<float>* p : params) p->zero_grad();
-      model.forward(data[static_cast<std::size_t>(step) % data.size()]);
-      model.backward();
-      optim::clip_grad_norm(params, 1.0);
-      opt.set_lr_multiplier(schedule().multiplier(step));
-      opt.step();
-    }
+    train::TrainerOptions t;
+    t.start_step = from;
+    t.max_steps = to;
+    t.max_grad_norm = 1.0;
+    t.schedule = schedule();
+    train::fit<model::Transformer<float>>(
+        model, opt,
+        [&](long step) -> const model::Batch& {
+          return data[static_cast<std::size_t>(step) % data.size()];
+        },
+        {}, t);
   }
   void steps(long from, long to) {
     if (adalora) {

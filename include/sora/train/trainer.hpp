@@ -43,7 +43,10 @@ double add_gate_l1(const std::vector<Param<T>*>& gates, double lambda) {
 }
 
 struct TrainerOptions {
-  long max_steps = 1000;
+  long max_steps = 1000;  // the step to stop at (global: a resumed run counts from 0 too)
+  // The first step to run: 0 for a fresh run, the checkpoint's step when resuming (the
+  // schedule and next_batch then see the same global steps as an uninterrupted run).
+  long start_step = 0;
   long eval_every = 0;  // evaluate every this many steps (and after the last); 0: never
   // Stop after this many evaluations in a row without improving the best metric by more than
   // min_delta; 0: never stop early.
@@ -76,6 +79,9 @@ TrainResult fit(Model& model, Optimizer& optimizer,
                 const std::function<double()>& evaluate, const TrainerOptions& options) {
   using T = typename Model::Scalar;
   SORA_CHECK(options.max_steps >= 0, "fit: max_steps must be >= 0, got ", options.max_steps);
+  SORA_CHECK(options.start_step >= 0 && options.start_step <= options.max_steps,
+             "fit: start_step must be in [0, max_steps = ", options.max_steps, "], got ",
+             options.start_step);
   SORA_CHECK(options.eval_every == 0 || evaluate, "fit: eval_every is set but no evaluate()");
   std::vector<Param<T>*> params;
   std::vector<Param<T>*> gates;
@@ -114,7 +120,7 @@ TrainResult fit(Model& model, Optimizer& optimizer,
   };
 
   model.train(true);
-  for (long step = 0; step < options.max_steps; ++step) {
+  for (long step = options.start_step; step < options.max_steps; ++step) {
     for (Param<T>* p : params) p->zero_grad();
     double loss = static_cast<double>(model.forward(next_batch(step)));
     model.backward();
