@@ -2,25 +2,34 @@
 // Param: one named tensor of a model. A trainable parameter owns a gradient buffer of its
 // own shape; a frozen one owns none (and so no optimizer state either): the memory saved by
 // freezing is the point of parameter-efficient fine-tuning.
+//
+// The value and gradient live on the backend's tensor (Cpu: an Eigen matrix; cuda::Cuda: a
+// device tensor). Initial values always come from the host, so that a layer draws its
+// initialisation once, identically on every backend.
 
 #include <string>
 #include <utility>
 
+#include "sora/core/backend.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
 
 namespace sora {
 
-template <class T>
+template <class T, class Backend = Cpu>
 class Param {
  public:
+  using Tensor = typename Backend::template Tensor<T>;
+
   std::string name;        // stable dotted name, e.g. "blocks.3.attn.q.lora_A"
-  Matrix<T> value;         // (rows, cols); vectors are (1, n)
+  Tensor value;            // (rows, cols); vectors are (1, n)
   bool is_vector = false;  // saved as a 1-D tensor of length cols()
 
   Param() = default;
   Param(std::string param_name, Matrix<T> initial, bool trainable, bool vector = false)
-      : name(std::move(param_name)), value(std::move(initial)), is_vector(vector) {
+      : name(std::move(param_name)),
+        value(Backend::template from_host<T>(std::move(initial))),
+        is_vector(vector) {
     set_trainable(trainable);
   }
 
@@ -44,11 +53,11 @@ class Param {
     if (trainable_) grad_.setZero();
   }
 
-  Matrix<T>& gradient() {
+  Tensor& gradient() {
     SORA_CHECK(trainable_, "parameter '", name, "' is frozen and has no gradient");
     return grad_;
   }
-  const Matrix<T>& gradient() const {
+  const Tensor& gradient() const {
     SORA_CHECK(trainable_, "parameter '", name, "' is frozen and has no gradient");
     return grad_;
   }
@@ -59,7 +68,7 @@ class Param {
   Index size() const { return value.size(); }
 
  private:
-  Matrix<T> grad_;  // same shape as value when trainable; empty when frozen
+  Tensor grad_;  // same shape as value when trainable; empty when frozen
   bool trainable_ = false;
 };
 

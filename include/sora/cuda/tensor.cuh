@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "sora/cuda/common.cuh"
+#include "sora/cuda/context.cuh"
 
 namespace sora::cuda {
 
@@ -137,6 +138,28 @@ class DeviceTensor {
     if (size() > 0) {
       SORA_CUDA_CHECK(cudaMemsetAsync(data_, 0, bytes(), stream));
     }
+  }
+
+  // Eigen's names, so that layers written against Matrix<T> compute on device tensors too.
+  // resize keeps the allocation when the element count is unchanged (as Eigen does): a
+  // training loop allocates on the first batch of a shape only. After a resize that
+  // reallocates, the contents are undefined.
+  void resize(Index rows, Index cols) {
+    SORA_CHECK(rows >= 0 && cols >= 0, "DeviceTensor::resize: negative shape ",
+               shape_str(rows, cols));
+    if (rows * cols != size()) {
+      release();
+      allocate(rows, cols);
+    } else {
+      rows_ = rows;
+      cols_ = cols;
+    }
+  }
+  // Zeroes on the context's stream (cuda/context.cuh), in order with the op twins.
+  void setZero() { set_zero(context().stream()); }
+  void setZero(Index rows, Index cols) {
+    resize(rows, cols);
+    setZero();
   }
 
   T* data() { return data_; }

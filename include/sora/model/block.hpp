@@ -22,6 +22,8 @@
 
 namespace sora::model {
 
+using namespace nn::op_names;  // ops found by name and by the tensor type (nn/common.hpp)
+
 template <class T, class Backend = Cpu>
 class Block {
  public:
@@ -54,19 +56,19 @@ class Block {
     mid_.resize(N, C);
     if (dropping_) {
       mask1_.resize(N, C);
-      ops::dropout_forward<T>(mid_, mask1_, a, dropout_, rng);
-      mid_ += x;
+      dropout_forward<T>(mid_, mask1_, a, dropout_, rng);
+      residual_forward<T>(mid_, mid_, x);
     } else {
-      mid_.noalias() = a + x;
+      residual_forward<T>(mid_, a, x);
     }
     const Tensor& m = mlp.forward(ln2.forward(mid_));  // (N, C)
     out_.resize(N, C);
     if (dropping_) {
       mask2_.resize(N, C);
-      ops::dropout_forward<T>(out_, mask2_, m, dropout_, rng);
-      out_ += mid_;
+      dropout_forward<T>(out_, mask2_, m, dropout_, rng);
+      residual_forward<T>(out_, out_, mid_);
     } else {
-      out_.noalias() = m + mid_;
+      residual_forward<T>(out_, m, mid_);
     }
     return out_;
   }
@@ -77,15 +79,15 @@ class Block {
     const Tensor* branch = &dout;
     if (dropping_) {
       dbranch_.resize(dout.rows(), dout.cols());
-      ops::dropout_backward<T>(dbranch_, dout, mask2_);
+      dropout_backward<T>(dbranch_, dout, mask2_);
       branch = &dbranch_;
     }
     const Tensor& dln2 = ln2.backward(mlp.backward(*branch, true), true);
     dmid_.resize(dout.rows(), dout.cols());
-    dmid_.noalias() = dout + dln2;  // skip path + MLP branch
+    residual_forward<T>(dmid_, dout, dln2);  // skip path + MLP branch
     branch = &dmid_;
     if (dropping_) {
-      ops::dropout_backward<T>(dbranch_, dmid_, mask1_);
+      dropout_backward<T>(dbranch_, dmid_, mask1_);
       branch = &dbranch_;
     }
     // The attention's input gradient is ln1's output gradient: needed for x's gradient and for
@@ -97,7 +99,7 @@ class Block {
     const Tensor& dln1 = ln1.backward(dh1, want_dx);
     if (want_dx) {
       dx_.resize(dout.rows(), dout.cols());
-      dx_.noalias() = dmid_ + dln1;
+      residual_forward<T>(dx_, dmid_, dln1);
     }
     return dx_;
   }

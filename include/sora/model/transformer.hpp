@@ -67,11 +67,15 @@ inline std::string module_kind(std::string_view name) {
   return "other";
 }
 
+using namespace nn::op_names;  // ops found by name and by the tensor type (nn/common.hpp)
+
 template <class T, class Backend = Cpu>
 class Transformer {
  public:
   using Scalar = T;
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
+  using ParamT = Param<T, Backend>;
   using Linear = nn::AdaptedLinear<T, Backend>;
   using Batch = model::Batch;
 
@@ -132,7 +136,7 @@ class Transformer {
 
   // ---- parameters --------------------------------------------------------------------------
 
-  // fn(Param<T>&) for every parameter, named by its dotted path (prefix + "." + path).
+  // fn(Param<T, Backend>&) for every parameter, named by its dotted path (prefix + "." + path).
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     wte.visit_params(nn::join_name(prefix, "wte"), fn);
@@ -161,21 +165,21 @@ class Transformer {
     if (out) fn(std::string("head.out"), *out);
   }
 
-  std::vector<Param<T>*> parameters() {
-    std::vector<Param<T>*> all;
-    visit_params([&](Param<T>& p) { all.push_back(&p); });
+  std::vector<ParamT*> parameters() {
+    std::vector<ParamT*> all;
+    visit_params([&](ParamT& p) { all.push_back(&p); });
     return all;
   }
   // The parameters that own a gradient, i.e. what an optimizer and clipping see.
-  std::vector<Param<T>*> trainable_parameters() {
-    std::vector<Param<T>*> all;
-    visit_params([&](Param<T>& p) {
+  std::vector<ParamT*> trainable_parameters() {
+    std::vector<ParamT*> all;
+    visit_params([&](ParamT& p) {
       if (p.trainable()) all.push_back(&p);
     });
     return all;
   }
   void zero_grad() {
-    visit_params([](Param<T>& p) { p.zero_grad(); });
+    visit_params([](ParamT& p) { p.zero_grad(); });
   }
 
   // ---- fine-tuning method --------------------------------------------------------------------
@@ -191,10 +195,10 @@ class Transformer {
   Index apply_peft(const PeftConfig& peft) {
     visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
     if (peft.method == Method::full) {
-      visit_params([](Param<T>& p) { p.set_trainable(true); });
+      visit_params([](ParamT& p) { p.set_trainable(true); });
       return 0;
     }
-    visit_params([](Param<T>& p) { p.set_trainable(false); });
+    visit_params([](ParamT& p) { p.set_trainable(false); });
     Index adapted = 0;
     visit_linears([&](const std::string& name, Linear& lin) {
       if (!matches_any(name, peft.target_modules)) return;
@@ -232,7 +236,7 @@ class Transformer {
     for (const char* kind : {"embeddings", "attention", "mlp", "layernorm", "adapters", "head"})
       rows.push_back(SummaryRow{kind, 0, 0});
     SummaryRow total{"total", 0, 0};
-    visit_params([&](Param<T>& p) {
+    visit_params([&](ParamT& p) {
       const std::string kind = module_kind(p.name);
       for (auto& row : rows) {
         if (row.kind != kind) continue;
@@ -277,16 +281,17 @@ class Transformer {
     if (batch.mask.empty()) {
       key_mask_.resize(0, 0);
     } else {
-      key_mask_.resize(B_, T_);
+      key_mask_host_.resize(B_, T_);
       for (Index n = 0; n < N; ++n)
-        key_mask_(n / T_, n % T_) = static_cast<T>(batch.mask[static_cast<std::size_t>(n)]);
+        key_mask_host_(n / T_, n % T_) = static_cast<T>(batch.mask[static_cast<std::size_t>(n)]);
+      Backend::upload(key_mask_, key_mask_host_);
     }
 
-    emb_ = wte.forward(batch.tokens);  // (N, C); same size every step: no reallocation
+    wte.forward_to(emb_, batch.tokens);  // (N, C); same size every step: no reallocation
     wpe.forward_add(emb_, T_);
     if (dropping_) {
       emb_mask_.resize(N, c.width);
-      ops::dropout_forward<T>(emb_, emb_mask_, emb_, p, dropout_rng_);
+      dropout_forward<T>(emb_, emb_mask_, emb_, p, dropout_rng_);
     }
     const Tensor* x = &emb_;
     for (auto& b : blocks) x = &b.forward(*x, B_, T_, key_mask_, dropout_rng_);
@@ -297,15 +302,14 @@ class Transformer {
         logits_ = &lm_head->forward(*hf_);
       } else {
         logits_buf_.resize(N, c.vocab_size);
-        ops::linear_forward<T>(logits_buf_, *hf_, wte.weight.value);
+        linear_forward<T>(logits_buf_, *hf_, wte.weight.value);
         logits_ = &logits_buf_;
       }
       return *logits_;
     }
 
     // Sequence head on one token per sequence.
-    pool_index_.resize(static_cast<std::size_t>(B_));
-    pooled_.resize(B_, c.width);
+    pool_rows_host_.resize(static_cast<std::size_t>(B_));
     for (Index b = 0; b < B_; ++b) {
       Index t = 0;
       if (c.pooled_token() == Pooling::last) {
@@ -315,24 +319,26 @@ class Transformer {
           SORA_CHECK(t >= 0, "Transformer: sequence ", b, " of the batch is all padding");
         }
       }
-      pool_index_[static_cast<std::size_t>(b)] = b * T_ + t;
-      pooled_.row(b) = hf_->row(b * T_ + t);
+      pool_rows_host_[static_cast<std::size_t>(b)] = static_cast<int>(b * T_ + t);
     }
+    Backend::set_indices(pool_rows_, pool_rows_host_);
+    pooled_.resize(B_, c.width);
+    gather_rows<T>(pooled_, *hf_, pool_rows_);
     if (dropping_) {
       pool_mask_.resize(B_, c.width);
-      ops::dropout_forward<T>(pooled_, pool_mask_, pooled_, p, dropout_rng_);
+      dropout_forward<T>(pooled_, pool_mask_, pooled_, p, dropout_rng_);
     }
     const Tensor& z = dense->forward(pooled_);  // (B, C)
     tanh_.resize(z.rows(), z.cols());
-    tanh_.array() = z.array().tanh();
-    head_in_.resize(z.rows(), z.cols());
+    tanh_forward<T>(tanh_, z);
+    const Tensor* head_in = &tanh_;
     if (dropping_) {
+      head_in_.resize(z.rows(), z.cols());
       head_mask_.resize(z.rows(), z.cols());
-      ops::dropout_forward<T>(head_in_, head_mask_, tanh_, p, dropout_rng_);
-    } else {
-      head_in_ = tanh_;
+      dropout_forward<T>(head_in_, head_mask_, tanh_, p, dropout_rng_);
+      head_in = &head_in_;
     }
-    logits_ = &out->forward(head_in_);
+    logits_ = &out->forward(*head_in);
     return *logits_;
   }
 
@@ -341,19 +347,20 @@ class Transformer {
   T forward(const Batch& batch) {
     const Tensor& logits = forward_logits(batch);
     const auto& c = config_;
-    labels_.assign(batch.labels.begin(), batch.labels.end());
+    Backend::set_indices(labels_, batch.labels);
     if (c.head == Head::regression) {
       SORA_CHECK(static_cast<Index>(batch.values.size()) == B_ * c.num_labels,
                  "Transformer: ", batch.values.size(), " regression targets for ", B_,
                  " sequences x ", c.num_labels, " outputs");
-      target_.resize(B_, c.num_labels);
-      for (Index i = 0; i < target_.size(); ++i)
-        target_(i / c.num_labels, i % c.num_labels) =
+      target_host_.resize(B_, c.num_labels);
+      for (Index i = 0; i < target_host_.size(); ++i)
+        target_host_(i / c.num_labels, i % c.num_labels) =
             static_cast<T>(batch.values[static_cast<std::size_t>(i)]);
-      loss_ = ops::mse_forward<T>(logits, target_);
+      Backend::upload(target_, target_host_);
+      loss_ = mse_forward<T>(logits, target_);
     } else {
       probs_.resize(logits.rows(), logits.cols());
-      loss_ = ops::cross_entropy_forward<T>(probs_, logits, labels_);
+      loss_ = cross_entropy_forward<T>(probs_, logits, labels_);
     }
     return loss_;
   }
@@ -365,9 +372,9 @@ class Transformer {
     const auto& c = config_;
     dlogits_.resize(logits_->rows(), logits_->cols());
     if (c.head == Head::regression) {
-      ops::mse_backward<T>(dlogits_, *logits_, target_, dloss);
+      mse_backward<T>(dlogits_, *logits_, target_, dloss);
     } else {
-      ops::cross_entropy_backward<T>(dlogits_, probs_, labels_, ops::kIgnoreIndex, dloss);
+      cross_entropy_backward<T>(dlogits_, probs_, labels_, ops::kIgnoreIndex, dloss);
     }
 
     const Tensor* dhf = nullptr;  // (N, C)
@@ -378,30 +385,28 @@ class Transformer {
         // Tied: logits = h wte^T, so wte collects dlogits^T h here and the embedding's own
         // gradient in the backward below.
         dhf_.resize(hf_->rows(), hf_->cols());
-        ops::linear_backward<T>(dhf_, nn::detail::grad_or_absent(wte.weight), ops::absent<T>(),
-                                dlogits_, *hf_, wte.weight.value);
+        linear_backward<T>(dhf_, nn::detail::grad_or_absent(wte.weight),
+                           Backend::template absent<T>(), dlogits_, *hf_, wte.weight.value);
         dhf = &dhf_;
       }
     } else {
       const Tensor& dhead_in = out->backward(dlogits_);
       dz_.resize(dhead_in.rows(), dhead_in.cols());
       if (dropping_) {
-        ops::dropout_backward<T>(dz_, dhead_in, head_mask_);
+        dropout_backward<T>(dz_, dhead_in, head_mask_);
+        tanh_backward<T>(dz_, dz_, tanh_);
       } else {
-        dz_ = dhead_in;
+        tanh_backward<T>(dz_, dhead_in, tanh_);
       }
-      dz_.array() *= T(1) - tanh_.array().square();  // tanh' = 1 - tanh^2
-      const Tensor& dpooled = dense->backward(dz_);
-      dpooled_.resize(dpooled.rows(), dpooled.cols());
+      const Tensor* dpooled = &dense->backward(dz_);
       if (dropping_) {
-        ops::dropout_backward<T>(dpooled_, dpooled, pool_mask_);
-      } else {
-        dpooled_ = dpooled;
+        dpooled_.resize(dpooled->rows(), dpooled->cols());
+        dropout_backward<T>(dpooled_, *dpooled, pool_mask_);
+        dpooled = &dpooled_;
       }
       // Only the pooled token of each sequence reaches the head.
-      dhf_.setZero(hf_->rows(), hf_->cols());
-      for (Index b = 0; b < B_; ++b)
-        dhf_.row(pool_index_[static_cast<std::size_t>(b)]) = dpooled_.row(b);
+      dhf_.resize(hf_->rows(), hf_->cols());
+      scatter_rows<T>(dhf_, *dpooled, pool_rows_);
       dhf = &dhf_;
     }
 
@@ -413,7 +418,7 @@ class Transformer {
     const Tensor* demb = dx;
     if (dropping_) {
       demb_.resize(dx->rows(), dx->cols());
-      ops::dropout_backward<T>(demb_, *dx, emb_mask_);
+      dropout_backward<T>(demb_, *dx, emb_mask_);
       demb = &demb_;
     }
     wte.backward(*demb);
@@ -428,7 +433,7 @@ class Transformer {
 
   // Argmax over each row of the last logits (class per sequence, or next token per token).
   std::vector<int> predictions() const {
-    const Tensor& z = logits();
+    const auto& z = Backend::to_host(logits());  // a copy only on a device backend
     std::vector<int> out_ids(static_cast<std::size_t>(z.rows()));
     for (Index i = 0; i < z.rows(); ++i) {
       Index best = 0;
@@ -454,6 +459,7 @@ class Transformer {
   bool training_ = true;
   bool dropping_ = false;
   Index B_ = 0, T_ = 0;
+  Matrix<T> key_mask_host_;          // (B, T) the batch's mask, staged on the host
   Tensor key_mask_;                  // (B, T) or empty
   Tensor emb_, emb_mask_, demb_;     // (N, C)
   const Tensor* hf_ = nullptr;       // (N, C) final LayerNorm output
@@ -461,9 +467,11 @@ class Transformer {
   Tensor logits_buf_;                // (N, V) tied LM head
   const Tensor* logits_ = nullptr;   // (N, V) or (B, K)
   Tensor probs_, dlogits_, target_;  // like the logits
-  std::vector<int> labels_;
+  Matrix<T> target_host_;            // (B, K) regression targets, staged on the host
+  typename Backend::Indices labels_;
   T loss_ = T(0);
-  std::vector<Index> pool_index_;  // (B) row of h each sequence pools
+  std::vector<int> pool_rows_host_;         // (B) row of h each sequence pools
+  typename Backend::Indices pool_rows_;     // (B) the same, where the ops read it
   Tensor pooled_, pool_mask_, tanh_, head_in_, head_mask_, dz_, dpooled_;  // (B, C)
 };
 

@@ -46,9 +46,11 @@ class LowRankAdapter {
  public:
   using Tensor = typename Backend::template Tensor<T>;
 
-  Param<T> lora_A;  // (R, C)
-  Param<T> lora_B;  // (OC, R)
-  Param<T> gate;    // (1, R): SoRA's g or AdaLoRA's E; empty for LoRA
+  using Ref = typename Backend::template Ref<T>;
+
+  Param<T, Backend> lora_A;  // (R, C)
+  Param<T, Backend> lora_B;  // (OC, R)
+  Param<T, Backend> gate;    // (1, R): SoRA's g or AdaLoRA's E; empty for LoRA
 
   LowRankAdapter(Index in, Index out, const AdapterConfig& config)
       : kind_(config.kind),
@@ -74,8 +76,8 @@ class LowRankAdapter {
       B.setZero();
       scale_ = static_cast<T>(config.alpha / static_cast<double>(R));
     }
-    lora_A = Param<T>("lora_A", std::move(A), true);
-    lora_B = Param<T>("lora_B", std::move(B), true);
+    lora_A = Param<T, Backend>("lora_A", std::move(A), true);
+    lora_B = Param<T, Backend>("lora_B", std::move(B), true);
     if (kind_ != AdapterKind::lora) {
       Matrix<T> g(1, R);
       if (kind_ == AdapterKind::adalora) {
@@ -85,7 +87,7 @@ class LowRankAdapter {
       } else {
         rng.fill_normal(g, 0.0, 1.0);
       }
-      gate = Param<T>(gate_name(kind_), std::move(g), true, /*vector=*/true);
+      gate = Param<T, Backend>(gate_name(kind_), std::move(g), true, /*vector=*/true);
     }
   }
 
@@ -108,9 +110,10 @@ class LowRankAdapter {
     out.kind_ = kind;
     out.scale_ = scale;
     out.r_max_ = r_max;
-    out.lora_A.value = std::move(A);
-    out.lora_B.value = std::move(B);
-    if (kind != AdapterKind::lora) out.gate = Param<T>(gate_name(kind), std::move(g), true, true);
+    out.lora_A = Param<T, Backend>("lora_A", std::move(A), true);
+    out.lora_B = Param<T, Backend>("lora_B", std::move(B), true);
+    if (kind != AdapterKind::lora)
+      out.gate = Param<T, Backend>(gate_name(kind), std::move(g), true, true);
     return out;
   }
 
@@ -133,15 +136,15 @@ class LowRankAdapter {
     if (dropping_) {
       xd_.resize(N, x.cols());
       mask_.resize(N, x.cols());
-      ops::dropout_forward<T>(xd_, mask_, x, dropout_, dropout_rng_);
+      dropout_forward<T>(xd_, mask_, x, dropout_, dropout_rng_);
       x_ = &xd_;
     } else {
       x_ = &x;
     }
     h_.resize(N, R);
     u_.resize(N, R);
-    ops::lowrank_forward<T>(y, h_, u_, *x_, lora_A.value, lora_B.value,
-                            detail::value_or_absent(gate, gated()), scale_);
+    lowrank_forward<T>(y, h_, u_, *x_, lora_A.value, lora_B.value,
+                       detail::value_or_absent(gate, gated()), scale_);
   }
 
   // dx += d/dx of the adapter branch (dx already holds the base layer's input gradient).
@@ -150,19 +153,19 @@ class LowRankAdapter {
     dh_.resize(dy.rows(), rank());
     auto dA = detail::grad_or_absent(lora_A);
     auto dB = detail::grad_or_absent(lora_B);
-    auto dg = gated() ? detail::grad_or_absent(gate) : MatrixRef<T>(ops::absent<T>());
+    auto dg = gated() ? detail::grad_or_absent(gate) : Ref(Backend::template absent<T>());
     auto g = detail::value_or_absent(gate, gated());
     if (!want_dx || !dropping_) {
-      ops::lowrank_backward<T>(detail::ref_or_absent(dx, want_dx), dA, dB, dg, dh_, dy, *x_, h_, u_,
-                               lora_A.value, lora_B.value, g, scale_);
+      lowrank_backward<T>(detail::ref_or_absent<Backend, T>(dx, want_dx), dA, dB, dg, dh_, dy, *x_,
+                          h_, u_, lora_A.value, lora_B.value, g, scale_);
       return;
     }
     // Through dropout: the branch's gradient w.r.t. dropout(x), masked, then added onto dx.
     dxd_.setZero(dx.rows(), dx.cols());
-    ops::lowrank_backward<T>(dxd_, dA, dB, dg, dh_, dy, *x_, h_, u_, lora_A.value, lora_B.value, g,
-                             scale_);
-    ops::dropout_backward<T>(dxd_, dxd_, mask_);
-    ops::residual_backward<T>(dx, ops::absent<T>(), dxd_);
+    lowrank_backward<T>(dxd_, dA, dB, dg, dh_, dy, *x_, h_, u_, lora_A.value, lora_B.value, g,
+                        scale_);
+    dropout_backward<T>(dxd_, dxd_, mask_);
+    residual_backward<T>(dx, Backend::template absent<T>(), dxd_);
   }
 
   template <class Fn>
@@ -212,7 +215,7 @@ class AdaptedLinear {
   void attach(Adapter a) {
     SORA_CHECK(a.in_features() == base.in_features() && a.out_features() == base.out_features(),
                "AdaptedLinear::attach: adapter (", a.out_features(), ", ", a.in_features(),
-               ") does not fit the base weight ", shape_of(base.weight.value));
+               ") does not fit the base layer (", base.out_features(), ", ", base.in_features(), ")");
     base.set_trainable(false);
     adapter.emplace(std::move(a));
     adapter->train(training_);

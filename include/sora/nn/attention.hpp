@@ -48,7 +48,7 @@ class Attention {
     const Tensor& vv = v.forward(x);
     att_.resize(B * H_ * T_len, T_len);
     y_.resize(x.rows(), x.cols());
-    ops::attention_forward<T>(y_, att_, qv, kv, vv, key_mask, B, T_len, H_, causal_);
+    attention_forward<T>(y_, att_, qv, kv, vv, key_mask, B, T_len, H_, causal_);
     return o.forward(y_);
   }
 
@@ -58,15 +58,17 @@ class Attention {
     dk_.resize(dyo.rows(), dyo.cols());
     dv_.resize(dyo.rows(), dyo.cols());
     datt_.resize(att_.rows(), att_.cols());
-    ops::attention_backward<T>(dq_, dk_, dv_, datt_, dyo, q.output(), k.output(), v.output(), att_,
-                               B_, T_, H_);
+    attention_backward<T>(dq_, dk_, dv_, datt_, dyo, q.output(), k.output(), v.output(), att_, B_,
+                          T_, H_);
     // x feeds three projections: its gradient is the sum of theirs.
     const Tensor& dxq = q.backward(dq_, want_dx);
-    if (want_dx) dx_ = dxq;
     const Tensor& dxk = k.backward(dk_, want_dx);
-    if (want_dx) ops::residual_backward<T>(dx_, ops::absent<T>(), dxk);
+    if (want_dx) {
+      dx_.resize(dxq.rows(), dxq.cols());
+      residual_forward<T>(dx_, dxq, dxk);
+    }
     const Tensor& dxv = v.backward(dv_, want_dx);
-    if (want_dx) ops::residual_backward<T>(dx_, ops::absent<T>(), dxv);
+    if (want_dx) residual_backward<T>(dx_, Backend::template absent<T>(), dxv);
     return dx_;
   }
 

@@ -17,7 +17,7 @@ class Embedding {
  public:
   using Tensor = typename Backend::template Tensor<T>;
 
-  Param<T> weight;  // (V, C)
+  Param<T, Backend> weight;  // (V, C)
 
   Embedding() = default;
   // N(0, 0.02^2), GPT-2's and BERT's initialisation.
@@ -28,21 +28,25 @@ class Embedding {
     Rng rng(seed);
     Matrix<T> w(vocab, channels);
     rng.fill_normal(w, 0.0, stddev);
-    weight = Param<T>("weight", std::move(w), trainable);
+    weight = Param<T, Backend>("weight", std::move(w), trainable);
   }
 
   Index vocab_size() const { return weight.value.rows(); }
   Index channels() const { return weight.value.cols(); }
 
   const Tensor& forward(std::span<const int> tokens) {
-    tokens_.assign(tokens.begin(), tokens.end());  // backward needs the ids
-    y_.resize(static_cast<Index>(tokens.size()), channels());
-    ops::embedding_forward<T>(y_, tokens_, weight.value);
+    forward_to(y_, tokens);
     return y_;
+  }
+  // The same into a caller's buffer (the model's residual stream).
+  void forward_to(Tensor& y, std::span<const int> tokens) {
+    Backend::set_indices(tokens_, tokens);  // backward needs the ids
+    y.resize(static_cast<Index>(tokens.size()), channels());
+    embedding_forward<T>(y, tokens_, weight.value);
   }
 
   void backward(const Tensor& dy) {
-    if (weight.trainable()) ops::embedding_backward<T>(weight.gradient(), dy, tokens_);
+    if (weight.trainable()) embedding_backward<T>(weight.gradient(), dy, tokens_);
   }
 
   template <class Fn>
@@ -51,8 +55,8 @@ class Embedding {
   }
 
  private:
-  std::vector<int> tokens_;
-  Tensor y_;  // (N, C)
+  typename Backend::Indices tokens_;  // (N)
+  Tensor y_;                          // (N, C)
 };
 
 // Learned absolute positions, added onto the token embeddings of B sequences of length T.
@@ -61,7 +65,7 @@ class PositionEmbedding {
  public:
   using Tensor = typename Backend::template Tensor<T>;
 
-  Param<T> weight;  // (P, C), P the longest sequence
+  Param<T, Backend> weight;  // (P, C), P the longest sequence
 
   PositionEmbedding() = default;
   PositionEmbedding(Index max_positions, Index channels, bool trainable = true,
@@ -72,16 +76,16 @@ class PositionEmbedding {
     Rng rng(seed);
     Matrix<T> w(max_positions, channels);
     rng.fill_normal(w, 0.0, stddev);
-    weight = Param<T>("weight", std::move(w), trainable);
+    weight = Param<T, Backend>("weight", std::move(w), trainable);
   }
 
   // y[b T + t] += wpe[t].
   void forward_add(Tensor& y, Index T_len) {
     T_ = T_len;
-    ops::position_embedding_forward<T>(y, weight.value, T_len);
+    position_embedding_forward<T>(y, weight.value, T_len);
   }
   void backward(const Tensor& dy) {
-    if (weight.trainable()) ops::position_embedding_backward<T>(weight.gradient(), dy, T_);
+    if (weight.trainable()) position_embedding_backward<T>(weight.gradient(), dy, T_);
   }
 
   template <class Fn>

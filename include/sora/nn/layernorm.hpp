@@ -12,14 +12,14 @@ class LayerNorm {
  public:
   using Tensor = typename Backend::template Tensor<T>;
 
-  Param<T> weight;  // (1, C)
-  Param<T> bias;    // (1, C)
+  Param<T, Backend> weight;  // (1, C)
+  Param<T, Backend> bias;    // (1, C)
 
   LayerNorm() = default;
   explicit LayerNorm(Index channels, bool trainable = true, T eps = T(1e-5)) : eps_(eps) {
     SORA_CHECK(channels > 0, "LayerNorm: channels must be positive, got ", channels);
-    weight = Param<T>("weight", Matrix<T>::Ones(1, channels), trainable, true);
-    bias = Param<T>("bias", Matrix<T>::Zero(1, channels), trainable, true);
+    weight = Param<T, Backend>("weight", Matrix<T>::Ones(1, channels), trainable, true);
+    bias = Param<T, Backend>("bias", Matrix<T>::Zero(1, channels), trainable, true);
   }
 
   Index channels() const { return weight.value.cols(); }
@@ -29,7 +29,7 @@ class LayerNorm {
     y_.resize(x.rows(), x.cols());
     mean_.resize(x.rows(), 1);
     rstd_.resize(x.rows(), 1);
-    ops::layernorm_forward<T>(y_, mean_, rstd_, x, weight.value, bias.value, eps_);
+    layernorm_forward<T>(y_, mean_, rstd_, x, weight.value, bias.value, eps_);
     return y_;
   }
   const Tensor& forward(Tensor&&) = delete;
@@ -37,8 +37,9 @@ class LayerNorm {
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
     SORA_CHECK(x_ != nullptr, "LayerNorm::backward called before forward");
     if (want_dx) dx_.resize(x_->rows(), x_->cols());
-    ops::layernorm_backward<T>(detail::ref_or_absent(dx_, want_dx), detail::grad_or_absent(weight),
-                               detail::grad_or_absent(bias), dy, *x_, weight.value, mean_, rstd_);
+    layernorm_backward<T>(detail::ref_or_absent<Backend, T>(dx_, want_dx),
+                          detail::grad_or_absent(weight), detail::grad_or_absent(bias), dy, *x_,
+                          weight.value, mean_, rstd_);
     return dx_;
   }
 

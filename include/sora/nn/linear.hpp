@@ -18,8 +18,8 @@ class Linear {
  public:
   using Tensor = typename Backend::template Tensor<T>;
 
-  Param<T> weight;  // (OC, C)
-  Param<T> bias;    // (1, OC); empty when the layer has no bias
+  Param<T, Backend> weight;  // (OC, C)
+  Param<T, Backend> bias;    // (1, OC); empty when the layer has no bias
 
   Linear() = default;
   // PyTorch nn.Linear's initialisation: W and b ~ U(-1/sqrt(in), 1/sqrt(in)).
@@ -29,11 +29,11 @@ class Linear {
     Rng rng(seed);
     Matrix<T> w(out, in);
     rng.fill_kaiming_uniform(w, in);
-    weight = Param<T>("weight", std::move(w), trainable);
+    weight = Param<T, Backend>("weight", std::move(w), trainable);
     if (with_bias) {
       Matrix<T> b(1, out);
       rng.fill_kaiming_uniform(b, in);
-      bias = Param<T>("bias", std::move(b), trainable, /*vector=*/true);
+      bias = Param<T, Backend>("bias", std::move(b), trainable, /*vector=*/true);
     }
   }
 
@@ -49,15 +49,16 @@ class Linear {
   // Stateless forms, for layers that own the buffers (AdaptedLinear).
   void forward_to(Tensor& y, const Tensor& x) const {
     y.resize(x.rows(), out_features());
-    ops::linear_forward<T>(y, x, weight.value, detail::value_or_absent(bias, has_bias_));
+    linear_forward<T>(y, x, weight.value, detail::value_or_absent(bias, has_bias_));
   }
   // dx (if wanted) is overwritten; parameter gradients accumulate.
   void backward_to(Tensor& dx, bool want_dx, const Tensor& dy, const Tensor& x) {
     if (want_dx) dx.resize(x.rows(), x.cols());
-    ops::linear_backward<T>(
-        detail::ref_or_absent(dx, want_dx), detail::grad_or_absent(weight),
-        has_bias_ ? detail::grad_or_absent(bias) : MatrixRef<T>(ops::absent<T>()), dy, x,
-        weight.value);
+    using Ref = typename Backend::template Ref<T>;
+    linear_backward<T>(detail::ref_or_absent<Backend, T>(dx, want_dx),
+                       detail::grad_or_absent(weight),
+                       has_bias_ ? detail::grad_or_absent(bias) : Ref(Backend::template absent<T>()),
+                       dy, x, weight.value);
   }
 
   // x must stay alive and unchanged until backward (it is what the weight gradient needs,

@@ -33,14 +33,14 @@ class MLP {
   const Tensor& forward(const Tensor& x) {
     const Tensor& hpre = fc.forward(x);
     hact_.resize(hpre.rows(), hpre.cols());
-    ops::gelu_forward<T>(hact_, hpre, gelu_);
+    gelu_forward<T>(hact_, hpre, gelu_);
     return proj.forward(hact_);
   }
 
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
     const Tensor& dhact = proj.backward(dy);
     dhpre_.resize(dhact.rows(), dhact.cols());
-    ops::gelu_backward<T>(dhpre_, dhact, fc.output(), gelu_);
+    gelu_backward<T>(dhpre_, dhact, fc.output(), gelu_);
     return fc.backward(dhpre_, want_dx);
   }
 

@@ -1,5 +1,5 @@
 #pragma once
-// GELU (tanh approximation and exact erf form) and row-wise softmax.
+// GELU (tanh approximation and exact erf form), tanh and row-wise softmax.
 //
 // Backward contract: input gradients overwrite (=); these ops have no parameters.
 //
@@ -124,6 +124,24 @@ void softmax_backward(MatrixRef<T> dlogits,       // (N, C)
     const T dot = dprobs.row(n).dot(probs.row(n));
     dlogits.row(n).array() = probs.row(n).array() * (dprobs.row(n).array() - dot);
   }
+}
+
+// out = tanh(inp) (the classification head's activation).
+template <class T>
+void tanh_forward(MatrixRef<T> out,         // (N, C)
+                  ConstMatrixRef<T> inp) {  // (N, C)
+  detail::check_shape("tanh_forward", "out", out, inp.rows(), inp.cols());
+  out.array() = inp.array().tanh();
+}
+
+// dinp = dout ⊙ (1 - out^2), from the saved output (tanh' = 1 - tanh^2). dinp may alias dout.
+template <class T>
+void tanh_backward(MatrixRef<T> dinp,        // (N, C)
+                   ConstMatrixRef<T> dout,   // (N, C)
+                   ConstMatrixRef<T> out) {  // (N, C) tanh_forward's output
+  detail::check_shape("tanh_backward", "dout", dout, out.rows(), out.cols());
+  detail::check_shape("tanh_backward", "dinp", dinp, out.rows(), out.cols());
+  dinp.array() = dout.array() * (T(1) - out.array().square());
 }
 
 }  // namespace sora::ops

@@ -1,5 +1,5 @@
 #pragma once
-// Shared pieces of ops/: the CPU backend tag, "absent" optional arguments and the shape
+// Shared pieces of ops/: "absent" optional arguments and the shape
 // checks every public entry runs.
 //
 // Calling convention (llm.c's): outputs, saved values, inputs, weights, sizes. Every op takes
@@ -10,18 +10,11 @@
 
 #include <string>
 
+#include "sora/core/backend.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
 
 namespace sora {
-
-// The CPU backend: Eigen row-major matrices. Layers are templates on a backend tag and reach
-// their tensor type through it, so that a device backend (same op names, overloaded on its
-// own tensor type) can replace this one without touching the layers.
-struct Cpu {
-  template <class T>
-  using Tensor = Matrix<T>;
-};
 
 namespace ops {
 

@@ -1,0 +1,59 @@
+#pragma once
+// The execution context of the CUDA op twins: one stream and one cuBLAS handle per host
+// thread, and the math mode of their GEMMs. Every op twin, every DeviceTensor::setZero and
+// every upload of the Cuda backend runs on context().stream(), so a training step is a single
+// ordered stream of work (the issue's "one stream") with no host synchronisation unless a
+// value is read back.
+//
+//   cuda::context().set_stream(s)          run later ops on s (default: the legacy stream 0)
+//   cuda::context().set_math(Math::tf32)   GEMMs of fp32 tensors on TF32 / bf16 tensor cores,
+//                                          accumulating in fp32; Math::exact (the default) keeps
+//                                          full fp32, which the CPU-twin tests compare against
+
+#include <cublas_v2.h>
+
+#include <memory>
+
+#include "sora/cuda/common.cuh"
+
+namespace sora::cuda {
+
+enum class Math {
+  exact,  // fp32 GEMMs in fp32 (fp64 in fp64)
+  tf32,   // fp32 GEMMs on TF32 tensor cores, fp32 accumulation (fp64 unaffected)
+  bf16    // fp32 GEMMs on bf16 tensor cores, fp32 accumulation (fp64 unaffected)
+};
+
+class Context {
+ public:
+  cudaStream_t stream() const { return stream_; }
+  void set_stream(cudaStream_t s) {
+    stream_ = s;
+    if (cublas_) cublas_->set_stream(s);
+  }
+
+  Math math() const { return math_; }
+  void set_math(Math m) { math_ = m; }
+
+  // Created on first use (a CPU-only path through a .cu file never initialises cuBLAS).
+  cublasHandle_t cublas() {
+    if (!cublas_) {
+      cublas_ = std::make_unique<CublasHandle>(stream_);
+      // Results must not depend on the run: no atomics-based split-K reductions.
+      SORA_CUBLAS_CHECK(cublasSetAtomicsMode(cublas_->get(), CUBLAS_ATOMICS_NOT_ALLOWED));
+    }
+    return cublas_->get();
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  Math math_ = Math::exact;
+  std::unique_ptr<CublasHandle> cublas_;
+};
+
+inline Context& context() {
+  thread_local Context c;
+  return c;
+}
+
+}  // namespace sora::cuda

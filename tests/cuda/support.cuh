@@ -1,0 +1,51 @@
+#pragma once
+// Shared by the CUDA op tests: random host matrices, the largest error of a device result
+// against its CPU twin, and a doctest check that reports it.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "sora/core/error.hpp"
+#include "sora/core/tensor.hpp"
+
+namespace sora::cuda::testing {
+
+template <class T>
+Matrix<T> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> nd(0.0, scale);
+  Matrix<T> m(r, c);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(nd(gen));
+  return m;
+}
+
+// max_i |got_i - want_i| / (|want|_max + floor): an error relative to the tensor's scale, so
+// that elements that cancel to near zero do not dominate. Shapes must agree (else +inf);
+// a NaN anywhere gives +inf.
+template <class T>
+double scaled_error(const Matrix<T>& got, const Matrix<T>& want, double floor = 1e-30) {
+  if (got.rows() != want.rows() || got.cols() != want.cols()) return INFINITY;
+  double scale = 0.0, err = 0.0;
+  for (Index i = 0; i < want.size(); ++i) {
+    const double a = static_cast<double>(got.data()[i]), b = static_cast<double>(want.data()[i]);
+    if (std::isnan(a) != std::isnan(b) || std::isinf(a) != std::isinf(b)) return INFINITY;
+    if (std::isnan(b) || std::isinf(b)) continue;
+    scale = std::max(scale, std::abs(b));
+    err = std::max(err, std::abs(a - b));
+  }
+  return err / (scale + floor);
+}
+
+}  // namespace sora::cuda::testing
+
+// CHECK that a device result (downloaded) matches the CPU twin to `tol` (scaled_error).
+#define CHECK_TWIN(got, want, tol)                                                       \
+  do {                                                                                  \
+    const double err_ = ::sora::cuda::testing::scaled_error((got), (want));              \
+    INFO("scaled error ", err_, " (tolerance ", (tol), ") for ", #got);                  \
+    CHECK(err_ <= (tol));                                                               \
+  } while (false)
