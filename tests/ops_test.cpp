@@ -198,6 +198,44 @@ TEST_CASE("GELU (tanh and exact) and softmax gradients match central differences
   SORA_CHECK_GRADS(gradcheck(loss, targets), 1e-6);
 }
 
+TEST_CASE("tanh, and the pooled-row gather with its scatter: gradients match central differences") {
+  Rng rng(41);
+  const Index N = 7, C = 3;
+  MatrixD x = random_matrix(rng, N, C), out(N, C), dx(N, C);
+  const MatrixD G = random_matrix(rng, N, C);
+  auto tanh_loss = [&] {
+    ops::tanh_forward<double>(out, x);
+    return linear_functional(out, G);
+  };
+  tanh_loss();
+  ops::tanh_backward<double>(dx, G, out);
+  std::vector<GradTarget> tanh_targets{{"x", &x, dx}};
+  SORA_CHECK_GRADS(gradcheck(tanh_loss, tanh_targets), 1e-6);
+  tanh_loss();           // out at x again (the check left it at a perturbed x)
+  MatrixD in_place = G;  // the model's aliasing form: dinp = dout
+  ops::tanh_backward<double>(in_place, in_place, out);
+  CHECK(in_place.isApprox(dx));
+
+  // Row 2 pooled twice: its gradient collects both; rows never pooled get exactly zero.
+  const std::vector<int> rows{4, 2, 2};
+  MatrixD pooled(3, C), dpooled_in(N, C);
+  const MatrixD Gp = random_matrix(rng, 3, C);
+  auto pool_loss = [&] {
+    ops::gather_rows<double>(pooled, x, rows);
+    return linear_functional(pooled, Gp);
+  };
+  pool_loss();
+  CHECK(pooled.row(0) == x.row(4));
+  dpooled_in.setConstant(9.0);  // overwritten, not accumulated
+  ops::scatter_rows<double>(dpooled_in, Gp, rows);
+  CHECK(dpooled_in.row(0).isZero(0.0));
+  CHECK(dpooled_in.row(2).isApprox(Gp.row(1) + Gp.row(2)));
+  std::vector<GradTarget> pool_targets{{"x", &x, dpooled_in}};
+  SORA_CHECK_GRADS(gradcheck(pool_loss, pool_targets), 1e-6);
+  CHECK_THROWS_AS(ops::gather_rows<double>(pooled, x, std::vector<int>{0, 1, 7}), Error);
+  CHECK_THROWS_AS(ops::scatter_rows<double>(dpooled_in, Gp, std::vector<int>{0, -1, 2}), Error);
+}
+
 namespace {
 struct AttentionCase {
   Index B = 2, T = 5, H = 2, C = 6;

@@ -8,3 +8,4 @@
 #include "sora/ops/layernorm.hpp"
 #include "sora/ops/linear.hpp"
 #include "sora/ops/loss.hpp"
+#include "sora/ops/pool.hpp"
