@@ -1,0 +1,253 @@
+#pragma once
+// CUDA twin of ops/attention.hpp: multi-head scaled dot-product attention (Vaswani et al. 2017,
+// eq. 1), causal or bidirectional, with per-sequence key padding masks; same names, argument
+// order, shape checks and semantics as the CPU op.
+//
+// Backward contract: input gradients (dq, dk, dv) overwrite (=); no parameters.
+//
+// Sizes: B sequences of length T, N = B * T tokens, C channels, H heads of D = C / H channels.
+// q, k, v and out are (N, C) with head h in columns [h D, (h + 1) D); the attention
+// probabilities are saved as (B * H * T, T): rows [(b H + h) T, (b H + h + 1) T) hold the
+// (T, T) matrix of sequence b, head h. (The scalar type is `Scalar` here: T is the length.)
+//
+// The products are cuBLAS GEMMs, batched over the H heads of one sequence (the heads of a
+// sequence are D columns apart in q, k, v and T rows apart in att: one stride each; the
+// sequences are not a further constant stride away in both, hence a host loop over b). The
+// softmax and its Jacobian are one kernel each over all B H T rows, one warp per row. All of it
+// is queued on context().stream(); att and datt are the only workspace. Views may be strided.
+
+#include <cmath>
+#include <type_traits>
+
+#include "sora/cuda/common.cuh"
+#include "sora/cuda/context.cuh"
+#include "sora/cuda/gemm.cuh"
+#include "sora/cuda/kernels.cuh"
+#include "sora/cuda/ops/shapes.cuh"
+#include "sora/cuda/tensor.cuh"
+
+namespace sora::cuda {
+
+namespace attention_detail {
+
+inline constexpr int kWarp = 32;
+inline constexpr int kRowsPerBlock = detail::kThreads / kWarp;  // one warp per row
+
+inline void check_attention_sizes(const char* op, Index N, Index C, Index B, Index T, Index H) {
+  SORA_CHECK(B > 0 && T > 0 && H > 0 && B * T == N && C % H == 0, op, ": inputs (", N, ", ", C,
+             ") do not split into B=", B, " sequences of T=", T, " tokens and H=", H,
+             " heads: expected (", B * T, ", a multiple of ", H, ")");
+}
+
+// Heads of no channels would make the score GEMMs empty sums, which the batched GEMM refuses
+// (and 1 / sqrt(0) makes every probability NaN on the CPU): refused here by name instead.
+inline void check_channels(const char* op, Index C) {
+  SORA_CHECK(C > 0, op, ": inputs have no channels (C = 0)");
+}
+
+template <class Scalar>
+__device__ inline Scalar exp_of(Scalar x) {
+  if constexpr (std::is_same_v<Scalar, float>) {
+    return expf(x);
+  } else {
+    return exp(x);
+  }
+}
+
+// The largest value over the 32 lanes of the warp; every lane gets it.
+template <class Scalar>
+__device__ inline Scalar warp_max(Scalar v) {
+  for (int o = kWarp / 2; o > 0; o >>= 1) {
+    const Scalar other = __shfl_xor_sync(0xffffffffu, v, o);
+    if (other > v) v = other;
+  }
+  return v;
+}
+
+inline unsigned row_blocks(Index rows) {
+  return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+}
+
+// In place on the (B H T, T) scores: P = softmax over the visible keys of S * scale. Row
+// r = (b H + h) T + t is query t of sequence b, head h; key j is visible when
+// key_mask(b, j) != 0 (absent: all) and, if causal, j <= t. As on the CPU: m is the largest
+// visible unscaled score and p = exp((S - m) * scale) (the same as subtracting the maximum of
+// S * scale, scale being positive); invisible keys get exactly 0, and a row with no visible key
+// is all zeros. Every lane touches only its own columns j = lane + 32 i, so reading and
+// writing att in place needs no synchronisation beyond the warp reductions.
+template <class Scalar>
+__global__ void __launch_bounds__(detail::kThreads)
+    softmax_kernel(DeviceView<Scalar> att,      // (B H T, T)
+                   ConstView<Scalar> key_mask,  // (B, T) or absent
+                   Index T, Index H, bool causal, Scalar scale) {
+  const Index r = Index(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  if (r >= att.rows) return;  // the whole warp: the shuffles below stay warp-uniform
+  const Index t = r % T, b = (r / T) / H;
+  const Index last = causal ? t + 1 : T;  // keys [0, last) pass the causal mask
+  const bool masked = key_mask.data != nullptr;
+  const Scalar* mask_row = masked ? key_mask.data + b * key_mask.stride : nullptr;
+  Scalar* row = att.data + r * att.stride;
+  auto visible = [&](Index j) { return j < last && (!masked || mask_row[j] != Scalar(0)); };
+
+  Scalar m = -INFINITY;
+  for (Index j = lane; j < last; j += kWarp)
+    if (visible(j) && row[j] > m) m = row[j];
+  m = warp_max(m);
+
+  Scalar sum = 0;
+  for (Index j = lane; j < T; j += kWarp) {
+    const Scalar p = visible(j) ? exp_of((row[j] - m) * scale) : Scalar(0);
+    row[j] = p;
+    sum += p;
+  }
+  sum = detail::warp_sum(sum);
+  if (sum > Scalar(0))
+    for (Index j = lane; j < T; j += kWarp) row[j] /= sum;
+}
+
+// In place on datt, which holds dP = dO v^T: dS = P ⊙ (dP - rowsum(dP ⊙ P)) * scale (the
+// softmax Jacobian, with the 1 / sqrt(D) of S folded in), one warp per row.
+template <class Scalar>
+__global__ void __launch_bounds__(detail::kThreads)
+    softmax_backward_kernel(DeviceView<Scalar> datt,  // (B H T, T)
+                            ConstView<Scalar> att,    // (B H T, T)
+                            Scalar scale) {
+  const Index r = Index(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  if (r >= datt.rows) return;  // the whole warp
+  const Index T = datt.cols;
+  const Scalar* P = att.data + r * att.stride;
+  Scalar* dS = datt.data + r * datt.stride;
+  Scalar dot = 0;
+  for (Index j = lane; j < T; j += kWarp) dot += dS[j] * P[j];
+  dot = detail::warp_sum(dot);
+  for (Index j = lane; j < T; j += kWarp) dS[j] = P[j] * (dS[j] - dot) * scale;
+}
+
+}  // namespace attention_detail
+
+// out = softmax(q k^T / sqrt(D) + mask) v per sequence and head. Key j is visible to query t
+// when key_mask(b, j) != 0 (absent: all keys) and, if causal, j <= t. A query that sees no key
+// at all (possible with left padding) gets zero probabilities and a zero output.
+template <class Scalar>
+void attention_forward(DeviceView<Scalar> out,      // (N, C)
+                       DeviceView<Scalar> att,      // (B * H * T, T) saved
+                       ConstView<Scalar> q,         // (N, C)
+                       ConstView<Scalar> k,         // (N, C)
+                       ConstView<Scalar> v,         // (N, C)
+                       ConstView<Scalar> key_mask,  // (B, T) or absent
+                       Index B, Index T, Index H, bool causal) {
+  const Index N = q.rows, C = q.cols;
+  attention_detail::check_attention_sizes("attention_forward", N, C, B, T, H);
+  shapes::check_shape("attention_forward", "k", k, N, C);
+  shapes::check_shape("attention_forward", "v", v, N, C);
+  shapes::check_shape("attention_forward", "out", out, N, C);
+  shapes::check_shape("attention_forward", "att", att, B * H * T, T);
+  shapes::check_optional("attention_forward", "key_mask", key_mask, B, T);
+  attention_detail::check_channels("attention_forward", C);
+  const Index D = C / H;
+  const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
+  // The kernel tells an absent mask by its null data: an empty view with data is absent too.
+  const ConstView<Scalar> mask = shapes::present(key_mask) ? key_mask : ConstView<Scalar>();
+
+  // S_bh (T, T) = q_bh (T, D) k_bh^T; head h of sequence b starts at row b T, column h D of
+  // q and k, and at row (b H + h) T of att.
+  for (Index b = 0; b < B; ++b) {
+    gemm_strided_batched<Scalar>(false, true, T, T, D, Scalar(1),                //
+                                 q.data + b * T * q.stride, q.stride, D,         // A_h
+                                 k.data + b * T * k.stride, k.stride, D,         // B_h
+                                 Scalar(0),                                      //
+                                 att.data + b * H * T * att.stride, att.stride,  // C_h
+                                 T * att.stride, H);
+  }
+
+  attention_detail::softmax_kernel<Scalar>
+      <<<attention_detail::row_blocks(att.rows), detail::kThreads, 0, context().stream()>>>(
+          att, mask, T, H, causal, scale);
+  SORA_CUDA_CHECK_LAUNCH("softmax_kernel");
+
+  // out_bh (T, D) = P_bh (T, T) v_bh (T, D).
+  for (Index b = 0; b < B; ++b) {
+    gemm_strided_batched<Scalar>(false, false, T, D, T, Scalar(1),                  //
+                                 att.data + b * H * T * att.stride, att.stride,     // A_h
+                                 T * att.stride,                                    //
+                                 v.data + b * T * v.stride, v.stride, D,            // B_h
+                                 Scalar(0),                                         //
+                                 out.data + b * T * out.stride, out.stride, D, H);  // C_h
+  }
+}
+
+// Per sequence and head, with S = q k^T / sqrt(D), P = softmax(S), O = P v:
+//   dv = P^T dO,  dP = dO v^T,  dS = P ⊙ (dP - rowsum(dP ⊙ P)) / sqrt(D)  (softmax Jacobian),
+//   dq = dS k,  dk = dS^T q.
+// Masked entries have P = 0 and so dS = 0: the masks need not be passed again. datt is the
+// workspace (written; it holds dS afterwards).
+template <class Scalar>
+void attention_backward(DeviceView<Scalar> dq,    // (N, C)
+                        DeviceView<Scalar> dk,    // (N, C)
+                        DeviceView<Scalar> dv,    // (N, C)
+                        DeviceView<Scalar> datt,  // (B * H * T, T) written
+                        ConstView<Scalar> dout,   // (N, C)
+                        ConstView<Scalar> q,      // (N, C)
+                        ConstView<Scalar> k,      // (N, C)
+                        ConstView<Scalar> v,      // (N, C)
+                        ConstView<Scalar> att,    // (B * H * T, T)
+                        Index B, Index T, Index H) {
+  const Index N = q.rows, C = q.cols;
+  attention_detail::check_attention_sizes("attention_backward", N, C, B, T, H);
+  shapes::check_shape("attention_backward", "k", k, N, C);
+  shapes::check_shape("attention_backward", "v", v, N, C);
+  shapes::check_shape("attention_backward", "dout", dout, N, C);
+  shapes::check_shape("attention_backward", "dq", dq, N, C);
+  shapes::check_shape("attention_backward", "dk", dk, N, C);
+  shapes::check_shape("attention_backward", "dv", dv, N, C);
+  shapes::check_shape("attention_backward", "att", att, B * H * T, T);
+  shapes::check_shape("attention_backward", "datt", datt, B * H * T, T);
+  attention_detail::check_channels("attention_backward", C);
+  const Index D = C / H;
+  const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
+
+  // Head h of sequence b: row b T, column h D of the (N, C) tensors (batch stride D); row
+  // (b H + h) T of att and datt (batch stride T rows).
+  for (Index b = 0; b < B; ++b) {
+    const Scalar* P = att.data + b * H * T * att.stride;
+    Scalar* dS = datt.data + b * H * T * datt.stride;
+    const Scalar* dO = dout.data + b * T * dout.stride;
+    // dv_bh (T, D) = P_bh^T (T, T) dO_bh (T, D)
+    gemm_strided_batched<Scalar>(true, false, T, D, T, Scalar(1),                //
+                                 P, att.stride, T * att.stride,                  // A_h
+                                 dO, dout.stride, D,                             // B_h
+                                 Scalar(0),                                      //
+                                 dv.data + b * T * dv.stride, dv.stride, D, H);  // C_h
+    // dP_bh (T, T) = dO_bh (T, D) v_bh^T
+    gemm_strided_batched<Scalar>(false, true, T, T, D, Scalar(1),         //
+                                 dO, dout.stride, D,                      // A_h
+                                 v.data + b * T * v.stride, v.stride, D,  // B_h
+                                 Scalar(0),                               //
+                                 dS, datt.stride, T * datt.stride, H);    // C_h
+  }
+
+  attention_detail::softmax_backward_kernel<Scalar>
+      <<<attention_detail::row_blocks(datt.rows), detail::kThreads, 0, context().stream()>>>(
+          datt, att, scale);
+  SORA_CUDA_CHECK_LAUNCH("softmax_backward_kernel");
+
+  for (Index b = 0; b < B; ++b) {
+    const Scalar* dS = datt.data + b * H * T * datt.stride;
+    // dq_bh (T, D) = dS_bh (T, T) k_bh (T, D)
+    gemm_strided_batched<Scalar>(false, false, T, D, T, Scalar(1),               //
+                                 dS, datt.stride, T * datt.stride,               // A_h
+                                 k.data + b * T * k.stride, k.stride, D,         // B_h
+                                 Scalar(0),                                      //
+                                 dq.data + b * T * dq.stride, dq.stride, D, H);  // C_h
+    // dk_bh (T, D) = dS_bh^T (T, T) q_bh (T, D)
+    gemm_strided_batched<Scalar>(true, false, T, D, T, Scalar(1),                //
+                                 dS, datt.stride, T * datt.stride,               // A_h
+                                 q.data + b * T * q.stride, q.stride, D,         // B_h
+                                 Scalar(0),                                      //
+                                 dk.data + b * T * dk.stride, dk.stride, D, H);  // C_h
+  }
+}
+
+}  // namespace sora::cuda
