@@ -12,6 +12,7 @@
 
 #include <cublas_v2.h>
 
+#include <cstddef>
 #include <memory>
 
 #include "sora/cuda/common.cuh"
@@ -45,10 +46,35 @@ class Context {
     return cublas_->get();
   }
 
+  // A persistent device buffer of at least `bytes` bytes for the temporaries of an op (partial
+  // sums of the loss reductions, the embedding gradient's token plan). Its contents are
+  // undefined on return, and it is shared by every op of this context: an op may use it only
+  // for work queued on stream() (stream order keeps ops from overlapping on it). It grows when
+  // a larger size is asked for and never shrinks, so a training loop allocates once. Growing
+  // waits for the device first: queued work may still read the old buffer.
+  void* scratch(std::size_t bytes) {
+    if (bytes > scratch_bytes_) {
+      SORA_CUDA_CHECK(cudaDeviceSynchronize());
+      scratch_.reset();
+      scratch_bytes_ = 0;
+      void* p = nullptr;
+      SORA_CUDA_CHECK(cudaMalloc(&p, bytes));
+      scratch_.reset(p);
+      scratch_bytes_ = bytes;
+    }
+    return scratch_.get();
+  }
+
  private:
+  struct DeviceFree {
+    void operator()(void* p) const { (void)cudaFree(p); }
+  };
+
   cudaStream_t stream_ = nullptr;
   Math math_ = Math::exact;
   std::unique_ptr<CublasHandle> cublas_;
+  std::unique_ptr<void, DeviceFree> scratch_;  // (scratch_bytes_) bytes
+  std::size_t scratch_bytes_ = 0;
 };
 
 inline Context& context() {
