@@ -43,9 +43,9 @@ double scaled_error(const Matrix<T>& got, const Matrix<T>& want, double floor = 
 }  // namespace sora::cuda::testing
 
 // CHECK that a device result (downloaded) matches the CPU twin to `tol` (scaled_error).
-#define CHECK_TWIN(got, want, tol)                                                       \
-  do {                                                                                  \
-    const double err_ = ::sora::cuda::testing::scaled_error((got), (want));              \
-    INFO("scaled error ", err_, " (tolerance ", (tol), ") for ", #got);                  \
-    CHECK(err_ <= (tol));                                                               \
+#define CHECK_TWIN(got, want, tol)                                          \
+  do {                                                                      \
+    const double err_ = ::sora::cuda::testing::scaled_error((got), (want)); \
+    INFO("scaled error ", err_, " (tolerance ", (tol), ") for ", #got);     \
+    CHECK(err_ <= (tol));                                                   \
   } while (false)

@@ -69,18 +69,18 @@ void gemm(bool trans_a, bool trans_b, T alpha, ConstView<T> A, ConstView<T> B, T
   if (K == 0) {  // an empty sum: C = beta C
     SORA_CHECK(beta == T(0), "cuda::gemm: K = 0 with beta != 0 is not supported");
     SORA_CHECK(C.contiguous(), "cuda::gemm: K = 0 needs a contiguous C");
-    SORA_CUDA_CHECK(cudaMemsetAsync(C.data, 0, static_cast<std::size_t>(C.size()) * sizeof(T),
-                                    ctx.stream()));
+    SORA_CUDA_CHECK(
+        cudaMemsetAsync(C.data, 0, static_cast<std::size_t>(C.size()) * sizeof(T), ctx.stream()));
     return;
   }
   const auto type = detail::cuda_data_type<T>();
-  SORA_CUBLAS_CHECK(cublasGemmEx(
-      ctx.cublas(), detail::op_of(trans_b), detail::op_of(trans_a), static_cast<int>(N),
-      static_cast<int>(M), static_cast<int>(K), &alpha, B.data, type,
-      static_cast<int>(std::max<Index>(B.stride, 1)), A.data, type,
-      static_cast<int>(std::max<Index>(A.stride, 1)), &beta, C.data, type,
-      static_cast<int>(std::max<Index>(C.stride, 1)), detail::compute_type<T>(ctx.math()),
-      CUBLAS_GEMM_DEFAULT));
+  SORA_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), detail::op_of(trans_b), detail::op_of(trans_a),
+                                 static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
+                                 &alpha, B.data, type,
+                                 static_cast<int>(std::max<Index>(B.stride, 1)), A.data, type,
+                                 static_cast<int>(std::max<Index>(A.stride, 1)), &beta, C.data,
+                                 type, static_cast<int>(std::max<Index>(C.stride, 1)),
+                                 detail::compute_type<T>(ctx.math()), CUBLAS_GEMM_DEFAULT));
 }
 
 // `batch` problems C_i = alpha op(A_i) op(B_i) + beta C_i, with A_i = A + i stride_a (and so

@@ -50,16 +50,16 @@ inline nn::AdapterKind adapter_kind(Method method) {
 }
 
 // PEFT's rule: exact match, or a suffix match on a "." boundary.
-inline bool matches_target(std::string_view module, std::string_view pattern) {
+inline bool matches_target(std::string_view module_name, std::string_view pattern) {
   if (pattern.empty()) return false;
-  if (module == pattern) return true;
-  return module.size() > pattern.size() && module.ends_with(pattern) &&
-         module[module.size() - pattern.size() - 1] == '.';
+  if (module_name == pattern) return true;
+  return module_name.size() > pattern.size() && module_name.ends_with(pattern) &&
+         module_name[module_name.size() - pattern.size() - 1] == '.';
 }
 
-inline bool matches_any(std::string_view module, const std::vector<std::string>& patterns) {
+inline bool matches_any(std::string_view module_name, const std::vector<std::string>& patterns) {
   for (const std::string& p : patterns)
-    if (matches_target(module, p)) return true;
+    if (matches_target(module_name, p)) return true;
   return false;
 }
 

@@ -470,8 +470,8 @@ class Transformer {
   Matrix<T> target_host_;            // (B, K) regression targets, staged on the host
   typename Backend::Indices labels_;
   T loss_ = T(0);
-  std::vector<int> pool_rows_host_;         // (B) row of h each sequence pools
-  typename Backend::Indices pool_rows_;     // (B) the same, where the ops read it
+  std::vector<int> pool_rows_host_;      // (B) row of h each sequence pools
+  typename Backend::Indices pool_rows_;  // (B) the same, where the ops read it
   Tensor pooled_, pool_mask_, tanh_, head_in_, head_mask_, dz_, dpooled_;  // (B, C)
 };
 

@@ -215,7 +215,8 @@ class AdaptedLinear {
   void attach(Adapter a) {
     SORA_CHECK(a.in_features() == base.in_features() && a.out_features() == base.out_features(),
                "AdaptedLinear::attach: adapter (", a.out_features(), ", ", a.in_features(),
-               ") does not fit the base layer (", base.out_features(), ", ", base.in_features(), ")");
+               ") does not fit the base layer (", base.out_features(), ", ", base.in_features(),
+               ")");
     base.set_trainable(false);
     adapter.emplace(std::move(a));
     adapter->train(training_);

@@ -55,10 +55,10 @@ class Linear {
   void backward_to(Tensor& dx, bool want_dx, const Tensor& dy, const Tensor& x) {
     if (want_dx) dx.resize(x.rows(), x.cols());
     using Ref = typename Backend::template Ref<T>;
-    linear_backward<T>(detail::ref_or_absent<Backend, T>(dx, want_dx),
-                       detail::grad_or_absent(weight),
-                       has_bias_ ? detail::grad_or_absent(bias) : Ref(Backend::template absent<T>()),
-                       dy, x, weight.value);
+    linear_backward<T>(
+        detail::ref_or_absent<Backend, T>(dx, want_dx), detail::grad_or_absent(weight),
+        has_bias_ ? detail::grad_or_absent(bias) : Ref(Backend::template absent<T>()), dy, x,
+        weight.value);
   }
 
   // x must stay alive and unchanged until backward (it is what the weight gradient needs,

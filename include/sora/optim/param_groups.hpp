@@ -132,7 +132,9 @@ class FineTuneOptimizer {
   double xi() const { return gates_.xi(); }
 
   AdamW<T>& adamw() { return adamw_; }
+  const AdamW<T>& adamw() const { return adamw_; }
   SparseAdamW<T>& gate_optimizer() { return gates_; }
+  const SparseAdamW<T>& gate_optimizer() const { return gates_; }
   const std::vector<Param<T>*>& params() const { return params_; }
 
   // The optimizer state of a parameter by name (nullptr for frozen parameters).

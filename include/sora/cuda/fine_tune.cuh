@@ -1,0 +1,256 @@
+#pragma once
+// FineTuneOptimizer on the GPU (the device twin of optim/param_groups.hpp): AdamW over the
+// decay and no-decay groups, SparseAdamW over SoRA's gates, with the groups, options, step
+// counting and learning-rate rules of the CPU optimizer, and gradient-norm clipping.
+//
+// One step is one fused kernel per dense parameter (cuda/optim.cuh adamw_step) and ONE kernel
+// for every gate of the model (GateBatch); clipping is a cuBLAS norm per gradient written to
+// device memory, one kernel for the factor and one scaling kernel per gradient: nothing is
+// read back, so a step never waits for the GPU.
+//
+// Checkpoints: save_to / load_from exchange the whole state (moments, step, learning rates, ξ)
+// with a CPU FineTuneOptimizer built over the CPU twin of the model (cuda::copy_model), which
+// io::save_checkpoint / load_checkpoint read and write.
+
+#include <cublas_v2.h>
+
+#include <string>
+#include <vector>
+
+#include "sora/cuda/backend.cuh"
+#include "sora/cuda/context.cuh"
+#include "sora/cuda/optim.cuh"
+#include "sora/cuda/tensor.cuh"
+#include "sora/optim/param_groups.hpp"
+
+namespace sora::cuda {
+
+namespace detail {
+
+// factor = max_norm / (norm + 1e-6) where the global norm exceeds max_norm, else 1: the CPU's
+// optim::clip_grad_norm (and torch's clip_grad_norm_).
+template <class T>
+__global__ void clip_factor_kernel(const T* norms, int count, double max_norm, T* factor) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double sum = 0.0;
+  for (int i = 0; i < count; ++i) sum += static_cast<double>(norms[i]) * norms[i];
+  const double total = sqrt(sum);
+  factor[0] = static_cast<T>(total > max_norm ? max_norm / (total + 1e-6) : 1.0);
+  factor[1] = static_cast<T>(total);
+}
+
+template <class T>
+__global__ void scale_by_kernel(T* x, Index n, const T* factor) {
+  const T f = factor[0];
+  if (f == T(1)) return;
+  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += Index(gridDim.x) * blockDim.x)
+    x[i] *= f;
+}
+
+template <class T>
+cublasStatus_t nrm2(cublasHandle_t h, int n, const T* x, T* result) {
+  if constexpr (std::is_same_v<T, float>) {
+    return cublasSnrm2(h, n, x, 1, result);
+  } else {
+    return cublasDnrm2(h, n, x, 1, result);
+  }
+}
+
+}  // namespace detail
+
+template <class T>
+class DeviceFineTuneOptimizer {
+ public:
+  using DeviceParam = Param<T, Cuda>;
+
+  // Groups the trainable parameters of `model` (anything with visit_params over
+  // Param<T, Cuda>) as optim::group_parameters does: gates by name, vectors without decay.
+  template <class Model>
+  DeviceFineTuneOptimizer(Model& model, const sora::optim::FineTuneOptions& options)
+      : options_(options) {
+    SORA_CHECK(options.lr >= 0.0 && options.weight_decay >= 0.0 && options.xi >= 0.0,
+               "DeviceFineTuneOptimizer: lr, weight_decay and xi must be >= 0");
+    model.visit_params([&](DeviceParam& p) {
+      if (!p.trainable()) return;
+      Slot s;
+      s.p = &p;
+      s.name = p.name;
+      s.gate = sora::optim::is_sora_gate(p.name);
+      s.weight_decay = (s.gate || p.is_vector) ? 0.0 : options.weight_decay;
+      s.m = DeviceTensor<T>::zeros(p.value.rows(), p.value.cols(), context().stream());
+      s.v = DeviceTensor<T>::zeros(p.value.rows(), p.value.cols(), context().stream());
+      slots_.push_back(std::move(s));
+    });
+    std::vector<typename optim::GateBatch<T>::Entry> gates;
+    for (Slot& s : slots_) {
+      if (s.gate)
+        gates.push_back({s.p->value.view(), s.p->gradient().view(), s.m.view(), s.v.view()});
+    }
+    gates_ = optim::GateBatch<T>(gates);
+    norms_ = DeviceTensor<T>::zeros(1, static_cast<Index>(slots_.size()) + 2, context().stream());
+    lr_ = options.lr;
+    gate_lr_ = gate_base_lr();
+    xi_ = options.xi;
+  }
+
+  DeviceFineTuneOptimizer(const DeviceFineTuneOptimizer&) = delete;
+  DeviceFineTuneOptimizer& operator=(const DeviceFineTuneOptimizer&) = delete;
+
+  void step() {
+    ++step_;
+    const sora::optim::AdamWScalars dense = scalars(lr_);
+    for (Slot& s : slots_) {
+      if (s.gate) continue;
+      SORA_CHECK(s.p->trainable(), "DeviceFineTuneOptimizer: parameter '", s.name,
+                 "' was frozen after the optimizer was built");
+      optim::adamw_step(s.p->value, s.p->gradient(), s.m, s.v, dense, s.weight_decay,
+                        context().stream());
+    }
+    gates_.step(scalars(gate_lr_), threshold(), options_.official_compat, context().stream());
+  }
+
+  void zero_grad() {
+    for (Slot& s : slots_) s.p->zero_grad();
+  }
+
+  // Scales every gradient so that their global L2 norm is at most max_norm (0: off), on the
+  // device, without reading anything back.
+  void clip_grad_norm(double max_norm) {
+    if (max_norm <= 0.0 || slots_.empty()) return;
+    cublasHandle_t h = context().cublas();
+    T* norms = norms_.data();  // (count) per-gradient norms, then the factor and the total
+    SORA_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      const auto& g = slots_[i].p->gradient();
+      const cublasStatus_t st = detail::nrm2<T>(h, static_cast<int>(g.size()), g.data(), norms + i);
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        (void)cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST);
+        SORA_CUBLAS_CHECK(st);
+      }
+    }
+    SORA_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+    T* factor = norms + slots_.size();
+    detail::clip_factor_kernel<T>
+        <<<1, 1, 0, context().stream()>>>(norms, static_cast<int>(slots_.size()), max_norm, factor);
+    SORA_CUDA_CHECK_LAUNCH("clip_factor_kernel");
+    for (Slot& s : slots_) {
+      auto& g = s.p->gradient();
+      detail::scale_by_kernel<T>
+          <<<sora::cuda::detail::grid_for(g.size()), sora::cuda::detail::kThreads, 0,
+             context().stream()>>>(g.data(), g.size(), factor);
+      SORA_CUDA_CHECK_LAUNCH("scale_by_kernel");
+    }
+  }
+  // The global norm before the last clipping (reads it back: for logging only).
+  double last_grad_norm() const {
+    const Matrix<T> n = norms_.to_host(context().stream());
+    return static_cast<double>(n(0, static_cast<Index>(slots_.size()) + 1));
+  }
+
+  // As the CPU optimizer: both base rates times `multiplier`.
+  void set_lr_multiplier(double multiplier) {
+    lr_ = options_.lr * multiplier;
+    gate_lr_ = gate_base_lr() * multiplier;
+  }
+  void set_xi(double xi) {
+    SORA_CHECK(xi >= 0.0, "DeviceFineTuneOptimizer: xi must be >= 0, got ", xi);
+    xi_ = xi;
+  }
+  double xi() const { return xi_; }
+  double lr() const { return lr_; }
+  double gate_lr() const { return gate_lr_; }
+  long step_count() const { return step_; }
+  double threshold() const { return options_.scale_xi_by_lr ? xi_ * gate_lr_ : xi_; }
+  Index gate_tensors() const { return gates_.tensors(); }
+  std::size_t state_bytes() const {
+    std::size_t b = 0;
+    for (const Slot& s : slots_) b += s.m.bytes() + s.v.bytes();
+    return b;
+  }
+
+  // The whole state into a CPU FineTuneOptimizer built over the CPU twin of the model.
+  void save_to(sora::optim::FineTuneOptimizer<T>& host) const {
+    host.adamw().load_state(step_, states_for(host.adamw().state(), "adamw"));
+    host.gate_optimizer().load_state(step_, states_for(host.gate_optimizer().state(), "gates"));
+    host.adamw().set_lr(lr_);
+    host.gate_optimizer().set_lr(gate_lr_);
+    host.set_xi(xi_);
+  }
+  // The whole state from a CPU FineTuneOptimizer (a loaded checkpoint).
+  void load_from(const sora::optim::FineTuneOptimizer<T>& host) {
+    SORA_CHECK(host.adamw().step_count() == host.gate_optimizer().step_count(),
+               "DeviceFineTuneOptimizer::load_from: the CPU optimizer's parts are at different "
+               "steps");
+    std::size_t found = 0;
+    for (Slot& s : slots_) {
+      const sora::optim::AdamState<T>* st = host.state_for(s.name);
+      SORA_CHECK(st != nullptr, "DeviceFineTuneOptimizer::load_from: no state for '", s.name,
+                 "' in the CPU optimizer");
+      Cuda::upload(s.m, st->m);
+      Cuda::upload(s.v, st->v);
+      SORA_CHECK(s.m.rows() == s.p->value.rows() && s.m.cols() == s.p->value.cols(),
+                 "DeviceFineTuneOptimizer::load_from: the state of '", s.name,
+                 "' does not have the parameter's shape");
+      ++found;
+    }
+    SORA_CHECK(found == host.adamw().state().size() + host.gate_optimizer().state().size(),
+               "DeviceFineTuneOptimizer::load_from: the CPU optimizer has state for other "
+               "parameters");
+    step_ = host.adamw().step_count();
+    lr_ = host.adamw().lr();
+    gate_lr_ = host.gate_optimizer().lr();
+    xi_ = host.xi();
+    SORA_CUDA_CHECK(cudaStreamSynchronize(context().stream()));
+  }
+
+ private:
+  struct Slot {
+    DeviceParam* p = nullptr;
+    std::string name;
+    bool gate = false;
+    double weight_decay = 0.0;
+    DeviceTensor<T> m, v;  // the parameter's shape
+  };
+
+  double gate_base_lr() const { return options_.gate_lr < 0.0 ? options_.lr : options_.gate_lr; }
+
+  sora::optim::AdamWScalars scalars(double lr) const {
+    sora::optim::AdamWOptions o;
+    o.lr = lr;
+    o.beta1 = options_.beta1;
+    o.beta2 = options_.beta2;
+    o.eps = options_.eps;
+    return sora::optim::adamw_scalars(o, step_);
+  }
+
+  // The device moments in the order and with the weight decays of a CPU optimizer's states.
+  std::vector<sora::optim::AdamState<T>> states_for(
+      const std::vector<sora::optim::AdamState<T>>& layout, const char* part) const {
+    std::vector<sora::optim::AdamState<T>> out;
+    for (const auto& want : layout) {
+      const Slot* s = nullptr;
+      for (const Slot& c : slots_) {
+        if (c.name == want.name) s = &c;
+      }
+      SORA_CHECK(s != nullptr, "DeviceFineTuneOptimizer::save_to: the CPU optimizer's ", part,
+                 " has '", want.name, "', which this optimizer does not train");
+      sora::optim::AdamState<T> st;
+      st.name = want.name;
+      st.m = s->m.to_host(context().stream());
+      st.v = s->v.to_host(context().stream());
+      st.weight_decay = want.weight_decay;
+      out.push_back(std::move(st));
+    }
+    return out;
+  }
+
+  sora::optim::FineTuneOptions options_;
+  std::vector<Slot> slots_;
+  optim::GateBatch<T> gates_;
+  DeviceTensor<T> norms_;  // (1, count + 2) per-gradient norms, clip factor, total norm
+  double lr_ = 0.0, gate_lr_ = 0.0, xi_ = 0.0;
+  long step_ = 0;
+};
+
+}  // namespace sora::cuda
