@@ -23,58 +23,20 @@
 #include "sora/cuda/context.cuh"
 #include "sora/cuda/gemm.cuh"
 #include "sora/cuda/kernels.cuh"
-#include "sora/cuda/ops/shapes.cuh"
+#include "sora/cuda/ops/checks.cuh"
 #include "sora/cuda/tensor.cuh"
+#include "sora/ops/attention.hpp"
 
 namespace sora::cuda {
 
 namespace attention_detail {
 
-inline constexpr int kWarp = 32;
-inline constexpr int kRowsPerBlock = detail::kThreads / kWarp;  // one warp per row
+using namespace ops_detail;  // kWarp, kRowsPerBlock, row_grid, warp_max, dev_exp
 
-inline void check_attention_sizes(const char* op, Index N, Index C, Index B, Index T, Index H) {
-  SORA_CHECK(B > 0 && T > 0 && H > 0 && B * T == N && C % H == 0, op, ": inputs (", N, ", ", C,
-             ") do not split into B=", B, " sequences of T=", T, " tokens and H=", H,
-             " heads: expected (", B * T, ", a multiple of ", H, ")");
-}
-
-// Heads of no channels would make the score GEMMs empty sums, which the batched GEMM refuses
-// (and 1 / sqrt(0) makes every probability NaN on the CPU): refused here by name instead.
 inline void check_channels(const char* op, Index C) {
   SORA_CHECK(C > 0, op, ": inputs have no channels (C = 0)");
 }
 
-template <class Scalar>
-__device__ inline Scalar exp_of(Scalar x) {
-  if constexpr (std::is_same_v<Scalar, float>) {
-    return expf(x);
-  } else {
-    return exp(x);
-  }
-}
-
-// The largest value over the 32 lanes of the warp; every lane gets it.
-template <class Scalar>
-__device__ inline Scalar warp_max(Scalar v) {
-  for (int o = kWarp / 2; o > 0; o >>= 1) {
-    const Scalar other = __shfl_xor_sync(0xffffffffu, v, o);
-    if (other > v) v = other;
-  }
-  return v;
-}
-
-inline unsigned row_blocks(Index rows) {
-  return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-}
-
-// In place on the (B H T, T) scores: P = softmax over the visible keys of S * scale. Row
-// r = (b H + h) T + t is query t of sequence b, head h; key j is visible when
-// key_mask(b, j) != 0 (absent: all) and, if causal, j <= t. As on the CPU: m is the largest
-// visible unscaled score and p = exp((S - m) * scale) (the same as subtracting the maximum of
-// S * scale, scale being positive); invisible keys get exactly 0, and a row with no visible key
-// is all zeros. Every lane touches only its own columns j = lane + 32 i, so reading and
-// writing att in place needs no synchronisation beyond the warp reductions.
 template <class Scalar>
 __global__ void __launch_bounds__(detail::kThreads)
     softmax_kernel(DeviceView<Scalar> att,      // (B H T, T)
@@ -97,7 +59,7 @@ __global__ void __launch_bounds__(detail::kThreads)
 
   Scalar sum = 0;
   for (Index j = lane; j < T; j += kWarp) {
-    const Scalar p = visible(j) ? exp_of((row[j] - m) * scale) : Scalar(0);
+    const Scalar p = visible(j) ? dev_exp((row[j] - m) * scale) : Scalar(0);
     row[j] = p;
     sum += p;
   }
@@ -139,17 +101,17 @@ void attention_forward(DeviceView<Scalar> out,      // (N, C)
                        ConstView<Scalar> key_mask,  // (B, T) or absent
                        Index B, Index T, Index H, bool causal) {
   const Index N = q.rows, C = q.cols;
-  attention_detail::check_attention_sizes("attention_forward", N, C, B, T, H);
-  shapes::check_shape("attention_forward", "k", k, N, C);
-  shapes::check_shape("attention_forward", "v", v, N, C);
-  shapes::check_shape("attention_forward", "out", out, N, C);
-  shapes::check_shape("attention_forward", "att", att, B * H * T, T);
-  shapes::check_optional("attention_forward", "key_mask", key_mask, B, T);
+  ops::detail::check_attention_sizes("attention_forward", N, C, B, T, H);
+  ops_detail::check_shape("attention_forward", "k", k, N, C);
+  ops_detail::check_shape("attention_forward", "v", v, N, C);
+  ops_detail::check_shape("attention_forward", "out", out, N, C);
+  ops_detail::check_shape("attention_forward", "att", att, B * H * T, T);
+  ops_detail::check_optional("attention_forward", "key_mask", key_mask, B, T);
   attention_detail::check_channels("attention_forward", C);
   const Index D = C / H;
   const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
   // The kernel tells an absent mask by its null data: an empty view with data is absent too.
-  const ConstView<Scalar> mask = shapes::present(key_mask) ? key_mask : ConstView<Scalar>();
+  const ConstView<Scalar> mask = ops_detail::present(key_mask) ? key_mask : ConstView<Scalar>();
 
   // S_bh (T, T) = q_bh (T, D) k_bh^T; head h of sequence b starts at row b T, column h D of
   // q and k, and at row (b H + h) T of att.
@@ -163,7 +125,7 @@ void attention_forward(DeviceView<Scalar> out,      // (N, C)
   }
 
   attention_detail::softmax_kernel<Scalar>
-      <<<attention_detail::row_blocks(att.rows), detail::kThreads, 0, context().stream()>>>(
+      <<<attention_detail::row_grid(att.rows), detail::kThreads, 0, context().stream()>>>(
           att, mask, T, H, causal, scale);
   SORA_CUDA_CHECK_LAUNCH("softmax_kernel");
 
@@ -195,15 +157,15 @@ void attention_backward(DeviceView<Scalar> dq,    // (N, C)
                         ConstView<Scalar> att,    // (B * H * T, T)
                         Index B, Index T, Index H) {
   const Index N = q.rows, C = q.cols;
-  attention_detail::check_attention_sizes("attention_backward", N, C, B, T, H);
-  shapes::check_shape("attention_backward", "k", k, N, C);
-  shapes::check_shape("attention_backward", "v", v, N, C);
-  shapes::check_shape("attention_backward", "dout", dout, N, C);
-  shapes::check_shape("attention_backward", "dq", dq, N, C);
-  shapes::check_shape("attention_backward", "dk", dk, N, C);
-  shapes::check_shape("attention_backward", "dv", dv, N, C);
-  shapes::check_shape("attention_backward", "att", att, B * H * T, T);
-  shapes::check_shape("attention_backward", "datt", datt, B * H * T, T);
+  ops::detail::check_attention_sizes("attention_backward", N, C, B, T, H);
+  ops_detail::check_shape("attention_backward", "k", k, N, C);
+  ops_detail::check_shape("attention_backward", "v", v, N, C);
+  ops_detail::check_shape("attention_backward", "dout", dout, N, C);
+  ops_detail::check_shape("attention_backward", "dq", dq, N, C);
+  ops_detail::check_shape("attention_backward", "dk", dk, N, C);
+  ops_detail::check_shape("attention_backward", "dv", dv, N, C);
+  ops_detail::check_shape("attention_backward", "att", att, B * H * T, T);
+  ops_detail::check_shape("attention_backward", "datt", datt, B * H * T, T);
   attention_detail::check_channels("attention_backward", C);
   const Index D = C / H;
   const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
@@ -229,7 +191,7 @@ void attention_backward(DeviceView<Scalar> dq,    // (N, C)
   }
 
   attention_detail::softmax_backward_kernel<Scalar>
-      <<<attention_detail::row_blocks(datt.rows), detail::kThreads, 0, context().stream()>>>(
+      <<<attention_detail::row_grid(datt.rows), detail::kThreads, 0, context().stream()>>>(
           datt, att, scale);
   SORA_CUDA_CHECK_LAUNCH("softmax_backward_kernel");
 

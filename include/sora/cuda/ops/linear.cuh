@@ -16,7 +16,7 @@
 #include "sora/cuda/common.cuh"
 #include "sora/cuda/context.cuh"
 #include "sora/cuda/gemm.cuh"
-#include "sora/cuda/ops/shapes.cuh"
+#include "sora/cuda/ops/checks.cuh"
 #include "sora/cuda/tensor.cuh"
 
 namespace sora::cuda {
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(detail::kThreads)
 template <class T>
 void gate_scale(DeviceView<T> y, ConstView<T> x, ConstView<T> g, T scale) {
   if (y.size() == 0) return;
-  const T* gp = shapes::present(g) ? g.data : nullptr;
+  const T* gp = ops_detail::present(g) ? g.data : nullptr;
   gate_scale_kernel<T>
       <<<detail::grid_for(y.size()), detail::kThreads, 0, context().stream()>>>(y, x, gp, scale);
   SORA_CUDA_CHECK_LAUNCH("gate_scale_kernel");
@@ -115,11 +115,11 @@ void linear_forward(DeviceView<T> out,    // (N, OC)
                     ConstView<T> weight,  // (OC, C)
                     ConstView<T> bias) {  // (1, OC) or absent
   const Index N = inp.rows, C = inp.cols, OC = weight.rows;
-  shapes::check_shape("linear_forward", "weight", weight, OC, C);
-  shapes::check_shape("linear_forward", "out", out, N, OC);
-  shapes::check_optional("linear_forward", "bias", bias, 1, OC);
+  ops_detail::check_shape("linear_forward", "weight", weight, OC, C);
+  ops_detail::check_shape("linear_forward", "out", out, N, OC);
+  ops_detail::check_optional("linear_forward", "bias", bias, 1, OC);
   gemm<T>(false, true, T(1), inp, weight, T(0), out);  // (N, C) (C, OC)
-  if (shapes::present(bias) && out.size() > 0) {
+  if (ops_detail::present(bias) && out.size() > 0) {
     linear_detail::add_bias_kernel<T>
         <<<detail::grid_for(out.size()), detail::kThreads, 0, context().stream()>>>(out, bias);
     SORA_CUDA_CHECK_LAUNCH("add_bias_kernel");
@@ -141,16 +141,17 @@ void linear_backward(DeviceView<T> dinp,     // (N, C) or absent
                      ConstView<T> inp,       // (N, C)
                      ConstView<T> weight) {  // (OC, C)
   const Index N = inp.rows, C = inp.cols, OC = weight.rows;
-  shapes::check_shape("linear_backward", "weight", weight, OC, C);
-  shapes::check_shape("linear_backward", "dout", dout, N, OC);
-  shapes::check_optional("linear_backward", "dinp", dinp, N, C);
-  shapes::check_optional("linear_backward", "dweight", dweight, OC, C);
-  shapes::check_optional("linear_backward", "dbias", dbias, 1, OC);
-  if (shapes::present(dinp)) gemm<T>(false, false, T(1), dout, weight, T(0), dinp);
+  ops_detail::check_shape("linear_backward", "weight", weight, OC, C);
+  ops_detail::check_shape("linear_backward", "dout", dout, N, OC);
+  ops_detail::check_optional("linear_backward", "dinp", dinp, N, C);
+  ops_detail::check_optional("linear_backward", "dweight", dweight, OC, C);
+  ops_detail::check_optional("linear_backward", "dbias", dbias, 1, OC);
+  if (ops_detail::present(dinp)) gemm<T>(false, false, T(1), dout, weight, T(0), dinp);
   // No tokens: the sum over them is empty and the += adds nothing (gemm refuses K = 0 with
   // beta = 1).
-  if (shapes::present(dweight) && N > 0) gemm<T>(true, false, T(1), dout, inp, T(1), dweight);
-  if (shapes::present(dbias)) linear_detail::col_sum<T, false>(dbias, dout, ConstView<T>(), T(1));
+  if (ops_detail::present(dweight) && N > 0) gemm<T>(true, false, T(1), dout, inp, T(1), dweight);
+  if (ops_detail::present(dbias))
+    linear_detail::col_sum<T, false>(dbias, dout, ConstView<T>(), T(1));
 }
 
 // The gated low-rank product, added onto a base output (DESIGN.md 4, SoRA eq. 2):
@@ -166,12 +167,12 @@ void lowrank_forward(DeviceView<T> out,  // (N, OC)  accumulated into
                      ConstView<T> g,     // (1, R) or absent
                      T scale) {
   const Index N = inp.rows, C = inp.cols, R = A.rows, OC = B.rows;
-  shapes::check_shape("lowrank_forward", "A", A, R, C);
-  shapes::check_shape("lowrank_forward", "B", B, OC, R);
-  shapes::check_shape("lowrank_forward", "out", out, N, OC);
-  shapes::check_shape("lowrank_forward", "h", h, N, R);
-  shapes::check_shape("lowrank_forward", "u", u, N, R);
-  shapes::check_optional("lowrank_forward", "g", g, 1, R);
+  ops_detail::check_shape("lowrank_forward", "A", A, R, C);
+  ops_detail::check_shape("lowrank_forward", "B", B, OC, R);
+  ops_detail::check_shape("lowrank_forward", "out", out, N, OC);
+  ops_detail::check_shape("lowrank_forward", "h", h, N, R);
+  ops_detail::check_shape("lowrank_forward", "u", u, N, R);
+  ops_detail::check_optional("lowrank_forward", "g", g, 1, R);
   gemm<T>(false, true, T(1), inp, A, T(0), h);  // (N, C) (C, R)
   linear_detail::gate_scale<T>(u, h, g, scale);
   // Rank 0: the product is empty and out is unchanged (gemm refuses K = 0 with beta = 1).
@@ -199,29 +200,30 @@ void lowrank_backward(DeviceView<T> dinp,  // (N, C) or absent, accumulated into
                       ConstView<T> g,      // (1, R) or absent
                       T scale) {
   const Index N = inp.rows, C = inp.cols, R = A.rows, OC = B.rows;
-  shapes::check_shape("lowrank_backward", "A", A, R, C);
-  shapes::check_shape("lowrank_backward", "B", B, OC, R);
-  shapes::check_shape("lowrank_backward", "dout", dout, N, OC);
-  shapes::check_shape("lowrank_backward", "h", h, N, R);
-  shapes::check_shape("lowrank_backward", "u", u, N, R);
-  shapes::check_shape("lowrank_backward", "dh", dh, N, R);
-  shapes::check_optional("lowrank_backward", "g", g, 1, R);
-  shapes::check_optional("lowrank_backward", "dinp", dinp, N, C);
-  shapes::check_optional("lowrank_backward", "dA", dA, R, C);
-  shapes::check_optional("lowrank_backward", "dB", dB, OC, R);
-  shapes::check_optional("lowrank_backward", "dg", dg, 1, R);
-  SORA_CHECK(shapes::present(g) || !shapes::present(dg), "lowrank_backward: dg has shape ",
+  ops_detail::check_shape("lowrank_backward", "A", A, R, C);
+  ops_detail::check_shape("lowrank_backward", "B", B, OC, R);
+  ops_detail::check_shape("lowrank_backward", "dout", dout, N, OC);
+  ops_detail::check_shape("lowrank_backward", "h", h, N, R);
+  ops_detail::check_shape("lowrank_backward", "u", u, N, R);
+  ops_detail::check_shape("lowrank_backward", "dh", dh, N, R);
+  ops_detail::check_optional("lowrank_backward", "g", g, 1, R);
+  ops_detail::check_optional("lowrank_backward", "dinp", dinp, N, C);
+  ops_detail::check_optional("lowrank_backward", "dA", dA, R, C);
+  ops_detail::check_optional("lowrank_backward", "dB", dB, OC, R);
+  ops_detail::check_optional("lowrank_backward", "dg", dg, 1, R);
+  SORA_CHECK(ops_detail::present(g) || !ops_detail::present(dg), "lowrank_backward: dg has shape ",
              shape_str(dg.rows, dg.cols), " but g is absent (shape ", shape_str(g.rows, g.cols),
              "): an ungated product has no gate gradient");
   // The accumulating GEMMs are skipped when their sum is empty (N = 0 or R = 0): += 0.
-  if (shapes::present(dB) && N > 0)
+  if (ops_detail::present(dB) && N > 0)
     gemm<T>(true, false, T(1), dout, u, T(1), dB);  // (OC, N) (N, R)
   gemm<T>(false, false, T(1), dout, B, T(0), dh);   // du = (N, OC) (OC, R)
   // The gate gradient reads du, so it comes before dh overwrites du in place.
-  if (shapes::present(dg)) linear_detail::col_sum<T, true>(dg, dh, h, scale);
+  if (ops_detail::present(dg)) linear_detail::col_sum<T, true>(dg, dh, h, scale);
   linear_detail::gate_scale<T>(dh, dh, g, scale);  // dh = s du ⊙ g (g absent: s du)
-  if (shapes::present(dA) && N > 0) gemm<T>(true, false, T(1), dh, inp, T(1), dA);  // (R, N) (N, C)
-  if (shapes::present(dinp) && R > 0)
+  if (ops_detail::present(dA) && N > 0)
+    gemm<T>(true, false, T(1), dh, inp, T(1), dA);  // (R, N) (N, C)
+  if (ops_detail::present(dinp) && R > 0)
     gemm<T>(false, false, T(1), dh, A, T(1), dinp);  // (N, R) (R, C)
 }
 
