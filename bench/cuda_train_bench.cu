@@ -9,20 +9,20 @@
 // (math:1), the GEMM baseline likewise.
 //
 // Reported: tokens/s and FLOP/s (the method's own multiply-adds x 2 per second; the FLOP count
-// is bench/train_bench.cpp's). Read: full step FLOP/s / GEMM FLOP/s at the same math mode;
-// LoRA time / full time; SoRA time / LoRA time. Timing: CUDA events around each step on the
-// context's stream (manual time), so the host's launch overhead counts only where it delays
-// the GPU.
+// is bench/step_shape.hpp's, shared with the CPU's bench/train_bench.cpp). Read: full step FLOP/s /
+// GEMM FLOP/s at the same math mode; LoRA time / full time; SoRA time / LoRA time. Timing: CUDA
+// events around each step on the context's stream (manual time), so the host's launch overhead
+// counts only where it delays the GPU.
 
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
 #include <memory>
 
-#include "sora/core/rng.hpp"
 #include "sora/cuda/fine_tune.cuh"
 #include "sora/cuda/gemm.cuh"
 #include "sora/cuda/model.cuh"
+#include "step_shape.hpp"
 
 namespace cu = sora::cuda;
 using sora::Index;
@@ -33,44 +33,16 @@ namespace {
 constexpr Index kWidth = 1024, kLayers = 8, kHeads = 16, kBatch = 16, kSeq = 256, kVocab = 256;
 constexpr Index kRank = 8;
 
+constexpr sora::bench::StepShape kShape{kWidth, kLayers, kHeads, kBatch, kSeq, kVocab, kRank};
+
 sora::model::TransformerConfig bench_config() {
-  sora::model::TransformerConfig c;
-  c.vocab_size = kVocab;
-  c.width = kWidth;
-  c.heads = kHeads;
-  c.layers = kLayers;
-  c.ffn_width = 4 * kWidth;
-  c.max_len = kSeq;
-  c.causal = true;
-  c.dropout = 0.0;
-  c.head = sora::model::Head::lm;
-  c.seed = 1;
-  return c;
+  return kShape.config();
 }
-
 sora::model::Batch bench_batch() {
-  sora::model::Batch b;
-  b.batch = kBatch;
-  b.seq = kSeq;
-  sora::Rng rng(3);
-  for (Index i = 0; i < kBatch * kSeq; ++i)
-    b.tokens.push_back(static_cast<int>(rng.below(static_cast<std::uint64_t>(kVocab))));
-  sora::model::set_next_token_labels(b);
-  return b;
+  return kShape.make_batch();
 }
-
-// As bench/train_bench.cpp: a trainable weight's backward costs two forward GEMMs, a frozen
-// one's one; attention's backward twice its forward; an adapter of rank r 2 N r (in + out)
-// forward and twice that backward.
 double step_flops(Method method) {
-  const double N = kBatch * kSeq, C = kWidth, F = 4 * kWidth, T = kSeq, V = kVocab, R = kRank;
-  const double linear_fwd = kLayers * 2 * N * (4 * C * C + 2 * C * F);
-  const double attention_fwd = kLayers * 4 * N * T * C;
-  const double head_fwd = 2 * N * C * V;
-  const double fwd = linear_fwd + attention_fwd + head_fwd;
-  if (method == Method::full) return 3 * fwd;
-  const double adapter_fwd = kLayers * 2 * N * R * (4 * (C + C) + (C + F) + (F + C));
-  return fwd + linear_fwd + 2 * attention_fwd + head_fwd + 3 * adapter_fwd;
+  return kShape.step_flops(method);
 }
 
 struct Run {

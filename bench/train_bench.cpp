@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "step_shape.hpp"
+
 using namespace sora;
 using model::Method;
 
@@ -36,46 +38,16 @@ namespace {
 constexpr Index kWidth = 512, kLayers = 4, kHeads = 8, kBatch = 8, kSeq = 128, kVocab = 256;
 constexpr Index kRank = 8;
 
+constexpr bench::StepShape kShape{kWidth, kLayers, kHeads, kBatch, kSeq, kVocab, kRank};
+
 model::TransformerConfig bench_config() {
-  model::TransformerConfig c;
-  c.vocab_size = kVocab;
-  c.width = kWidth;
-  c.heads = kHeads;
-  c.layers = kLayers;
-  c.ffn_width = 4 * kWidth;
-  c.max_len = kSeq;
-  c.causal = true;
-  c.dropout = 0.0;
-  c.head = model::Head::lm;
-  c.seed = 1;
-  return c;
+  return kShape.config();
 }
-
 model::Batch bench_batch() {
-  model::Batch b;
-  b.batch = kBatch;
-  b.seq = kSeq;
-  Rng rng(3);
-  for (Index i = 0; i < kBatch * kSeq; ++i)
-    b.tokens.push_back(static_cast<int>(rng.below(static_cast<std::uint64_t>(kVocab))));
-  model::set_next_token_labels(b);
-  return b;
+  return kShape.make_batch();
 }
-
-// Multiply-adds x 2 of one step. Forward: every linear 2 N in out, attention 4 N T C
-// (q k^T and P v over full T x T blocks, which is what the op computes), the LM head 2 N C V.
-// Backward: a trainable weight costs two forward GEMMs (input and weight gradients), a frozen
-// one only the input gradient; attention's backward costs twice its forward; an adapter of
-// rank r costs 2 N r (in + out) forward and twice that backward.
 double step_flops(Method method) {
-  const double N = kBatch * kSeq, C = kWidth, F = 4 * kWidth, T = kSeq, V = kVocab, R = kRank;
-  const double linear_fwd = kLayers * 2 * N * (4 * C * C + 2 * C * F);
-  const double attention_fwd = kLayers * 4 * N * T * C;
-  const double head_fwd = 2 * N * C * V;
-  const double fwd = linear_fwd + attention_fwd + head_fwd;
-  if (method == Method::full) return 3 * fwd;
-  const double adapter_fwd = kLayers * 2 * N * R * (4 * (C + C) + (C + F) + (F + C));
-  return fwd + linear_fwd + 2 * attention_fwd + head_fwd + 3 * adapter_fwd;
+  return kShape.step_flops(method);
 }
 
 // A model set up for one method, with its optimizer, ready to step.
