@@ -289,6 +289,40 @@ TEST_CASE("AdaLoRA masks exactly the lowest-scoring triplets (hand-made scores)"
   CHECK(alloc.ranks() == std::vector<Index>{2, 5});
 }
 
+TEST_CASE("AdaLoRA selection: the same pattern whatever the order of the triplets") {
+  // The selection the CPU allocator and its device twin share (select_rank_pattern): modules of
+  // ranks 3 and 4, with a tie (0.5) across the two modules and one inside module 1.
+  using S = optim::TripletScore<double>;
+  const std::vector<S> triplets = {{0.9, 0, 0}, {0.5, 0, 1}, {0.1, 0, 2}, {0.5, 1, 0},
+                                   {0.7, 1, 1}, {0.2, 1, 2}, {0.2, 1, 3}};
+  std::vector<std::vector<bool>> want = {{true, true, true}, {true, true, true, true}};
+  // Budget 3: masked are 0.1 (0, 2), 0.2 (1, 2), 0.2 (1, 3) and, of the two 0.5, (0, 1) first.
+  want[0][2] = want[1][2] = want[1][3] = want[0][1] = false;
+  std::vector<S> order = triplets;
+  for (int shuffle = 0; shuffle < 6; ++shuffle) {
+    CAPTURE(shuffle);
+    std::vector<std::vector<bool>> pattern = {{false, false, false}, {true, true, true, true}};
+    std::vector<S> work = order;
+    optim::select_rank_pattern(work, 3, pattern);
+    CHECK(pattern == want);
+    std::rotate(order.begin(), order.begin() + 2, order.end());
+    std::reverse(order.begin() + shuffle % 3, order.end());
+  }
+  std::vector<std::vector<bool>> pattern = {{true, true, true}, {true, true, true, true}};
+  std::vector<S> work = triplets;
+  optim::select_rank_pattern(work, 7, pattern);  // everything kept
+  CHECK(pattern == std::vector<std::vector<bool>>{{true, true, true}, {true, true, true, true}});
+  work = triplets;
+  optim::select_rank_pattern(work, 0, pattern);  // nothing kept
+  CHECK(pattern ==
+        std::vector<std::vector<bool>>{{false, false, false}, {false, false, false, false}});
+  work = triplets;
+  CHECK_THROWS_AS(optim::select_rank_pattern(work, 8, pattern), Error);
+  CHECK_THROWS_AS(optim::select_rank_pattern(work, -1, pattern), Error);
+  std::vector<std::vector<bool>> small = {{true, true, true}, {true, true}};
+  CHECK_THROWS_AS(optim::select_rank_pattern(work, 3, small), Error);  // (1, 2) is outside
+}
+
 TEST_CASE("AdaLoRA orthogonal regularizer: PEFT's value and its gradient against differences") {
   auto model = regression_model<double>(3);
   auto modules = optim::collect_adalora_modules<double>(model);

@@ -6,6 +6,10 @@
 //   cuda/prox_group.cuh        group soft / hard / L0 over rows, cols, blocks, partitions, triplets
 //   cuda/prox_topk.cuh         projection onto the L0 ball
 //   cuda/optim.cuh             fused AdamW / SparseAdamW steps, GateBatch (all gates, one launch)
+//   cuda/clip.cuh              gradient-norm clipping on the device, nothing read back
+//   cuda/adalora.cuh           DeviceAdaLoraOptimizer (AdamW + AdaLoRA's rank allocation)
+#include "sora/cuda/adalora.cuh"
+#include "sora/cuda/clip.cuh"
 #include "sora/cuda/common.cuh"
 #include "sora/cuda/optim.cuh"
 #include "sora/cuda/prox_elementwise.cuh"

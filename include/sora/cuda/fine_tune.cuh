@@ -5,59 +5,24 @@
 //
 // One step is one fused kernel per dense parameter (cuda/optim.cuh adamw_step) and ONE kernel
 // for every gate of the model (GateBatch); clipping is a cuBLAS norm per gradient written to
-// device memory, one kernel for the factor and one scaling kernel per gradient: nothing is
-// read back, so a step never waits for the GPU.
+// device memory, one kernel for the factor and one scaling kernel per gradient (cuda/clip.cuh,
+// shared with the AdaLoRA optimizer): nothing is read back, so a step never waits for the GPU.
 //
 // Checkpoints: save_to / load_from exchange the whole state (moments, step, learning rates, ξ)
 // with a CPU FineTuneOptimizer built over the CPU twin of the model (cuda::copy_model), which
 // io::save_checkpoint / load_checkpoint read and write.
 
-#include <cublas_v2.h>
-
 #include <string>
 #include <vector>
 
 #include "sora/cuda/backend.cuh"
+#include "sora/cuda/clip.cuh"
 #include "sora/cuda/context.cuh"
 #include "sora/cuda/optim.cuh"
 #include "sora/cuda/tensor.cuh"
 #include "sora/optim/param_groups.hpp"
 
 namespace sora::cuda {
-
-namespace detail {
-
-// factor = max_norm / (norm + 1e-6) where the global norm exceeds max_norm, else 1: the CPU's
-// optim::clip_grad_norm (and torch's clip_grad_norm_).
-template <class T>
-__global__ void clip_factor_kernel(const T* norms, int count, double max_norm, T* factor) {
-  if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  double sum = 0.0;
-  for (int i = 0; i < count; ++i) sum += static_cast<double>(norms[i]) * norms[i];
-  const double total = sqrt(sum);
-  factor[0] = static_cast<T>(total > max_norm ? max_norm / (total + 1e-6) : 1.0);
-  factor[1] = static_cast<T>(total);
-}
-
-template <class T>
-__global__ void scale_by_kernel(T* x, Index n, const T* factor) {
-  const T f = factor[0];
-  if (f == T(1)) return;
-  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += Index(gridDim.x) * blockDim.x)
-    x[i] *= f;
-}
-
-template <class T>
-cublasStatus_t nrm2(cublasHandle_t h, int n, const T* x, T* result) {
-  if constexpr (std::is_same_v<T, float>) {
-    return cublasSnrm2(h, n, x, 1, result);
-  } else {
-    return cublasDnrm2(h, n, x, 1, result);
-  }
-}
-
-}  // namespace detail
 
 template <class T>
 class DeviceFineTuneOptimizer {
@@ -88,7 +53,9 @@ class DeviceFineTuneOptimizer {
         gates.push_back({s.p->value.view(), s.p->gradient().view(), s.m.view(), s.v.view()});
     }
     gates_ = optim::GateBatch<T>(gates);
-    norms_ = DeviceTensor<T>::zeros(1, static_cast<Index>(slots_.size()) + 2, context().stream());
+    std::vector<DeviceParam*> trainable;
+    for (Slot& s : slots_) trainable.push_back(s.p);
+    clipper_ = GradNormClipper<T>(std::move(trainable));
     lr_ = options.lr;
     gate_lr_ = gate_base_lr();
     xi_ = options.xi;
@@ -116,37 +83,9 @@ class DeviceFineTuneOptimizer {
 
   // Scales every gradient so that their global L2 norm is at most max_norm (0: off), on the
   // device, without reading anything back.
-  void clip_grad_norm(double max_norm) {
-    if (max_norm <= 0.0 || slots_.empty()) return;
-    cublasHandle_t h = context().cublas();
-    T* norms = norms_.data();  // (count) per-gradient norms, then the factor and the total
-    SORA_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
-    for (std::size_t i = 0; i < slots_.size(); ++i) {
-      const auto& g = slots_[i].p->gradient();
-      const cublasStatus_t st = detail::nrm2<T>(h, static_cast<int>(g.size()), g.data(), norms + i);
-      if (st != CUBLAS_STATUS_SUCCESS) {
-        (void)cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST);
-        SORA_CUBLAS_CHECK(st);
-      }
-    }
-    SORA_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
-    T* factor = norms + slots_.size();
-    detail::clip_factor_kernel<T>
-        <<<1, 1, 0, context().stream()>>>(norms, static_cast<int>(slots_.size()), max_norm, factor);
-    SORA_CUDA_CHECK_LAUNCH("clip_factor_kernel");
-    for (Slot& s : slots_) {
-      auto& g = s.p->gradient();
-      detail::scale_by_kernel<T>
-          <<<sora::cuda::detail::grid_for(g.size()), sora::cuda::detail::kThreads, 0,
-             context().stream()>>>(g.data(), g.size(), factor);
-      SORA_CUDA_CHECK_LAUNCH("scale_by_kernel");
-    }
-  }
+  void clip_grad_norm(double max_norm) { clipper_.clip(max_norm); }
   // The global norm before the last clipping (reads it back: for logging only).
-  double last_grad_norm() const {
-    const Matrix<T> n = norms_.to_host(context().stream());
-    return static_cast<double>(n(0, static_cast<Index>(slots_.size()) + 1));
-  }
+  double last_grad_norm() const { return clipper_.last_norm(); }
 
   // As the CPU optimizer: both base rates times `multiplier`.
   void set_lr_multiplier(double multiplier) {
@@ -248,7 +187,7 @@ class DeviceFineTuneOptimizer {
   sora::optim::FineTuneOptions options_;
   std::vector<Slot> slots_;
   optim::GateBatch<T> gates_;
-  DeviceTensor<T> norms_;  // (1, count + 2) per-gradient norms, clip factor, total norm
+  GradNormClipper<T> clipper_;  // every trainable parameter's gradient
   double lr_ = 0.0, gate_lr_ = 0.0, xi_ = 0.0;
   long step_ = 0;
 };

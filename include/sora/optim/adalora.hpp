@@ -45,6 +45,10 @@
 // updates the importance and allocates: a user who only calls step() gets AdaLoRA.
 // PEFT computes the importance after the optimizer step with the updated p and the step's
 // gradient (update_and_allocate is called between optimizer.step() and zero_grad()); so here.
+//
+// The device twin, cuda::DeviceAdaLoraOptimizer (cuda/adalora.cuh), shares this file's module
+// collection, budget schedule and selection (collect_adalora_modules, adalora_budgets,
+// adalora_budget, select_rank_pattern), so the two allocate alike by construction.
 
 #include <algorithm>
 #include <cmath>
@@ -55,6 +59,7 @@
 #include <utility>
 #include <vector>
 
+#include "sora/core/backend.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
 #include "sora/core/tensor.hpp"
@@ -62,33 +67,46 @@
 
 namespace sora::optim {
 
-// One AdaLoRA module's parameters: rank i is (A[i, :], E[0, i], B[:, i]).
-template <class T>
+// One AdaLoRA module's parameters: rank i is (A[i, :], E[0, i], B[:, i]). Backend is the
+// parameters' (Cpu here; cuda::Cuda for the device twin, cuda/adalora.cuh).
+template <class T, class Backend = Cpu>
 struct AdaLoraModule {
-  std::string name;       // the module's dotted path, e.g. "blocks.0.attn.q"
-  Param<T>* A = nullptr;  // lora_A (R, C)
-  Param<T>* B = nullptr;  // lora_B (OC, R)
-  Param<T>* E = nullptr;  // lora_E (1, R)
+  std::string name;                // the module's dotted path, e.g. "blocks.0.attn.q"
+  Param<T, Backend>* A = nullptr;  // lora_A (R, C)
+  Param<T, Backend>* B = nullptr;  // lora_B (OC, R)
+  Param<T, Backend>* E = nullptr;  // lora_E (1, R)
   Index rank() const { return E->value.cols(); }
 };
 
-// The AdaLoRA modules of anything with visit_params(fn): every parameter named "<m>.lora_E"
-// with its "<m>.lora_A" and "<m>.lora_B", in visiting order. Throws on an incomplete or
-// misshapen triplet. The pointers stay valid while the model is neither rebuilt nor pruned.
-template <class T, class Model>
-std::vector<AdaLoraModule<T>> collect_adalora_modules(Model& model) {
+namespace detail {
+
+// "(rows, cols)" of a tensor of any backend, for error messages.
+template <class Tensor>
+std::string adalora_shape(const Tensor& t) {
+  return sora::detail::concat('(', t.rows(), ", ", t.cols(), ')');
+}
+
+}  // namespace detail
+
+// The AdaLoRA modules of anything with visit_params(fn) over Param<T, Backend>: every parameter
+// named "<m>.lora_E" with its "<m>.lora_A" and "<m>.lora_B", in visiting order. Throws on an
+// incomplete or misshapen triplet. The pointers stay valid while the model is neither rebuilt
+// nor pruned.
+template <class T, class Backend = Cpu, class Model>
+std::vector<AdaLoraModule<T, Backend>> collect_adalora_modules(Model& model) {
+  using P = Param<T, Backend>;
   struct Parts {
-    Param<T>* A = nullptr;
-    Param<T>* B = nullptr;
-    Param<T>* E = nullptr;
+    P* A = nullptr;
+    P* B = nullptr;
+    P* E = nullptr;
   };
   std::vector<std::string> order;
   std::map<std::string, Parts, std::less<>> parts;
-  model.visit_params([&](Param<T>& p) {
+  model.visit_params([&](P& p) {
     const auto dot = p.name.rfind('.');
     if (dot == std::string::npos) return;
     const std::string_view local = std::string_view(p.name).substr(dot + 1);
-    Param<T>** slot = nullptr;
+    P** slot = nullptr;
     Parts& entry = parts[p.name.substr(0, dot)];
     if (local == "lora_A") slot = &entry.A;
     if (local == "lora_B") slot = &entry.B;
@@ -98,17 +116,17 @@ std::vector<AdaLoraModule<T>> collect_adalora_modules(Model& model) {
     }
     if (slot != nullptr) *slot = &p;
   });
-  std::vector<AdaLoraModule<T>> modules;
+  std::vector<AdaLoraModule<T, Backend>> modules;
   for (const std::string& name : order) {
     const Parts& m = parts[name];
     SORA_CHECK(m.A != nullptr && m.B != nullptr, "collect_adalora_modules: '", name,
                ".lora_E' has no lora_A / lora_B beside it");
     const Index R = m.E->value.cols();
     SORA_CHECK(m.E->value.rows() == 1 && m.A->value.rows() == R && m.B->value.cols() == R,
-               "collect_adalora_modules: module '", name, "' has A ", shape_of(m.A->value), ", B ",
-               shape_of(m.B->value), " and E ", shape_of(m.E->value),
-               ", not (R, C), (OC, R) and (1, R)");
-    modules.push_back(AdaLoraModule<T>{name, m.A, m.B, m.E});
+               "collect_adalora_modules: module '", name, "' has A ",
+               detail::adalora_shape(m.A->value), ", B ", detail::adalora_shape(m.B->value),
+               " and E ", detail::adalora_shape(m.E->value), ", not (R, C), (OC, R) and (1, R)");
+    modules.push_back(AdaLoraModule<T, Backend>{name, m.A, m.B, m.E});
   }
   return modules;
 }
@@ -203,6 +221,64 @@ inline BudgetStep adalora_budget(long t, Index b_init, Index b_target, const Ada
   return s;
 }
 
+// b_init = Σ r_init over the modules and b_target = target_rank x modules, after checking the
+// options and that the target fits (`who` names the caller in the messages).
+struct AdaLoraBudgets {
+  Index initial = 0;  // b_init
+  Index target = 0;   // b_target
+};
+
+template <class Module>
+AdaLoraBudgets adalora_budgets(const std::vector<Module>& modules, const AdaLoraOptions& options,
+                               const char* who) {
+  check_adalora_options(options);
+  SORA_CHECK(!modules.empty(), who, ": the model has no AdaLoRA module (lora_E)");
+  AdaLoraBudgets b;
+  for (const auto& m : modules) b.initial += m.rank();
+  b.target = options.target_rank * static_cast<Index>(modules.size());
+  SORA_CHECK(b.target <= b.initial, who, ": the target budget (", options.target_rank, " x ",
+             modules.size(), " modules = ", b.target, ") exceeds the initial one (", b.initial,
+             ")");
+  return b;
+}
+
+// ---- selection -------------------------------------------------------------------------------
+
+// The score of rank `rank` of module `module` (eq. 7), one entry of a selection.
+template <class T>
+struct TripletScore {
+  T score;
+  std::size_t module;
+  Index rank;
+};
+
+// The rank pattern that keeps `budget` of the given triplets: the other ones, the lowest under
+// the strict total order (score, module, rank), are masked (false). The order is total, so the
+// masked set does not depend on the order of `triplets` (which is used as workspace and left
+// permuted) and ties are broken by position. `pattern` holds one entry per rank of every
+// module (every one is rewritten), and every triplet must name one of its entries.
+// The one selection of the CPU allocator and of its device twin (cuda/adalora.cuh).
+template <class T>
+void select_rank_pattern(std::vector<TripletScore<T>>& triplets, Index budget,
+                         std::vector<std::vector<bool>>& pattern) {
+  SORA_CHECK(budget >= 0 && budget <= static_cast<Index>(triplets.size()),
+             "select_rank_pattern: budget ", budget, " is not in [0, ", triplets.size(), "]");
+  for (const TripletScore<T>& t : triplets)
+    SORA_CHECK(t.module < pattern.size() && t.rank >= 0 &&
+                   static_cast<std::size_t>(t.rank) < pattern[t.module].size(),
+               "select_rank_pattern: rank ", t.rank, " of module ", t.module,
+               " is outside the pattern");
+  const std::size_t masked = triplets.size() - static_cast<std::size_t>(budget);
+  std::nth_element(triplets.begin(), triplets.begin() + static_cast<std::ptrdiff_t>(masked),
+                   triplets.end(), [](const TripletScore<T>& a, const TripletScore<T>& b) {
+                     if (a.score != b.score) return a.score < b.score;
+                     return a.module != b.module ? a.module < b.module : a.rank < b.rank;
+                   });
+  for (auto& p : pattern) std::fill(p.begin(), p.end(), true);
+  for (std::size_t e = 0; e < masked; ++e)
+    pattern[triplets[e].module][static_cast<std::size_t>(triplets[e].rank)] = false;
+}
+
 // ---- rank allocator --------------------------------------------------------------------------
 
 // The smoothed sensitivity Ī and uncertainty Ū of one tensor (its shape).
@@ -234,13 +310,9 @@ class RankAllocator {
   RankAllocator() = default;
   RankAllocator(std::vector<AdaLoraModule<T>> modules, const AdaLoraOptions& options)
       : modules_(std::move(modules)), options_(options) {
-    check_adalora_options(options_);
-    SORA_CHECK(!modules_.empty(), "RankAllocator: the model has no AdaLoRA module (lora_E)");
-    for (const auto& m : modules_) b_init_ += m.rank();
-    b_target_ = options_.target_rank * static_cast<Index>(modules_.size());
-    SORA_CHECK(b_target_ <= b_init_, "RankAllocator: the target budget (", options_.target_rank,
-               " x ", modules_.size(), " modules = ", b_target_, ") exceeds the initial one (",
-               b_init_, ")");
+    const AdaLoraBudgets b = adalora_budgets(modules_, options_, "RankAllocator");
+    b_init_ = b.initial;
+    b_target_ = b.target;
     stats_.resize(modules_.size());
     scores_.resize(modules_.size());
     pattern_.resize(modules_.size());
@@ -306,16 +378,7 @@ class RankAllocator {
     order_.clear();
     for (std::size_t k = 0; k < modules_.size(); ++k)
       for (Index i = 0; i < modules_[k].rank(); ++i) order_.push_back({scores_[k](i), k, i});
-    const std::size_t masked = static_cast<std::size_t>(b_init_ - budget);
-    // The lowest `masked` entries under a strict total order: score, then position.
-    std::nth_element(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(masked),
-                     order_.end(), [](const Entry& a, const Entry& b) {
-                       if (a.score != b.score) return a.score < b.score;
-                       return a.module != b.module ? a.module < b.module : a.rank < b.rank;
-                     });
-    for (auto& p : pattern_) std::fill(p.begin(), p.end(), true);
-    for (std::size_t e = 0; e < masked; ++e)
-      pattern_[order_[e].module][static_cast<std::size_t>(order_[e].rank)] = false;
+    select_rank_pattern(order_, budget, pattern_);
     apply_rank_pattern();
     return pattern_;
   }
@@ -411,12 +474,6 @@ class RankAllocator {
   }
 
  private:
-  struct Entry {
-    T score;
-    std::size_t module;
-    Index rank;
-  };
-
   static void zero_like(ImportanceStats<T>& s, const Matrix<T>& like) {
     s.sensitivity.setZero(like.rows(), like.cols());
     s.uncertainty.setZero(like.rows(), like.cols());
@@ -442,7 +499,7 @@ class RankAllocator {
   std::vector<ModuleImportance<T>> stats_;
   std::vector<RowVector<T>> scores_;        // per module (R)
   std::vector<std::vector<bool>> pattern_;  // per module (R), true = kept
-  std::vector<Entry> order_;                // selection workspace (b_init)
+  std::vector<TripletScore<T>> order_;      // selection workspace (b_init)
 };
 
 // ---- the optimizer ---------------------------------------------------------------------------
@@ -505,6 +562,7 @@ class AdaLoraOptimizer {
     adamw_.set_lr(lr);
   }
   double lr() const { return adamw_.lr(); }
+  double base_lr() const { return base_lr_; }  // the rate set_lr_multiplier multiplies
 
   long step_count() const { return adamw_.step_count(); }
   double orth_loss() const { return orth_loss_; }          // the regularizer at the last step
@@ -512,6 +570,7 @@ class AdaLoraOptimizer {
   RankAllocator<T>& allocator() { return allocator_; }
   const RankAllocator<T>& allocator() const { return allocator_; }
   AdamW<T>& adamw() { return adamw_; }
+  const AdamW<T>& adamw() const { return adamw_; }
   std::size_t state_bytes() const { return adamw_.state_bytes(); }
 
   AdaLoraOptimizerState<T> state() const {
