@@ -174,6 +174,31 @@ TEST_CASE("device tensors: round trips, views, bf16 rounding, shape errors") {
   CHECK(empty.to_host().rows() == 0);
 }
 
+TEST_CASE("device tensors: resize reuses the allocation for any shape that fits, frees at 0") {
+  cu::DeviceTensor<float> t(8, 16);  // a training batch's activations
+  const float* first = t.data();
+  t.resize(3, 16);  // the short last batch of an epoch
+  CHECK(t.data() == first);
+  CHECK(t.rows() == 3);
+  CHECK(t.capacity() == 128);
+  t.resize(16, 8);  // same count, another shape
+  CHECK(t.data() == first);
+  const Matrix<float> m = random_matrix<float>(16, 8, 3);
+  cu::Cuda::upload(t, m);
+  CHECK(t.to_host() == m);
+  t.resize(9, 16);  // larger: a new allocation
+  CHECK(t.capacity() == 144);
+  CHECK(t.rows() == 9);
+  t.resize(0, 0);  // what freezing does to a gradient: no memory kept
+  CHECK(t.data() == nullptr);
+  CHECK(t.capacity() == 0);
+  cu::DeviceTensor<float> moved(4, 4);
+  moved.resize(2, 2);
+  cu::DeviceTensor<float> into = std::move(moved);
+  CHECK(into.capacity() == 16);
+  CHECK(moved.capacity() == 0);
+}
+
 TEST_CASE("SORA_CUDA_CHECK and SORA_CUBLAS_CHECK turn failures into sora::Error naming the call") {
   void* p = nullptr;
   bool threw = false;

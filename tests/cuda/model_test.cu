@@ -23,6 +23,7 @@
 #include "sora/cuda/model.cuh"
 #include "sora/optim/clip.hpp"
 #include "sora/optim/param_groups.hpp"
+#include "sora/train/trainer.hpp"
 #include "support.cuh"
 
 namespace {
@@ -254,4 +255,79 @@ TEST_CASE("cuda model/copy_model rejects a model of another shape") {
   sora::model::Transformer<float> cpu(small);
   cu::DeviceTransformer<float> gpu(wide);
   CHECK_THROWS_AS(cu::copy_model(gpu, cpu), sora::Error);
+}
+
+namespace {
+
+// One train::fit run of a SoRA model with everything of a step on: the L1 gate term, clipping,
+// a warm-up schedule, evaluations and restore_best. The metric is -(evaluations so far) plus a
+// small multiple of an evaluation batch's loss: the first evaluation is always the best (so
+// restore_best must put step 2's parameters back), and the metric still reads the model.
+template <class T, class Model, class Optimizer>
+sora::train::TrainResult fit_sora(Model& model, Optimizer& optimizer,
+                                  const sora::model::TransformerConfig& config,
+                                  std::vector<sora::model::Batch>& batches) {
+  const auto eval_batch = tiny_batch(config, 99);
+  int evaluations = 0;
+  sora::train::TrainerOptions to;
+  to.max_steps = 6;
+  to.eval_every = 2;
+  to.max_grad_norm = 0.5;
+  to.gate_l1 = 0.1;
+  to.restore_best = true;
+  to.schedule = sora::optim::LrSchedule::with_warmup_ratio(
+      sora::optim::LrScheduleKind::warmup_linear, 1.0, 0.3, to.max_steps);
+  return sora::train::fit(
+      model, optimizer, [&](long step) -> const sora::model::Batch& { return batches[step % 3]; },
+      [&] {
+        ++evaluations;
+        return -evaluations + 1e-3 * static_cast<double>(model.forward(eval_batch));
+      },
+      to);
+}
+
+template <class T>
+void check_fit() {
+  const auto config = tiny_config(Head::classification, true);
+  sora::model::Transformer<T> cpu(config);
+  sora::model::PeftConfig peft;
+  peft.method = Method::sora;
+  peft.rank = 4;
+  cpu.apply_peft(peft);
+  randomize_adapters(cpu);
+  cu::DeviceTransformer<T> gpu(config);
+  cu::copy_model(gpu, cpu);
+  std::vector<sora::model::Batch> batches;
+  for (unsigned s = 0; s < 3; ++s) batches.push_back(tiny_batch(config, 40 + s));
+
+  sora::optim::FineTuneOptions o;
+  o.lr = 3e-3;
+  o.xi = 2e-3;
+  auto cpu_opt = sora::optim::FineTuneOptimizer<T>::for_model(cpu, o);
+  cu::DeviceFineTuneOptimizer<T> gpu_opt(gpu, o);
+  const auto want = fit_sora<T>(cpu, cpu_opt, config, batches);
+  const auto got = fit_sora<T>(gpu, gpu_opt, config, batches);
+
+  REQUIRE(got.steps == want.steps);
+  REQUIRE(got.losses.size() == want.losses.size());
+  for (std::size_t i = 0; i < want.losses.size(); ++i) {
+    INFO("step ", i);  // the loss includes the L1 gate term, summed on the device
+    CHECK(std::abs(got.losses[i] - want.losses[i]) <=
+          Tol<T>::steps * std::max(1.0, std::abs(want.losses[i])));
+  }
+  CHECK(got.eval_steps == want.eval_steps);
+  REQUIRE(got.eval_metrics.size() == want.eval_metrics.size());
+  for (std::size_t i = 0; i < want.eval_metrics.size(); ++i)
+    CHECK(std::abs(got.eval_metrics[i] - want.eval_metrics[i]) <= Tol<T>::steps);
+  CHECK(want.best_step == 2);
+  CHECK(got.best_step == want.best_step);
+  // Both restored the parameters of step 2 (a device-to-device copy on the GPU).
+  compare_parameters(gpu, cpu, Tol<T>::steps, /*grads=*/false);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("cuda model/train::fit on the GPU follows train::fit on the CPU", T, double,
+                   float) {
+  check_fit<T>();
 }

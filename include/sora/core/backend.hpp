@@ -7,6 +7,8 @@
 //   Indices              integer ids an op reads (tokens, labels, pooled rows)
 //   from_host, upload, set_indices, to_host
 //                        moving host data (initial weights, a batch, logits) in and out
+//   copy                 dst = src between two tensors of the backend (a training loop's
+//                        snapshot of the best parameters)
 // Ops themselves are free functions found by argument-dependent lookup on the tensor type: the
 // CPU ops live in sora::ops (made visible to layers by using-declarations), a device backend's
 // twins in the namespace of its tensor type, with the same names and argument order. A device
@@ -45,6 +47,11 @@ struct Cpu {
   // dst = src, resizing dst (no allocation when the size is unchanged).
   template <class T>
   static void upload(Matrix<T>& dst, const Matrix<T>& src) {
+    dst = src;
+  }
+  // dst = src, resizing dst.
+  template <class T>
+  static void copy(Matrix<T>& dst, const Matrix<T>& src) {
     dst = src;
   }
   static void set_indices(Indices& dst, std::span<const int> src) {

@@ -81,6 +81,16 @@ struct Cuda {
                                     cudaMemcpyHostToDevice, context().stream()));
   }
 
+  // dst = src on the device, resizing dst (asynchronous, on the context's stream).
+  template <class T>
+  static void copy(DeviceTensor<T>& dst, const DeviceTensor<T>& src) {
+    dst.resize(src.rows(), src.cols());
+    if (src.size() == 0) return;
+    SORA_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(),
+                                    static_cast<std::size_t>(src.size()) * sizeof(T),
+                                    cudaMemcpyDeviceToDevice, context().stream()));
+  }
+
   static void set_indices(DeviceIndices& dst, std::span<const int> src) { dst.assign(src); }
 
   // A host copy (waits for the stream: everything queued before is done).

@@ -18,6 +18,7 @@
 #include "sora/cuda/backend.cuh"
 #include "sora/cuda/clip.cuh"
 #include "sora/cuda/context.cuh"
+#include "sora/cuda/gate_l1.cuh"  // train::fit on device models finds it with this optimizer
 #include "sora/cuda/optim.cuh"
 #include "sora/cuda/tensor.cuh"
 #include "sora/optim/param_groups.hpp"

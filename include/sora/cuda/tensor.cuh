@@ -109,13 +109,15 @@ class DeviceTensor {
   DeviceTensor(DeviceTensor&& o) noexcept
       : data_(std::exchange(o.data_, nullptr)),
         rows_(std::exchange(o.rows_, 0)),
-        cols_(std::exchange(o.cols_, 0)) {}
+        cols_(std::exchange(o.cols_, 0)),
+        capacity_(std::exchange(o.capacity_, 0)) {}
   DeviceTensor& operator=(DeviceTensor&& o) noexcept {
     if (this != &o) {
       release();
       data_ = std::exchange(o.data_, nullptr);
       rows_ = std::exchange(o.rows_, 0);
       cols_ = std::exchange(o.cols_, 0);
+      capacity_ = std::exchange(o.capacity_, 0);
     }
     return *this;
   }
@@ -141,13 +143,15 @@ class DeviceTensor {
   }
 
   // Eigen's names, so that layers written against Matrix<T> compute on device tensors too.
-  // resize keeps the allocation when the element count is unchanged (as Eigen does): a
-  // training loop allocates on the first batch of a shape only. After a resize that
-  // reallocates, the contents are undefined.
+  // resize keeps the allocation whenever the new shape fits in it, so a training loop
+  // allocates on its largest batch only: the short last batch of an epoch and an evaluation
+  // batch of another size reuse the buffers (cudaFree would also stall the stream). Resizing
+  // to no elements frees the memory (a frozen parameter's gradient must own none). After a
+  // resize that reallocates, the contents are undefined.
   void resize(Index rows, Index cols) {
     SORA_CHECK(rows >= 0 && cols >= 0, "DeviceTensor::resize: negative shape ",
                shape_str(rows, cols));
-    if (rows * cols != size()) {
+    if (rows * cols == 0 || rows * cols > capacity_) {
       release();
       allocate(rows, cols);
     } else {
@@ -155,6 +159,8 @@ class DeviceTensor {
       cols_ = cols;
     }
   }
+  // Elements the allocation holds (>= size()).
+  Index capacity() const { return capacity_; }
   // Zeroes on the context's stream (cuda/context.cuh), in order with the op twins.
   void setZero() { set_zero(context().stream()); }
   void setZero(Index rows, Index cols) {
@@ -186,17 +192,20 @@ class DeviceTensor {
       void* p = nullptr;
       SORA_CUDA_CHECK(cudaMalloc(&p, bytes()));
       data_ = static_cast<T*>(p);
+      capacity_ = size();
     }
   }
   void release() {
     if (data_ != nullptr) (void)cudaFree(data_);
     data_ = nullptr;
     rows_ = cols_ = 0;
+    capacity_ = 0;
   }
 
   T* data_ = nullptr;
   Index rows_ = 0;
   Index cols_ = 0;
+  Index capacity_ = 0;  // elements allocated
 };
 
 namespace detail {

@@ -6,14 +6,22 @@
 // One step:  zero grads -> forward -> backward -> (+ L1 gate term) -> clip -> lr schedule ->
 // optimizer step. The model needs forward(batch) -> loss, backward(), train(bool),
 // visit_params(fn); the optimizer needs step() and set_lr_multiplier(double)
-// (optim::FineTuneOptimizer, optim::SGD).
+// (optim::FineTuneOptimizer, optim::SGD, optim::AdaLoraOptimizer).
+//
+// The loop is the same on every backend (the model's BackendTag, core/backend.hpp; Cpu for a
+// model without one). An optimizer with clip_grad_norm(max_norm) clips its own parameters'
+// gradients (the GPU optimizers do, on the device, without reading anything back); otherwise
+// optim::clip_grad_norm does, on the host. On a device backend the step reads back one value,
+// the loss, and the L1 gate term's sum when that term is on (cuda/gate_l1.cuh).
 
 #include <cmath>
 #include <cstddef>
 #include <functional>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "sora/core/backend.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
 #include "sora/optim/clip.hpp"
@@ -21,6 +29,19 @@
 #include "sora/optim/param_groups.hpp"
 
 namespace sora::train {
+
+// The backend a model computes on: Model::BackendTag, or Cpu.
+template <class Model>
+struct backend_of {
+  using type = Cpu;
+};
+template <class Model>
+requires requires {
+  typename Model::BackendTag;
+}
+struct backend_of<Model> {
+  using type = typename Model::BackendTag;
+};
 
 // The optional L1 term on SoRA's gates, lambda * sum|g| / N_gates (N_gates: the number of gate
 // scalars), added to the loss. Its (sub)gradient lambda sign(g) / N_gates is added onto each
@@ -78,21 +99,24 @@ TrainResult fit(Model& model, Optimizer& optimizer,
                 const std::function<const typename Model::Batch&(long)>& next_batch,
                 const std::function<double()>& evaluate, const TrainerOptions& options) {
   using T = typename Model::Scalar;
+  using Backend = typename backend_of<Model>::type;
+  using P = Param<T, Backend>;
+  using Tensor = typename Backend::template Tensor<T>;
   SORA_CHECK(options.max_steps >= 0, "fit: max_steps must be >= 0, got ", options.max_steps);
   SORA_CHECK(options.start_step >= 0 && options.start_step <= options.max_steps,
              "fit: start_step must be in [0, max_steps = ", options.max_steps, "], got ",
              options.start_step);
   SORA_CHECK(options.eval_every == 0 || evaluate, "fit: eval_every is set but no evaluate()");
-  std::vector<Param<T>*> params;
-  std::vector<Param<T>*> gates;
-  model.visit_params([&](Param<T>& p) {
+  std::vector<P*> params;
+  std::vector<P*> gates;
+  model.visit_params([&](P& p) {
     if (!p.trainable()) return;
     params.push_back(&p);
     if (optim::is_sora_gate(p.name)) gates.push_back(&p);
   });
 
   TrainResult result;
-  std::vector<Matrix<T>> best;  // snapshot of the trainable values at the best evaluation
+  std::vector<Tensor> best;  // snapshot of the trainable values at the best evaluation
   long since_best = 0;
   auto better = [&](double metric) {
     if (std::isnan(result.best_metric)) return !std::isnan(metric);
@@ -111,7 +135,7 @@ TrainResult fit(Model& model, Optimizer& optimizer,
       since_best = 0;
       if (options.restore_best) {
         best.resize(params.size());
-        for (std::size_t i = 0; i < params.size(); ++i) best[i] = params[i]->value;
+        for (std::size_t i = 0; i < params.size(); ++i) Backend::copy(best[i], params[i]->value);
       }
     } else {
       ++since_best;
@@ -121,11 +145,20 @@ TrainResult fit(Model& model, Optimizer& optimizer,
 
   model.train(true);
   for (long step = options.start_step; step < options.max_steps; ++step) {
-    for (Param<T>* p : params) p->zero_grad();
+    for (P* p : params) p->zero_grad();
     double loss = static_cast<double>(model.forward(next_batch(step)));
     model.backward();
+    // Unqualified: a device backend's add_gate_l1 is found by argument-dependent lookup.
     if (options.gate_l1 > 0.0) loss += add_gate_l1(gates, options.gate_l1);
-    optim::clip_grad_norm(params, options.max_grad_norm);
+    if (options.max_grad_norm > 0.0) {
+      if constexpr (requires { optimizer.clip_grad_norm(options.max_grad_norm); }) {
+        optimizer.clip_grad_norm(options.max_grad_norm);
+      } else {
+        static_assert(std::is_same_v<Backend, Cpu>,
+                      "fit: on a device backend the optimizer must offer clip_grad_norm");
+        optim::clip_grad_norm(params, options.max_grad_norm);
+      }
+    }
     optimizer.set_lr_multiplier(options.schedule.multiplier(step));
     optimizer.step();
     result.losses.push_back(loss);
@@ -140,7 +173,7 @@ TrainResult fit(Model& model, Optimizer& optimizer,
     }
   }
   if (options.restore_best && !best.empty()) {
-    for (std::size_t i = 0; i < params.size(); ++i) params[i]->value = best[i];
+    for (std::size_t i = 0; i < params.size(); ++i) Backend::copy(params[i]->value, best[i]);
   }
   return result;
 }
