@@ -5,7 +5,7 @@ adapter folder has PEFT's key names, shapes and config fields, and its ranks are
 summary reports. An independent reader, so that the program cannot agree with itself on a
 mistake.
 
-usage: finetune_check_output.py OUT_DIR"""
+usage: finetune_check_output.py OUT_DIR [DEVICE]   (DEVICE: cpu or cuda, the run's --device)"""
 
 import csv
 import json
@@ -92,8 +92,10 @@ def check_adapter(folder, run, model_width):
           % (folder, config["r"], config["lora_alpha"], max_rank))
 
 
-def main(out):
+def main(out, device):
     summary = json.load(open(os.path.join(out, "summary.json")))
+    check(summary.get("device", "").split(" ")[0] == device,
+          "summary.json says device %r, the run asked for %s" % (summary.get("device"), device))
     methods = [m["method"] for m in summary["methods"]]
     check(methods == ["full", "lora", "sora", "adalora"], "methods are %s" % methods)
     width = summary["model"]["width"]
@@ -134,4 +136,10 @@ def main(out):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    if device == "cuda" and not os.path.isdir(sys.argv[1]):
+        # The GPU run reported itself skipped (no GPU here) and wrote nothing: skip too (77 is
+        # CTest's SKIP_RETURN_CODE for this check); a GPU run that failed fails its own test.
+        print("SKIPPED: no output folder %s (the GPU run did not run)" % sys.argv[1])
+        sys.exit(77)
+    sys.exit(main(sys.argv[1], device))

@@ -2,6 +2,7 @@
 # sparsity schedule whose output folder Python's standard library checks, and a second run that
 # must reuse the cached pretrained model.
 set(_ft_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-tiny")
+set(_ft_gpu "${CMAKE_CURRENT_BINARY_DIR}/finetune-tiny-cuda")
 set(_ft_tiny --plain --seeds 2 --train-size 96 --val-size 48 --test-size 48 --width 16 --layers 2
              --heads 2 --pretrain-steps 10 --pretrain-batch 4 --corpus-tokens 4000 --epochs 2
              --batch-size 16 --xi 0.05 --stages 2 --xi0 0.01 --xi-max 0.1 --dense-epochs 1
@@ -19,7 +20,7 @@ add_test(NAME "finetune: an unknown flag exits non-zero" COMMAND sora-finetune -
 set_tests_properties("finetune: an unknown flag exits non-zero" PROPERTIES WILL_FAIL TRUE)
 
 add_test(NAME "finetune: tiny compare run"
-         COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_out}" "${_ft_out}-again")
+         COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_out}" "${_ft_out}-again" "${_ft_gpu}")
 add_test(NAME "finetune: tiny compare run (train)"
          COMMAND sora-finetune ${_ft_tiny} --compare --sparsity-schedule --out "${_ft_out}")
 set_tests_properties("finetune: tiny compare run" PROPERTIES FIXTURES_SETUP sora_ft_clean)
@@ -40,3 +41,28 @@ add_test(NAME "finetune: a second run reuses the cached pretrained model"
 set_tests_properties("finetune: a second run reuses the cached pretrained model" PROPERTIES
   FIXTURES_REQUIRED sora_ft_out
   PASS_REGULAR_EXPRESSION "pretrained model: reusing the cached")
+
+# --device cuda. Where nvcc built the program's GPU runs: every method trains on the GPU and the
+# output folder passes the same checks; a machine without a GPU reports the test as skipped
+# (the program's error names the cause). Without the CUDA backend the error must say so.
+if(TARGET sora::cuda)
+  add_test(NAME "finetune: tiny compare run on the GPU (train)"
+           COMMAND sora-finetune ${_ft_tiny} --compare --sparsity-schedule --device cuda
+                   --out "${_ft_gpu}")
+  set_tests_properties("finetune: tiny compare run on the GPU (train)" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_clean FIXTURES_SETUP sora_ft_gpu_out
+    SKIP_REGULAR_EXPRESSION "no CUDA device is available"
+    PASS_REGULAR_EXPRESSION "device: cuda.*pretrained model: training.*method.*adalora.*report: ")
+  if(Python3_Interpreter_FOUND)
+    add_test(NAME "finetune: python stdlib checks the GPU run's output folder"
+             COMMAND Python3::Interpreter "${CMAKE_CURRENT_SOURCE_DIR}/finetune_check_output.py"
+                     "${_ft_gpu}" cuda)
+    set_tests_properties("finetune: python stdlib checks the GPU run's output folder" PROPERTIES
+      FIXTURES_REQUIRED sora_ft_gpu_out PASS_REGULAR_EXPRESSION "^OK: " SKIP_RETURN_CODE 77)
+  endif()
+else()
+  add_test(NAME "finetune: --device cuda in a build without CUDA says so"
+           COMMAND sora-finetune --device cuda --out "${_ft_out}-no-cuda")
+  set_tests_properties("finetune: --device cuda in a build without CUDA says so" PROPERTIES
+    PASS_REGULAR_EXPRESSION "built without the CUDA backend")
+endif()

@@ -81,9 +81,10 @@ TEST_CASE("finetune options: --help documents every flag and exits 0") {
   const Parsed p = parse({"--help"});
   REQUIRE(p.code.has_value());
   CHECK(*p.code == 0);
-  for (const char* flag : {"--method", "--compare", "--sparsity-schedule", "--task", "--glue-dir",
-                           "--pretrain-text", "--threads", "--rank", "--alpha", "--lr", "--xi",
-                           "--adalora-target-rank", "--xi-schedule", "--seeds", "--out"})
+  for (const char* flag :
+       {"--method", "--compare", "--sparsity-schedule", "--task", "--glue-dir", "--pretrain-text",
+        "--threads", "--rank", "--alpha", "--lr", "--xi", "--adalora-target-rank", "--xi-schedule",
+        "--seeds", "--out", "--device", "--cuda-math"})
     CHECK_MESSAGE(p.out.find(flag) != std::string::npos, flag);
 }
 
@@ -106,6 +107,8 @@ TEST_CASE("finetune options: bad values are errors that name their flag") {
       {{"--adalora-target-rank", "9", "--rank", "8"}, "--adalora-target-rank"},
       {{"--xi0", "0.5", "--xi-max", "0.1"}, "--xi-max"},
       {{"--threads", "-2"}, "--threads"},
+      {{"--device", "gpu"}, "--device"},
+      {{"--cuda-math", "fp8"}, "--cuda-math"},
       {{"--no-such-flag"}, "--no-such-flag"},
   };
   for (const Case& c : cases) {
@@ -115,6 +118,25 @@ TEST_CASE("finetune options: bad values are errors that name their flag") {
     CHECK(*p.code != 0);
     CHECK(p.err.find(c.flag) != std::string::npos);
   }
+}
+
+// This test program is built without SORA_FINETUNE_CUDA (the program itself gets cuda_run.cu
+// where nvcc exists): asking it for the GPU must say so before doing any work.
+TEST_CASE("finetune: --device cuda without the CUDA backend is an error before any output") {
+  const Parsed p = parse({"--device", "cuda", "--out", "ft-device-cuda-never-written"});
+  REQUIRE_FALSE(p.code.has_value());
+  CHECK(p.options.device == "cuda");
+  std::ostringstream log;
+  std::filesystem::remove_all("ft-device-cuda-never-written");
+  try {
+    sora_finetune::run(p.options, log);
+    FAIL("run() with --device cuda returned in a build without the CUDA backend");
+  } catch (const sora::Error& e) {
+    const std::string what = e.what();
+    CHECK(what.find("--device cuda") != std::string::npos);
+    CHECK(what.find("without the CUDA backend") != std::string::npos);
+  }
+  CHECK_FALSE(std::filesystem::exists("ft-device-cuda-never-written"));
 }
 
 TEST_CASE("finetune data: the synthetic tasks are deterministic and labelled from the sentiment") {

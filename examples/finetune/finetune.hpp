@@ -24,11 +24,13 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "data.hpp"
+#include "device.hpp"
 #include "options.hpp"
 #include "sora/core/threading.hpp"
 #include "sora/io/atomic_file.hpp"
@@ -49,7 +51,6 @@
 namespace sora_finetune {
 
 namespace fs = std::filesystem;
-using Model = sora::model::Transformer<float>;
 using json = nlohmann::ordered_json;
 
 // ---- setup -----------------------------------------------------------------------------------
@@ -63,6 +64,10 @@ struct Setup {
   fs::path out, cache_dir;
   std::ostream* log = &std::cout;
 };
+
+inline bool on_gpu(const Options& o) {
+  return o.device == "cuda";
+}
 
 inline std::vector<std::string> split_commas(const std::string& text) {
   std::vector<std::string> parts;
@@ -124,7 +129,10 @@ inline std::string pretrain_key(const Setup& s) {
                               "; vocab ", c.vocab_size, " width ", c.width, " heads ", c.heads,
                               " layers ", c.layers, " max_len ", c.max_len, " dropout ", c.dropout,
                               " seed ", c.seed, "; steps ", o.pretrain_steps, " batch ",
-                              o.pretrain_batch, " lr ", o.pretrain_lr);
+                              o.pretrain_batch, " lr ", o.pretrain_lr,
+                              // GPU arithmetic differs in its last bits (and more with tf32 or
+                              // bf16): a GPU-pretrained model is cached apart from a CPU one.
+                              on_gpu(o) ? "; device cuda, math " + o.cuda_math : "");
 }
 
 inline std::uint64_t fnv1a(const std::string& text) {
@@ -206,7 +214,6 @@ inline Pretrained pretrain(const Setup& s) {
   sora::optim::FineTuneOptions fo;
   fo.lr = s.opt.pretrain_lr;
   fo.weight_decay = 0.01;
-  auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
   sora::model::Batch batch;
   sora::Rng rng(s.opt.data_seed, 21);
   sora::train::TrainerOptions to;
@@ -221,13 +228,23 @@ inline Pretrained pretrain(const Setup& s) {
     std::snprintf(status, sizeof status, "loss %.4f", loss);
     bar.update(step + 1, status);
   };
-  const auto r = sora::train::fit(
-      model, optimizer,
-      [&](long) -> const sora::model::Batch& {
-        fill_lm_batch(batch, s.corpus, s.opt.pretrain_batch, T, rng);
-        return batch;
-      },
-      {}, to);
+  const auto next = [&](long) -> const sora::model::Batch& {
+    fill_lm_batch(batch, s.corpus, s.opt.pretrain_batch, T, rng);
+    return batch;
+  };
+  sora::train::TrainResult r;
+  if (on_gpu(s.opt)) {
+    CudaRun run;
+    run.method = sora::model::Method::full;
+    run.finetune = fo;
+    run.math = s.opt.cuda_math;
+    run.trainer = to;
+    run.next_batch = next;
+    r = fit_on_cuda(model, run).result;
+  } else {
+    auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
+    r = sora::train::fit(model, optimizer, next, {}, to);
+  }
   bar.finish();
   const std::size_t tail = std::max<std::size_t>(1, r.losses.size() / 10);
   result.final_loss =
@@ -281,7 +298,9 @@ struct RunResult {
   double time_per_epoch() const { return epochs > 0 ? train_seconds / epochs : 0.0; }
 };
 
-inline double evaluate(Model& model, const TaskData& data, const std::vector<Example>& examples) {
+// The metric of `examples`, from the logits of whichever device runs the model.
+inline double evaluate(const LogitsFn& logits_of, const TaskData& data,
+                       const std::vector<Example>& examples) {
   std::vector<int> pred;
   std::vector<double> values;
   sora::model::Batch batch;
@@ -291,15 +310,28 @@ inline double evaluate(Model& model, const TaskData& data, const std::vector<Exa
   for (std::size_t first = 0; first < examples.size(); first += kEvalBatch) {
     const std::size_t count = std::min(kEvalBatch, examples.size() - first);
     fill_batch(batch, data, examples, std::span<const std::size_t>(order).subspan(first, count));
-    const auto& logits = model.forward_logits(batch);
-    if (data.regression) {
-      for (Index i = 0; i < logits.rows(); ++i) values.push_back(logits(i, 0));
-    } else {
-      const auto p = model.predictions();
-      pred.insert(pred.end(), p.begin(), p.end());
+    const sora::Matrix<float>& logits = logits_of(batch);
+    for (Index i = 0; i < logits.rows(); ++i) {
+      if (data.regression) {
+        values.push_back(logits(i, 0));
+      } else {
+        Index best = 0;  // the first largest, as Transformer::predictions
+        logits.row(i).maxCoeff(&best);
+        pred.push_back(static_cast<int>(best));
+      }
     }
   }
   return task_metric(data, pred, values, examples);
+}
+
+inline LogitsFn cpu_logits(Model& model) {
+  return [&model](const sora::model::Batch& batch) -> const sora::Matrix<float>& {
+    return model.forward_logits(batch);
+  };
+}
+
+inline double evaluate(Model& model, const TaskData& data, const std::vector<Example>& examples) {
+  return evaluate(cpu_logits(model), data, examples);
 }
 
 inline std::size_t train_state_bytes(Model& model) {
@@ -404,9 +436,11 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
     bar.update(step + 1, status);
   };
   double eval_seconds = 0.0;
-  auto evaluate_val = [&] {
+  // The validation metric from the logits of the device that trains; the CPU model is current
+  // whenever this runs (the GPU run copies its parameters back first).
+  auto evaluate_val = [&](const LogitsFn& logits) {
     const auto t0 = std::chrono::steady_clock::now();
-    const double metric = evaluate(model, s.task, s.task.val);
+    const double metric = evaluate(logits, s.task, s.task.val);
     const double mean_loss = loss_count > 0 ? loss_sum / static_cast<double>(loss_count) : 0.0;
     loss_sum = 0.0;
     loss_count = 0;
@@ -427,19 +461,41 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
 
   const auto start = std::chrono::steady_clock::now();
   sora::train::TrainResult tr;
-  if (method == sora::model::Method::adalora) {
-    sora::optim::AdamWOptions a;
-    a.lr = o.lr;
-    a.weight_decay = o.weight_decay;
-    sora::optim::AdaLoraOptions ao;
-    ao.target_rank = o.adalora_target_rank;
-    ao.total_steps = steps;
-    ao.t_init = static_cast<long>(o.adalora_tinit * static_cast<double>(steps));
-    ao.t_final = static_cast<long>(o.adalora_tfinal * static_cast<double>(steps));
-    ao.delta_t = o.adalora_delta_t;
-    ao.orth_reg_weight = o.adalora_orth;
-    sora::optim::AdaLoraOptimizer<float> optimizer(model, a, ao);
-    tr = sora::train::fit(model, optimizer, next, evaluate_val, to);
+  sora::optim::AdamWOptions adalora_adamw;
+  adalora_adamw.lr = o.lr;
+  adalora_adamw.weight_decay = o.weight_decay;
+  sora::optim::AdaLoraOptions adalora;
+  adalora.target_rank = o.adalora_target_rank;
+  adalora.total_steps = steps;
+  adalora.t_init = static_cast<long>(o.adalora_tinit * static_cast<double>(steps));
+  adalora.t_final = static_cast<long>(o.adalora_tfinal * static_cast<double>(steps));
+  adalora.delta_t = o.adalora_delta_t;
+  adalora.orth_reg_weight = o.adalora_orth;
+  std::optional<double> test_metric;  // measured on the GPU, before the copy back
+  if (on_gpu(o)) {
+    CudaRun run;
+    run.method = method;
+    run.finetune = finetune_options(o, method);
+    run.adalora_adamw = adalora_adamw;
+    run.adalora = adalora;
+    run.math = o.cuda_math;
+    run.trainer = to;
+    run.next_batch = next;
+    run.evaluate = evaluate_val;
+    if (s.task.has_test())
+      run.after = [&](const LogitsFn& logits) {
+        const auto t0 = std::chrono::steady_clock::now();
+        test_metric = evaluate(logits, s.task, s.task.test);
+        eval_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      };
+    const CudaOutcome outcome = fit_on_cuda(model, run);
+    tr = outcome.result;
+    r.train_state_bytes = outcome.optimizer_state_bytes;
+  } else if (method == sora::model::Method::adalora) {
+    sora::optim::AdaLoraOptimizer<float> optimizer(model, adalora_adamw, adalora);
+    tr = sora::train::fit(
+        model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
     r.train_state_bytes = optimizer.state_bytes();
     // The allocator's importance statistics (two per element of A, E and B) are state too.
     for (std::size_t k = 0; k < optimizer.allocator().modules().size(); ++k) {
@@ -452,7 +508,8 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
   } else {
     auto optimizer =
         sora::optim::FineTuneOptimizer<float>::for_model(model, finetune_options(o, method));
-    tr = sora::train::fit(model, optimizer, next, evaluate_val, to);
+    tr = sora::train::fit(
+        model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
     r.train_state_bytes = optimizer.state_bytes();
   }
   const double total =
@@ -468,7 +525,11 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
 
   // The model now holds the best evaluated parameters (restore_best).
   model.eval();
-  r.metric = s.task.has_test() ? evaluate(model, s.task, s.task.test) : r.best_val;
+  if (!s.task.has_test()) {
+    r.metric = r.best_val;
+  } else {
+    r.metric = test_metric ? *test_metric : evaluate(model, s.task, s.task.test);
+  }
   const sora::prune::ParamCounts counts = sora::prune::count_parameters(model);
   r.trainable = counts.trainable;
   r.nonzero = counts.nonzero;
@@ -734,6 +795,9 @@ inline json config_json(const sora::model::TransformerConfig& c) {
 inline int run(const Options& o, std::ostream& log) {
   if (o.threads > 0) sora::set_num_threads(o.threads);
   const auto wall_start = std::chrono::steady_clock::now();
+  // Asked before any work or output: a missing GPU or a CPU-only build is an error up front.
+  const std::string device =
+      on_gpu(o) ? "cuda (" + cuda_device_name() + ", " + o.cuda_math + " GEMMs)" : "cpu";
   Setup s = make_setup(o, log);
   fs::create_directories(s.out);
   log << "task " << s.task.name << " (" << s.task.source << "): " << s.task.train.size()
@@ -742,6 +806,7 @@ inline int run(const Options& o, std::ostream& log) {
   log << "model: " << s.task_config.layers << " layers, width " << s.task_config.width << ", "
       << s.task_config.heads << " heads, vocabulary " << s.task_config.vocab_size << ", "
       << sora::num_threads() << " thread(s)\n";
+  if (on_gpu(o)) log << "device: " << device << "\n";
   const Pretrained pre = pretrain(s);
 
   const std::vector<std::string> methods =
@@ -782,6 +847,7 @@ inline int run(const Options& o, std::ostream& log) {
                {"validation", s.task.val.size()},
                {"test", s.task.test.size()}};
   j["model"] = config_json(s.task_config);
+  j["device"] = device;
   j["pretrain"] = {
       {"cache", pre.path.string()},
       {"reused", pre.reused},
@@ -828,7 +894,8 @@ inline int run(const Options& o, std::ostream& log) {
 
   if (o.sparsity_schedule) {
     log << "\nsparsity schedule (Algorithm 1): dense phase, then " << o.stages << " xi stages from "
-        << o.xi0 << " to " << o.xi_max << " (" << o.xi_schedule << ")\n";
+        << o.xi0 << " to " << o.xi_max << " (" << o.xi_schedule << ")"
+        << (on_gpu(o) ? ", on the CPU (its stage snapshots are host-side)" : "") << "\n";
     const SparsityOutcome sp = run_sparsity(s, pre);
     for (const auto& row : sp.result.rows) {
       char line[200];

@@ -30,6 +30,8 @@ struct Options {
   std::uint64_t data_seed = 7;
   int threads = 1;
   bool plain = false;
+  std::string device = "cpu";       // where pretraining and fine-tuning steps run
+  std::string cuda_math = "exact";  // GEMMs on the GPU: exact fp32, tf32 or bf16 tensor cores
 
   // Data sizes (the synthetic tasks; GLUE: caps, 0 = the whole split).
   int train_size = 2000;
@@ -143,6 +145,17 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_run);
   app.add_flag("--plain", o.plain, "plain progress lines even on a terminal")->group(g_run);
+  app.add_option("--device", o.device,
+                 "where pretraining and fine-tuning run: cpu, or cuda (a GPU; needs a build "
+                 "with the CUDA backend)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--cuda-math", o.cuda_math,
+                 "GEMMs on the GPU: exact (fp32), tf32 or bf16 tensor cores (fp32 accumulation)")
+      ->check(CLI::IsMember({"exact", "tf32", "bf16"}))
+      ->capture_default_str()
+      ->group(g_run);
 
   auto* g_data = "Data";
   app.add_option("--train-size", o.train_size, "training examples (GLUE: cap, 0 = all)")
