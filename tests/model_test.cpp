@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <set>
 #include <sora/model.hpp>
 #include <sora/optim/param_groups.hpp>
@@ -458,6 +459,32 @@ TEST_CASE("fit stops early on the best validation metric and restores it") {
   CHECK(result.eval_steps == std::vector<long>{2, 4, 6, 8});
   CHECK(m.training());
   CHECK(m.blocks[0].attn.q.adapter->lora_B.value == at_best);
+}
+
+TEST_CASE("fit rejects bad options before taking a step") {
+  model::Transformer<float> m(needle_config());
+  m.apply_peft(peft_for(Method::lora));
+  auto opt = optim::FineTuneOptimizer<float>::for_model(m, optim::FineTuneOptions{});
+  const auto batches = needle_task(8, 16, 11);
+  long steps_taken = 0;
+  const auto next = [&](long step) -> const model::Batch& {
+    ++steps_taken;
+    return batches[step % 4];
+  };
+  const auto try_fit = [&](train::TrainerOptions t, std::function<double()> evaluate) {
+    return train::fit<model::Transformer<float>>(m, opt, next, std::move(evaluate), t);
+  };
+  train::TrainerOptions nan_clip;
+  nan_clip.max_grad_norm = std::nan("");
+  CHECK_THROWS_WITH_AS(try_fit(nan_clip, {}), doctest::Contains("max_grad_norm is NaN"), Error);
+  train::TrainerOptions no_eval;
+  no_eval.eval_every = 2;
+  CHECK_THROWS_WITH_AS(try_fit(no_eval, {}), doctest::Contains("no evaluate()"), Error);
+  train::TrainerOptions late_start;
+  late_start.max_steps = 3;
+  late_start.start_step = 4;
+  CHECK_THROWS_WITH_AS(try_fit(late_start, {}), doctest::Contains("start_step"), Error);
+  CHECK(steps_taken == 0);
 }
 
 TEST_CASE("the L1 gate term adds lambda sign(g) / N to the gradient") {

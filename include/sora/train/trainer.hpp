@@ -107,6 +107,7 @@ TrainResult fit(Model& model, Optimizer& optimizer,
              "fit: start_step must be in [0, max_steps = ", options.max_steps, "], got ",
              options.start_step);
   SORA_CHECK(options.eval_every == 0 || evaluate, "fit: eval_every is set but no evaluate()");
+  SORA_CHECK(!std::isnan(options.max_grad_norm), "fit: max_grad_norm is NaN");
   std::vector<P*> params;
   std::vector<P*> gates;
   model.visit_params([&](P& p) {
