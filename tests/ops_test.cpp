@@ -187,6 +187,24 @@ TEST_CASE("GELU (tanh and exact) and softmax gradients match central differences
   ops::gelu_forward<double>(b, x, ops::Gelu::exact);
   CHECK((a - b).cwiseAbs().maxCoeff() < 1e-3);
 
+  // The fused epilogue: pre + bias kept in pre, gelu of it in act, as the two ops in sequence.
+  const MatrixD bias = random_matrix(rng, 1, C);
+  for (auto kind : {ops::Gelu::tanh, ops::Gelu::exact}) {
+    MatrixD pre = x, act(N, C), want(N, C);
+    const MatrixD biased = x.rowwise() + bias.row(0);
+    ops::gelu_forward<double>(want, biased, kind);
+    ops::bias_gelu_forward<double>(act, pre, bias, kind);
+    CHECK(pre == biased);
+    CHECK(act == want);
+  }
+  MatrixD pre = x, wrong_act(N, C + 1);
+  const MatrixD wrong_bias(1, C + 1);
+  CHECK_THROWS_WITH_AS(ops::bias_gelu_forward<double>(out, pre, wrong_bias),
+                       doctest::Contains("bias_gelu_forward: bias"), Error);
+  CHECK_THROWS_WITH_AS(ops::bias_gelu_forward<double>(wrong_act, pre, bias),
+                       doctest::Contains("bias_gelu_forward: act"), Error);
+  CHECK(pre == x);  // a rejected call changes nothing
+
   auto loss = [&] {
     ops::softmax_forward<double>(out, x);
     return linear_functional(out, G);

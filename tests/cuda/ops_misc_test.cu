@@ -386,6 +386,43 @@ TEST_CASE_TEMPLATE("cuda ops/gelu against CPU", T, float, double) {
   CHECK_SAME_ERROR(ops::gelu_backward<T>(h_bad, h_bad, x), cu::gelu_backward<T>(d_bad, d_bad, d_x));
 }
 
+TEST_CASE_TEMPLATE("cuda ops/bias_gelu_forward (the MLP's fused epilogue) against CPU", T, float,
+                   double) {
+  const Index N = 37, C = 23;
+  const Matrix<T> x = random_matrix<T>(N, C, 55, 3.0);
+  const Matrix<T> bias = random_matrix<T>(1, C, 56);
+  const auto d_bias = dev(bias);
+  for (const ops::Gelu kind : {ops::Gelu::tanh, ops::Gelu::exact}) {
+    CAPTURE(static_cast<int>(kind));
+    Matrix<T> pre = x, act(N, C);
+    ops::bias_gelu_forward<T>(act, pre, bias, kind);
+    auto d_pre = dev(x);
+    cu::DeviceTensor<T> d_act(N, C);
+    cu::bias_gelu_forward<T>(d_act, d_pre, d_bias, kind);
+    CHECK_TWIN(host(d_pre), pre, tol<T>());
+    CHECK_TWIN(host(d_act), act, tol<T>());
+    // Strided views; the columns around them are untouched.
+    auto s_pre = strided<T>(x, 57);
+    auto s_act = strided<T>(Matrix<T>::Zero(N, C).eval(), 58);
+    const Matrix<T> pre_around = host(s_pre.big), act_around = host(s_act.big);
+    cu::bias_gelu_forward<T>(s_act.view, s_pre.view, d_bias, kind);
+    CHECK_TWIN(host(s_pre.view), pre, tol<T>());
+    CHECK_TWIN(host(s_act.view), act, tol<T>());
+    const Matrix<T> pre_after = host(s_pre.big), act_after = host(s_act.big);
+    CHECK(pre_after.leftCols(2) == pre_around.leftCols(2));
+    CHECK(pre_after.rightCols(3) == pre_around.rightCols(3));
+    CHECK(act_after.leftCols(2) == act_around.leftCols(2));
+    CHECK(act_after.rightCols(3) == act_around.rightCols(3));
+  }
+  Matrix<T> h_pre = x, h_act(N, C), h_bad_bias(1, C + 1), h_bad_act(N + 1, C);
+  auto d_pre = dev(x);
+  cu::DeviceTensor<T> d_act(N, C), d_bad_bias(1, C + 1), d_bad_act(N + 1, C);
+  CHECK_SAME_ERROR(ops::bias_gelu_forward<T>(h_act, h_pre, h_bad_bias),
+                   cu::bias_gelu_forward<T>(d_act, d_pre, d_bad_bias));
+  CHECK_SAME_ERROR(ops::bias_gelu_forward<T>(h_bad_act, h_pre, bias),
+                   cu::bias_gelu_forward<T>(d_bad_act, d_pre, d_bias));
+}
+
 TEST_CASE_TEMPLATE("cuda ops/tanh against CPU", T, float, double) {
   const Index N = 37, C = 23;
   const Matrix<T> x = random_matrix<T>(N, C, 60, 2.0);

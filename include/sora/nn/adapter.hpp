@@ -245,6 +245,17 @@ class AdaptedLinear {
   }
   const Tensor& forward(Tensor&&) = delete;
 
+  // forward without the base layer's bias, for a caller that adds it in a fused epilogue
+  // (MLP: bias + GELU in one pass). The returned buffer is this layer's output: the caller must
+  // have added the bias to it before backward, which reads it as the output.
+  Tensor& forward_unbiased(const Tensor& x) {
+    x_ = &x;
+    base.forward_to(y_, x, /*add_bias=*/false);
+    if (active()) adapter->forward_add(y_, x);
+    return y_;
+  }
+  Tensor& forward_unbiased(Tensor&&) = delete;
+
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
     SORA_CHECK(x_ != nullptr, "AdaptedLinear::backward called before forward");
     base.backward_to(dx_, want_dx, dy, *x_);

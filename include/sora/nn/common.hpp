@@ -44,6 +44,7 @@ inline std::string join_name(std::string_view prefix, std::string_view name) {
 namespace op_names {
 using ops::attention_backward;
 using ops::attention_forward;
+using ops::bias_gelu_forward;
 using ops::cross_entropy_backward;
 using ops::cross_entropy_forward;
 using ops::dropout_backward;

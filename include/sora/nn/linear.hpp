@@ -46,10 +46,11 @@ class Linear {
     if (has_bias_) bias.set_trainable(on);
   }
 
-  // Stateless forms, for layers that own the buffers (AdaptedLinear).
-  void forward_to(Tensor& y, const Tensor& x) const {
+  // Stateless forms, for layers that own the buffers (AdaptedLinear). Without add_bias the
+  // caller adds the bias itself (a fused epilogue: MLP's bias + GELU).
+  void forward_to(Tensor& y, const Tensor& x, bool add_bias = true) const {
     y.resize(x.rows(), out_features());
-    linear_forward<T>(y, x, weight.value, detail::value_or_absent(bias, has_bias_));
+    linear_forward<T>(y, x, weight.value, detail::value_or_absent(bias, has_bias_ && add_bias));
   }
   // dx (if wanted) is overwritten; parameter gradients accumulate.
   void backward_to(Tensor& dx, bool want_dx, const Tensor& dy, const Tensor& x) {

@@ -31,9 +31,16 @@ class MLP {
   }
 
   const Tensor& forward(const Tensor& x) {
-    const Tensor& hpre = fc.forward(x);
-    hact_.resize(hpre.rows(), hpre.cols());
-    gelu_forward<T>(hact_, hpre, gelu_);
+    if (fc.base.has_bias()) {
+      // fc's bias is added by the activation: one pass over (N, hidden) instead of two.
+      Tensor& hpre = fc.forward_unbiased(x);
+      hact_.resize(hpre.rows(), hpre.cols());
+      bias_gelu_forward<T>(hact_, hpre, fc.base.bias.value, gelu_);
+    } else {
+      const Tensor& hpre = fc.forward(x);
+      hact_.resize(hpre.rows(), hpre.cols());
+      gelu_forward<T>(hact_, hpre, gelu_);
+    }
     return proj.forward(hact_);
   }
 

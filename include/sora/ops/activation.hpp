@@ -56,6 +56,21 @@ void gelu_forward(MatrixRef<T> out,       // (N, C)
   }
 }
 
+// The epilogue of the MLP's first projection: pre += bias (broadcast over the rows), then
+// act = gelu(pre); pre keeps the biased value, which gelu_backward reads. The GPU twin does both
+// in one pass over (N, C), which saves the separate bias pass's read and write of the whole
+// activation; here the two steps stay as they are (each row is cache-resident anyway).
+template <class T>
+void bias_gelu_forward(MatrixRef<T> act,        // (N, C)
+                       MatrixRef<T> pre,        // (N, C) in: x W^T (+ adapter), out: + bias
+                       ConstMatrixRef<T> bias,  // (1, C)
+                       Gelu kind = Gelu::tanh) {
+  detail::check_shape("bias_gelu_forward", "bias", bias, 1, pre.cols());
+  detail::check_shape("bias_gelu_forward", "act", act, pre.rows(), pre.cols());
+  pre.rowwise() += bias.row(0);
+  gelu_forward<T>(act, pre, kind);
+}
+
 // tanh form: with t = tanh(k (x + c x^3)),
 //   d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2).
 // exact form: d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density.

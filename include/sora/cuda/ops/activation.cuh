@@ -1,6 +1,7 @@
 #pragma once
-// CUDA twins of ops/activation.hpp: GELU (tanh approximation and exact erf form), tanh and
-// row-wise softmax, on device views, with the same names, arguments, formulas and checks.
+// CUDA twins of ops/activation.hpp: GELU (tanh approximation and exact erf form), the fused
+// bias + GELU epilogue of the MLP, tanh and row-wise softmax, on device views, with the same names,
+// arguments, formulas and checks.
 //
 // Backward contract: input gradients overwrite (=); these ops have no parameters.
 //
@@ -84,6 +85,23 @@ struct TanhBackward {
   __device__ T operator()(T dout, T out) const { return dout * (T(1) - out * out); }
 };
 
+// pre += bias, act = gelu(pre) in one pass: each element is read once and written twice,
+// where a bias pass and a GELU pass would read it twice and write it twice.
+template <class T, class Gelu>
+__global__ void __launch_bounds__(detail::kThreads) bias_gelu_kernel(DeviceView<T> act,  // (N, C)
+                                                                     DeviceView<T> pre,  // (N, C)
+                                                                     ConstView<T> bias,  // (1, C)
+                                                                     Gelu gelu) {
+  const Index n = pre.size();
+  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += Index(gridDim.x) * blockDim.x) {
+    const Index r = i / pre.cols, c = i - r * pre.cols;
+    const T v = pre.data[r * pre.stride + c] + bias.data[c];
+    pre.data[r * pre.stride + c] = v;
+    act.data[r * act.stride + c] = gelu(v);
+  }
+}
+
 // One warp per row: the row maximum, then e = exp(x - max) into probs with its sum, then
 // probs /= sum (the CPU's steps, so that exp never overflows).
 template <class T>
@@ -140,6 +158,28 @@ void gelu_forward(DeviceView<T> out,  // (N, C)
   } else {
     detail::run_ew<T>(GeluExactForward<T>{}, out, inp, ConstView<T>(), stream);
   }
+}
+
+// The MLP's fused epilogue (ops::bias_gelu_forward): pre += bias, act = gelu(pre), one pass.
+template <class T>
+void bias_gelu_forward(DeviceView<T> act,  // (N, C)
+                       DeviceView<T> pre,  // (N, C) in: x W^T (+ adapter), out: + bias
+                       ConstView<T> bias,  // (1, C)
+                       ops::Gelu kind = ops::Gelu::tanh) {
+  ops_detail::check_shape("bias_gelu_forward", "bias", bias, 1, pre.cols);
+  ops_detail::check_shape("bias_gelu_forward", "act", act, pre.rows, pre.cols);
+  if (pre.size() == 0) return;
+  using namespace activation_detail;
+  const cudaStream_t stream = context().stream();
+  const unsigned grid = detail::grid_for(pre.size());
+  if (kind == ops::Gelu::tanh) {
+    bias_gelu_kernel<T>
+        <<<grid, detail::kThreads, 0, stream>>>(act, pre, bias, GeluTanhForward<T>{});
+  } else {
+    bias_gelu_kernel<T>
+        <<<grid, detail::kThreads, 0, stream>>>(act, pre, bias, GeluExactForward<T>{});
+  }
+  SORA_CUDA_CHECK_LAUNCH("bias_gelu_kernel");
 }
 
 // tanh form: with t = tanh(k (x + c x^3)),
