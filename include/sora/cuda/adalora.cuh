@@ -309,12 +309,7 @@ class DeviceAdaLoraOptimizer {
   const std::vector<std::vector<bool>>& rank_pattern() const { return pattern_; }
   bool finalized() const { return finalized_; }
   Index current_budget() const { return budget_ < 0 ? b_init_ : budget_; }
-  std::vector<Index> ranks() const {
-    std::vector<Index> r;
-    for (const auto& p : pattern_)
-      r.push_back(static_cast<Index>(std::count(p.begin(), p.end(), true)));
-    return r;
-  }
+  std::vector<Index> ranks() const { return sora::optim::kept_per_module(pattern_); }
 
   // Bytes of AdamW state (two moments per trainable element), as the CPU optimizer counts.
   std::size_t state_bytes() const {

@@ -85,10 +85,7 @@ struct Cuda {
   template <class T>
   static void copy(DeviceTensor<T>& dst, const DeviceTensor<T>& src) {
     dst.resize(src.rows(), src.cols());
-    if (src.size() == 0) return;
-    SORA_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(),
-                                    static_cast<std::size_t>(src.size()) * sizeof(T),
-                                    cudaMemcpyDeviceToDevice, context().stream()));
+    ::sora::cuda::copy<T>(dst.view(), src.view(), context().stream());
   }
 
   static void set_indices(DeviceIndices& dst, std::span<const int> src) { dst.assign(src); }

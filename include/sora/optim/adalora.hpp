@@ -279,6 +279,14 @@ void select_rank_pattern(std::vector<TripletScore<T>>& triplets, Index budget,
     pattern[triplets[e].module][static_cast<std::size_t>(triplets[e].rank)] = false;
 }
 
+// The kept ranks (true entries) of each module of a rank pattern.
+inline std::vector<Index> kept_per_module(const std::vector<std::vector<bool>>& pattern) {
+  std::vector<Index> r;
+  for (const auto& p : pattern)
+    r.push_back(static_cast<Index>(std::count(p.begin(), p.end(), true)));
+  return r;
+}
+
 // ---- rank allocator --------------------------------------------------------------------------
 
 // The smoothed sensitivity Ī and uncertainty Ū of one tensor (its shape).
@@ -428,12 +436,7 @@ class RankAllocator {
   Index current_budget() const { return budget_ < 0 ? b_init_ : budget_; }
 
   // Kept ranks per module under the current pattern (the final rank pattern once finalized).
-  std::vector<Index> ranks() const {
-    std::vector<Index> r;
-    for (const auto& p : pattern_)
-      r.push_back(static_cast<Index>(std::count(p.begin(), p.end(), true)));
-    return r;
-  }
+  std::vector<Index> ranks() const { return kept_per_module(pattern_); }
 
   double orthogonal_regularizer(bool accumulate_grad) const {
     return optim::orthogonal_regularizer(modules_, options_.orth_reg_weight, accumulate_grad);

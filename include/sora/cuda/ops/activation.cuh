@@ -102,28 +102,14 @@ __global__ void __launch_bounds__(detail::kThreads) bias_gelu_kernel(DeviceView<
   }
 }
 
-// One warp per row: the row maximum, then e = exp(x - max) into probs with its sum, then
-// probs /= sum (the CPU's steps, so that exp never overflows).
+// One warp per row (ops_detail::warp_softmax_row).
 template <class T>
 __global__ void __launch_bounds__(detail::kThreads)
     softmax_forward_kernel(DeviceView<T> probs,    // (N, C)
                            ConstView<T> logits) {  // (N, C)
   const Index n = warp_row();
   if (n >= logits.rows) return;  // the whole warp: n is the same on every lane
-  const Index C = logits.cols;
-  const T* x = logits.data + n * logits.stride;
-  T* p = probs.data + n * probs.stride;
-  T m = -INFINITY;
-  for (Index c = lane(); c < C; c += kWarp) m = x[c] > m ? x[c] : m;
-  m = warp_max(m);
-  T sum = T(0);
-  for (Index c = lane(); c < C; c += kWarp) {
-    const T e = dev_exp(x[c] - m);
-    p[c] = e;
-    sum += e;
-  }
-  sum = warp_sum(sum);
-  for (Index c = lane(); c < C; c += kWarp) p[c] = p[c] / sum;
+  warp_softmax_row(logits.data + n * logits.stride, probs.data + n * probs.stride, logits.cols);
 }
 
 // dlogits = p ⊙ (dprobs - <dprobs, p>), one warp per row.

@@ -2,7 +2,9 @@
 // Shared pieces of the non-GEMM op twins in cuda/ops/ (embedding, layernorm, activation,
 // dropout, loss, pool): "absent" optional arguments, the shape checks every public entry runs
 // (with the messages of ops/common.hpp, so that an error reads the same on both backends), the
-// launch geometry of the row kernels, and device math overloaded on float / double.
+// launch geometry of the row kernels, device math overloaded on float / double, and the two
+// kernels' pieces that several ops share: the row gather (embedding lookup, pooled rows) and
+// a warp's softmax of one row (softmax, cross-entropy).
 //
 // An optional argument (a gradient nobody wants, a mask in eval) is an empty view,
 // DeviceView<T>() (Cuda::absent<T>()), as absent<T>() is a 0 x 0 map on the CPU.
@@ -115,6 +117,46 @@ __device__ inline T dev_sqrt(T x) {
   } else {
     return ::sqrt(x);
   }
+}
+
+// out[r, c] = src[ids[r], c], one thread per element: the embedding lookup and the pooled-row
+// gather (ids checked on the host before the launch).
+template <class T>
+__global__ void __launch_bounds__(detail::kThreads)
+    gather_rows_kernel(DeviceView<T> out,  // (R, C)
+                       ConstView<T> src,   // (any, C)
+                       const int* ids) {   // (R)
+  const Index n = out.size(), C = out.cols;
+  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += Index(gridDim.x) * blockDim.x) {
+    const Index r = i / C, c = i % C;
+    out.data[r * out.stride + c] = src.data[Index(ids[r]) * src.stride + c];
+  }
+}
+
+// The row maximum and the sum of exp(x - max) of a softmax row.
+template <class T>
+struct SoftmaxRow {
+  T max, sum;
+};
+
+// p = softmax(x) over one row of C values, by the calling warp (the CPU's steps: the row
+// maximum, e = exp(x - max) with its sum, then p = e / sum, so that exp never overflows).
+// p may alias x. Every lane returns the row's maximum and sum (softmax and cross-entropy).
+template <class T>
+__device__ inline SoftmaxRow<T> warp_softmax_row(const T* x, T* p, Index C) {
+  T m = -INFINITY;
+  for (Index c = lane(); c < C; c += kWarp) m = x[c] > m ? x[c] : m;
+  m = warp_max(m);
+  T sum = T(0);
+  for (Index c = lane(); c < C; c += kWarp) {
+    const T e = dev_exp(x[c] - m);
+    p[c] = e;
+    sum += e;
+  }
+  sum = warp_sum(sum);
+  for (Index c = lane(); c < C; c += kWarp) p[c] = p[c] / sum;
+  return {m, sum};
 }
 
 }  // namespace sora::cuda::ops_detail

@@ -30,20 +30,6 @@ namespace sora::cuda {
 
 namespace embedding_detail {
 
-// out[n, c] = wte[tokens[n], c], one thread per element.
-template <class T>
-__global__ void __launch_bounds__(detail::kThreads)
-    embedding_forward_kernel(DeviceView<T> out,   // (N, C)
-                             const int* tokens,   // (N)
-                             ConstView<T> wte) {  // (V, C)
-  const Index n = out.size(), C = out.cols;
-  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += Index(gridDim.x) * blockDim.x) {
-    const Index r = i / C, c = i % C;
-    out.data[r * out.stride + c] = wte.data[Index(tokens[r]) * wte.stride + c];
-  }
-}
-
 // For each distinct token u (blocks, grid-stride) and column c (threads, block-stride):
 // dwte[tokens[u], c] += dout[positions[j], c] for j in [starts[u], starts[u + 1]), in order.
 template <class T>
@@ -138,10 +124,10 @@ void embedding_forward(DeviceView<T> out,            // (N, C)
   ops_detail::check_shape("embedding_forward", "out", out, N, C);
   ops::detail::check_tokens("embedding_forward", tokens.host(), V);
   if (out.size() == 0) return;
-  embedding_detail::embedding_forward_kernel<T>
-      <<<detail::grid_for(out.size()), detail::kThreads, 0, context().stream()>>>(
-          out, tokens.device(), wte);
-  SORA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+  ops_detail::gather_rows_kernel<T>
+      <<<detail::grid_for(out.size()), detail::kThreads, 0, context().stream()>>>(out, wte,
+                                                                                  tokens.device());
+  SORA_CUDA_CHECK_LAUNCH("gather_rows_kernel (embedding_forward)");
 }
 
 // dwte[tokens[n]] += dout[n] (repeated tokens add into the same row, in increasing n).

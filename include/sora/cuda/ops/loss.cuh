@@ -45,23 +45,11 @@ __global__ void __launch_bounds__(detail::kThreads)
                                  T* row_loss) {  // (N)
   const Index n = warp_row();
   if (n >= logits.rows) return;  // the whole warp: n is the same on every lane
-  const Index V = logits.cols;
   const T* x = logits.data + n * logits.stride;
-  T* p = probs.data + n * probs.stride;
-  T m = -INFINITY;
-  for (Index c = lane(); c < V; c += kWarp) m = x[c] > m ? x[c] : m;
-  m = warp_max(m);
-  T sum = T(0);
-  for (Index c = lane(); c < V; c += kWarp) {
-    const T e = dev_exp(x[c] - m);
-    p[c] = e;
-    sum += e;
-  }
-  sum = warp_sum(sum);
-  for (Index c = lane(); c < V; c += kWarp) p[c] = p[c] / sum;
+  const SoftmaxRow<T> row = warp_softmax_row(x, probs.data + n * probs.stride, logits.cols);
   if (lane() == 0) {
     const int t = targets[n];
-    row_loss[n] = t == ignore_index ? T(0) : dev_log(sum) + m - x[t];
+    row_loss[n] = t == ignore_index ? T(0) : dev_log(row.sum) + row.max - x[t];
   }
 }
 

@@ -23,19 +23,6 @@ namespace sora::cuda {
 
 namespace pool_detail {
 
-// out[b, c] = inp[rows[b], c], one thread per element.
-template <class T>
-__global__ void __launch_bounds__(detail::kThreads) gather_rows_kernel(DeviceView<T> out,  // (B, C)
-                                                                       ConstView<T> inp,   // (N, C)
-                                                                       const int* rows) {  // (B)
-  const Index n = out.size(), C = out.cols;
-  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += Index(gridDim.x) * blockDim.x) {
-    const Index b = i / C, c = i % C;
-    out.data[b * out.stride + c] = inp.data[Index(rows[b]) * inp.stride + c];
-  }
-}
-
 // For each (b, c) whose row rows[b] does not occur before b:
 // dinp[rows[b], c] = 0 + sum of dout[k, c] over k >= b with rows[k] == rows[b], in order.
 // (dinp is zeroed before, so the rows nobody gathered read 0.)
@@ -71,7 +58,7 @@ void gather_rows(DeviceView<T> out,            // (B, C)
   ops_detail::check_shape("gather_rows", "out", out, B, inp.cols);
   ops::detail::check_rows("gather_rows", rows.host(), inp.rows);
   if (out.size() == 0) return;
-  pool_detail::gather_rows_kernel<T>
+  ops_detail::gather_rows_kernel<T>
       <<<detail::grid_for(out.size()), detail::kThreads, 0, context().stream()>>>(out, inp,
                                                                                   rows.device());
   SORA_CUDA_CHECK_LAUNCH("gather_rows_kernel");
