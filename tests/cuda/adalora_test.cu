@@ -29,6 +29,7 @@
 #include "sora/optim/adalora.hpp"
 #include "sora/optim/clip.hpp"
 #include "support.cuh"
+#include "tiny_model.cuh"
 
 namespace {
 
@@ -38,37 +39,19 @@ using sora::Index;
 using sora::Matrix;
 using sora::model::Method;
 
+using cu::testing::error_of;
+using cu::testing::randomize_adapters;
+using cu::testing::tiny_batch;
+using cu::testing::tiny_config;
 using Pattern = std::vector<std::vector<bool>>;
 
+// The models' tiny config, narrower (width 16, 2 heads) for this test's shape messages.
 sora::model::TransformerConfig config() {
-  sora::model::TransformerConfig c;
-  c.vocab_size = 40;
+  auto c = tiny_config(sora::model::Head::classification, true);
   c.width = 16;
   c.heads = 2;
-  c.layers = 2;
-  c.max_len = 12;
-  c.causal = true;
-  c.dropout = 0.0;
-  c.head = sora::model::Head::classification;
-  c.num_labels = 3;
   c.seed = 7;
   return c;
-}
-
-// 3 sequences of 8 tokens, the second padded on the right by 2 tokens.
-sora::model::Batch batch_for(const sora::model::TransformerConfig& c, unsigned seed) {
-  sora::model::Batch b;
-  b.batch = 3;
-  b.seq = 8;
-  std::mt19937 gen(seed);
-  for (Index i = 0; i < b.batch * b.seq; ++i)
-    b.tokens.push_back(static_cast<int>(gen() % static_cast<unsigned>(c.vocab_size)));
-  b.mask.assign(static_cast<std::size_t>(b.batch * b.seq), 1.0f);
-  b.mask[static_cast<std::size_t>(8 + 6)] = 0.0f;
-  b.mask[static_cast<std::size_t>(8 + 7)] = 0.0f;
-  for (Index i = 0; i < b.batch; ++i)
-    b.labels.push_back(static_cast<int>(gen() % static_cast<unsigned>(c.num_labels)));
-  return b;
 }
 
 sora::model::PeftConfig peft(Index rank = 4) {
@@ -97,17 +80,6 @@ opt::AdamWOptions adamw() {
   a.lr = 5e-3;
   a.weight_decay = 0.01;
   return a;
-}
-
-// E = 0 and small A, B at initialisation make the first steps' gradients of A and B mostly the
-// regularizer's: random adapters exercise every term from the first step on.
-template <class T>
-void randomize_adapters(sora::model::Transformer<T>& m) {
-  unsigned seed = 300;
-  m.visit_params([&](sora::Param<T>& p) {
-    if (p.name.find(".lora_") == std::string::npos) return;
-    p.value = cu::testing::random_matrix<T>(p.value.rows(), p.value.cols(), ++seed, 0.3);
-  });
 }
 
 template <class T, class BA, class BB>
@@ -224,7 +196,7 @@ void run_against_cpu() {
   const auto c = config();
   sora::model::Transformer<T> cpu(c);
   cpu.apply_peft(peft());
-  randomize_adapters(cpu);
+  randomize_adapters(cpu, 300);
   cu::DeviceTransformer<T> gpu(c);
   cu::copy_model(gpu, cpu);
   // A third model only to receive the GPU optimizer's state (its values are never used).
@@ -248,7 +220,7 @@ void run_against_cpu() {
   bool together = true;  // the patterns agreed so far (always, in double: checked)
   for (long t = 1; t <= 12; ++t) {
     INFO("step ", t);
-    const auto b = batch_for(c, 40u + static_cast<unsigned>(t));  // alive until backward
+    const auto b = tiny_batch(c, 40u + static_cast<unsigned>(t));  // alive until backward
     // train_step's sequence, with checks between its parts.
     cpu_opt.zero_grad();
     gpu_opt.zero_grad();
@@ -308,17 +280,6 @@ void run_against_cpu() {
   CHECK(total == 24);
 }
 
-// What a failing call throws, or "" if it does not throw sora::Error.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const sora::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
@@ -335,14 +296,14 @@ TEST_CASE("cuda adalora/state exchange: GPU -> CPU -> a fresh GPU optimizer cont
   const auto c = config();
   sora::model::Transformer<T> cpu(c);
   cpu.apply_peft(peft());
-  randomize_adapters(cpu);
+  randomize_adapters(cpu, 300);
   cu::DeviceTransformer<T> gpu(c);
   cu::copy_model(gpu, cpu);
   cu::DeviceAdaLoraOptimizer<T> gpu_opt(gpu, adamw(), schedule());
 
   // Five GPU steps: warm-up, the cubic phase and its first allocation (t = 4).
   for (long t = 1; t <= 5; ++t) {
-    const auto b = batch_for(c, 70u + static_cast<unsigned>(t));
+    const auto b = tiny_batch(c, 70u + static_cast<unsigned>(t));
     train_step(gpu, gpu_opt, b, t);
   }
   REQUIRE(kept(gpu_opt.rank_pattern()) == 32);
@@ -383,7 +344,7 @@ TEST_CASE("cuda adalora/state exchange: GPU -> CPU -> a fresh GPU optimizer cont
   // The three continue through the remaining allocations, the final one and the fixed phase.
   for (long t = 6; t <= 12; ++t) {
     INFO("step ", t);
-    const auto b = batch_for(c, 70u + static_cast<unsigned>(t));
+    const auto b = tiny_batch(c, 70u + static_cast<unsigned>(t));
     train_step(gpu, gpu_opt, b, t);
     train_step(back, back_opt, b, t);
     train_step(again, again_opt, b, t);
@@ -434,7 +395,7 @@ TEST_CASE("cuda adalora/errors name what does not fit") {
   }
 
   SUBCASE("another rank") {
-    const auto b1 = batch_for(c, 5);
+    const auto b1 = tiny_batch(c, 5);
     train_step(gpu, gpu_opt, b1, 1);
     sora::model::Transformer<T> other(c);
     other.apply_peft(peft(2));
@@ -475,7 +436,7 @@ TEST_CASE("cuda adalora/errors name what does not fit") {
   }
 
   SUBCASE("a load that fits is taken whole") {
-    const auto b1 = batch_for(c, 5);
+    const auto b1 = tiny_batch(c, 5);
     train_step(gpu, gpu_opt, b1, 1);
     sora::model::Transformer<T> other(c);
     other.apply_peft(peft());

@@ -20,12 +20,14 @@
 #include "sora/optim/adamw.hpp"
 #include "sora/optim/sparse_adamw.hpp"
 #include "sora/prox.hpp"
+#include "support.cuh"
 
 namespace cu = sora::cuda;
 namespace cp = sora::cuda::prox;
 namespace hp = sora::prox;
 using sora::Index;
 using sora::Matrix;
+using sora::cuda::testing::random_matrix;
 
 namespace {
 
@@ -91,15 +93,6 @@ bool close(const Matrix<T>& got, const Matrix<T>& want, double rel, std::string*
     INFO(why_);                                                     \
     CHECK(ok_);                                                     \
   } while (false)
-
-template <class T>
-Matrix<T> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> nd(0.0, scale);
-  Matrix<T> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(nd(gen));
-  return m;
-}
 
 // Random data with boundary values planted: ±tau exactly, zeros, NaN, ±inf.
 template <class T>

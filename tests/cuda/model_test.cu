@@ -25,12 +25,16 @@
 #include "sora/optim/param_groups.hpp"
 #include "sora/train/trainer.hpp"
 #include "support.cuh"
+#include "tiny_model.cuh"
 
 namespace {
 
 namespace cu = sora::cuda;
 using sora::Index;
 using sora::Matrix;
+using sora::cuda::testing::randomize_adapters;
+using sora::cuda::testing::tiny_batch;
+using sora::cuda::testing::tiny_config;
 using sora::model::Head;
 using sora::model::Method;
 
@@ -44,55 +48,6 @@ template <>
 struct Tol<float> {
   static constexpr double forward = 2e-3, steps = 5e-3;
 };
-
-sora::model::TransformerConfig tiny_config(Head head, bool causal) {
-  sora::model::TransformerConfig c;
-  c.vocab_size = 40;
-  c.width = 24;
-  c.heads = 3;
-  c.layers = 2;
-  c.max_len = 12;
-  c.causal = causal;
-  c.dropout = 0.0;
-  c.head = head;
-  c.num_labels = head == Head::regression ? 2 : 3;
-  c.seed = 5;
-  return c;
-}
-
-// 3 sequences of 9 tokens, the last two padded on the right by 3 and 1 tokens.
-sora::model::Batch tiny_batch(const sora::model::TransformerConfig& c, unsigned seed) {
-  sora::model::Batch b;
-  b.batch = 3;
-  b.seq = 9;
-  std::mt19937 gen(seed);
-  for (Index i = 0; i < b.batch * b.seq; ++i)
-    b.tokens.push_back(static_cast<int>(gen() % static_cast<unsigned>(c.vocab_size)));
-  b.mask.assign(static_cast<std::size_t>(b.batch * b.seq), 1.0f);
-  for (int t = 6; t < 9; ++t) b.mask[static_cast<std::size_t>(9 + t)] = 0.0f;
-  b.mask[static_cast<std::size_t>(18 + 8)] = 0.0f;
-  if (c.head == Head::lm) {
-    sora::model::set_next_token_labels(b);
-  } else if (c.head == Head::classification) {
-    for (Index i = 0; i < b.batch; ++i)
-      b.labels.push_back(static_cast<int>(gen() % static_cast<unsigned>(c.num_labels)));
-  } else {
-    for (Index i = 0; i < b.batch * c.num_labels; ++i)
-      b.values.push_back(static_cast<double>(gen() % 100) / 50.0 - 1.0);
-  }
-  return b;
-}
-
-// B = 0 at initialisation would leave A's and the gates' gradients exactly zero: give every
-// adapter weight a random value so that every gradient is exercised.
-template <class T>
-void randomize_adapters(sora::model::Transformer<T>& m) {
-  unsigned seed = 100;
-  m.visit_params([&](sora::Param<T>& p) {
-    if (p.name.find(".lora_") == std::string::npos) return;
-    p.value = cu::testing::random_matrix<T>(p.value.rows(), p.value.cols(), ++seed, 0.3);
-  });
-}
 
 template <class T>
 std::map<std::string, Matrix<T>> gradients(sora::model::Transformer<T, cu::Cuda>& m) {
@@ -132,7 +87,7 @@ void check_method(Method method, Head head, bool causal) {
   peft.rank = 4;
   if (method != Method::full) {
     cpu.apply_peft(peft);
-    randomize_adapters(cpu);
+    randomize_adapters(cpu, 100);
   }
   cu::DeviceTransformer<T> gpu(config);
   cu::copy_model(gpu, cpu);
@@ -197,7 +152,7 @@ TEST_CASE("cuda model/copy_model moves a pruned model and a run between CPU and 
   peft.method = Method::sora;
   peft.rank = 4;
   cpu.apply_peft(peft);
-  randomize_adapters(cpu);
+  randomize_adapters(cpu, 100);
   // Pruned on the CPU (a smaller rank in one module, none left in another), then mirrored.
   cpu.blocks[0].attn.q.attach(sora::nn::LowRankAdapter<T>::from_weights(
       sora::nn::AdapterKind::lora, cu::testing::random_matrix<T>(2, 24, 1),
@@ -294,7 +249,7 @@ void check_fit() {
   peft.method = Method::sora;
   peft.rank = 4;
   cpu.apply_peft(peft);
-  randomize_adapters(cpu);
+  randomize_adapters(cpu, 100);
   cu::DeviceTransformer<T> gpu(config);
   cu::copy_model(gpu, cpu);
   std::vector<sora::model::Batch> batches;

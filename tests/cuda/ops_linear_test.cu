@@ -24,24 +24,12 @@ namespace {
 
 namespace cu = sora::cuda;
 namespace ops = sora::ops;
+using cu::testing::dev;
+using cu::testing::host;
 using cu::testing::random_matrix;
+using cu::testing::tol;
 using sora::Index;
 using sora::Matrix;
-
-template <class T>
-constexpr double tol() {
-  return std::is_same_v<T, float> ? 1e-5 : 1e-12;
-}
-
-// Host <-> device on the ops' stream (downloads wait for everything queued before).
-template <class T>
-cu::DeviceTensor<T> up(const Matrix<T>& m) {
-  return cu::DeviceTensor<T>::from_host(m, cu::context().stream());
-}
-template <class T>
-Matrix<T> down(cu::ConstView<T> v) {
-  return cu::download(v, cu::context().stream());
-}
 
 // A device copy of a host matrix, either a whole tensor (strided = false) or a block of a
 // wider tensor whose margin holds noise (strided = true): the view's row stride is then
@@ -62,12 +50,12 @@ struct Dev {
       big_host = m;
     }
     big_host.block(r0, c0, m.rows(), m.cols()) = m;
-    big = up(big_host);
+    big = dev(big_host);
     view = big.view().block(r0, c0, m.rows(), m.cols());
   }
-  Matrix<T> get() const { return down<T>(view); }
+  Matrix<T> get() const { return host(view); }
   bool margin_intact() const {
-    Matrix<T> now = down<T>(big.view());
+    Matrix<T> now = host(big.view());
     now.block(r0, c0, view.rows, view.cols) = big_host.block(r0, c0, view.rows, view.cols);
     return now == big_host;
   }
@@ -109,7 +97,7 @@ TEST_CASE_TEMPLATE("cuda ops/linear_forward against CPU", T, float, double) {
     CHECK(out_d.margin_intact());
   }
   // Device tensors pass where views are expected (as the layers call the ops).
-  auto x_t = up(x), W_t = up(W), b_t = up(b);
+  auto x_t = dev(x), W_t = dev(W), b_t = dev(b);
   cu::DeviceTensor<T> out_t(N, OC);
   Matrix<T> want(N, OC);
   ops::linear_forward<T>(want, x, W, b);
@@ -282,7 +270,7 @@ void check_attention(const AttentionCase& ac, bool strided) {
   cu::DeviceTensor<T> mask_t;
   cu::ConstView<T> mask_v;  // absent unless padded
   if (mask.size() > 0) {
-    mask_t = up(mask);
+    mask_t = dev(mask);
     mask_v = mask_t.view();
   }
   cu::attention_forward<T>(out_d.view, att_d.view, q_d.view, k_d.view, v_d.view, mask_v, ac.B, ac.T,
@@ -336,9 +324,9 @@ TEST_CASE("cuda ops/attention: queries that see no key get zero probabilities an
   // Causal with left padding: queries 0..2 of sequence 1 see no key at all.
   const AttentionCase ac{2, 7, 3, 24, true, 1};
   const Index N = ac.B * ac.T, BHT = ac.B * ac.H * ac.T;
-  auto q = up(random_matrix<double>(N, ac.C, 131)), k = up(random_matrix<double>(N, ac.C, 132)),
-       v = up(random_matrix<double>(N, ac.C, 133));
-  auto mask = up(make_mask<double>(ac));
+  auto q = dev(random_matrix<double>(N, ac.C, 131)), k = dev(random_matrix<double>(N, ac.C, 132)),
+       v = dev(random_matrix<double>(N, ac.C, 133));
+  auto mask = dev(make_mask<double>(ac));
   cu::DeviceTensor<double> out(N, ac.C), att(BHT, ac.T);
   cu::attention_forward<double>(out, att, q, k, v, mask, ac.B, ac.T, ac.H, ac.causal);
   const Matrix<double> P = att.to_host(cu::context().stream()),

@@ -43,29 +43,13 @@ namespace {
 
 namespace cu = sora::cuda;
 namespace ops = sora::ops;
+using cu::testing::dev;
+using cu::testing::error_of;
+using cu::testing::host;
 using cu::testing::random_matrix;
+using cu::testing::tol;
 using sora::Index;
 using sora::Matrix;
-
-template <class T>
-constexpr double tol() {
-  return std::is_same_v<T, double> ? 1e-12 : 1e-5;
-}
-
-template <class T>
-cu::DeviceTensor<T> dev(const Matrix<T>& m) {
-  return cu::DeviceTensor<T>::from_host(m);
-}
-
-template <class T>
-Matrix<T> host(const cu::DeviceTensor<T>& t) {
-  return t.to_host(cu::context().stream());
-}
-
-template <class T>
-Matrix<T> host(cu::DeviceView<T> v) {
-  return cu::download(v, cu::context().stream());
-}
 
 cu::DeviceIndices indices(const std::vector<int>& ids) {
   cu::DeviceIndices d;
@@ -96,17 +80,6 @@ Strided<T> strided(const Matrix<T>& m, unsigned seed) {
   Strided<T> s{dev(b), {}};
   s.view = s.big.view().block(0, 2, m.rows(), m.cols());
   return s;
-}
-
-// The sora::Error message of f(), or "" when it does not throw.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const sora::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // Both backends reject the call, with the same message.

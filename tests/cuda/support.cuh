@@ -1,6 +1,7 @@
 #pragma once
-// Shared by the CUDA op tests: random host matrices, the largest error of a device result
-// against its CPU twin, and a doctest check that reports it.
+// Shared by the CUDA tests: random host matrices, host <-> device copies, the largest error of a
+// device result against its CPU twin and a doctest check that reports it, the op twins'
+// tolerance, and the message of a failing call.
 
 #include <doctest/doctest.h>
 
@@ -11,6 +12,8 @@
 
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
+#include "sora/cuda/context.cuh"
+#include "sora/cuda/tensor.cuh"
 
 namespace sora::cuda::testing {
 
@@ -21,6 +24,38 @@ Matrix<T> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
   Matrix<T> m(r, c);
   for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(nd(gen));
   return m;
+}
+
+// The tolerance of an op twin against its CPU op (scaled_error): the two sum in different
+// orders, a few ulp per element.
+template <class T>
+constexpr double tol() {
+  return std::is_same_v<T, double> ? 1e-12 : 1e-5;
+}
+
+// Host <-> device on the ops' stream (downloads wait for everything queued before).
+template <class T>
+DeviceTensor<T> dev(const Matrix<T>& m) {
+  return DeviceTensor<T>::from_host(m, context().stream());
+}
+template <class T>
+Matrix<T> host(const DeviceTensor<T>& t) {
+  return t.to_host(context().stream());
+}
+template <class U>  // U = T or const T: a view of either kind
+auto host(DeviceView<U> v) {
+  return download(v, context().stream());
+}
+
+// The sora::Error message of f(), or "" when it does not throw.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const sora::Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 // max_i |got_i - want_i| / (|want|_max + floor): an error relative to the tensor's scale, so
