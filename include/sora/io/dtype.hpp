@@ -24,7 +24,14 @@ namespace sora::io {
 static_assert(std::endian::native == std::endian::little,
               "sora::io reads and writes little-endian tensor files on little-endian hosts only");
 
-enum class Dtype { F64, F32, F16, BF16 };
+// The floating-point types sora reads and writes, then the integer types that checkpoints carry
+// beside their weights (BERT's I64 `position_ids` buffer, say): listed and laid out like any
+// tensor, so that such a file opens, but never converted to weights (is_floating).
+enum class Dtype { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+
+constexpr bool is_floating(Dtype dtype) {
+  return dtype == Dtype::F64 || dtype == Dtype::F32 || dtype == Dtype::F16 || dtype == Dtype::BF16;
+}
 
 constexpr std::string_view dtype_name(Dtype dtype) {
   switch (dtype) {
@@ -36,6 +43,18 @@ constexpr std::string_view dtype_name(Dtype dtype) {
       return "F16";
     case Dtype::BF16:
       return "BF16";
+    case Dtype::I64:
+      return "I64";
+    case Dtype::I32:
+      return "I32";
+    case Dtype::I16:
+      return "I16";
+    case Dtype::I8:
+      return "I8";
+    case Dtype::U8:
+      return "U8";
+    case Dtype::BOOL:
+      return "BOOL";
   }
   return "?";
 }
@@ -43,18 +62,26 @@ constexpr std::string_view dtype_name(Dtype dtype) {
 constexpr std::size_t dtype_size(Dtype dtype) {
   switch (dtype) {
     case Dtype::F64:
+    case Dtype::I64:
       return 8;
     case Dtype::F32:
+    case Dtype::I32:
       return 4;
     case Dtype::F16:
     case Dtype::BF16:
+    case Dtype::I16:
       return 2;
+    case Dtype::I8:
+    case Dtype::U8:
+    case Dtype::BOOL:
+      return 1;
   }
   return 0;
 }
 
 constexpr std::optional<Dtype> parse_dtype(std::string_view name) {
-  for (Dtype d : {Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16}) {
+  for (Dtype d : {Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I64, Dtype::I32,
+                  Dtype::I16, Dtype::I8, Dtype::U8, Dtype::BOOL}) {
     if (dtype_name(d) == name) return d;
   }
   return std::nullopt;
@@ -146,9 +173,12 @@ inline float bf16_to_float(std::uint16_t h) {
   return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
 }
 
-// Converts n values stored as `dtype` at `src` (little-endian, any alignment) to T.
+// Converts n values stored as `dtype` at `src` (little-endian, any alignment) to T. Integer
+// tensors are not weights: reading one as T is an error (callers name the tensor first).
 template <class T>
 void decode_values(Dtype dtype, const std::byte* src, T* out, std::size_t n) {
+  SORA_CHECK(is_floating(dtype), "a ", dtype_name(dtype),
+             " tensor holds integers, not floating-point values");
   switch (dtype) {
     case Dtype::F64:
       for (std::size_t i = 0; i < n; ++i) {
@@ -178,12 +208,16 @@ void decode_values(Dtype dtype, const std::byte* src, T* out, std::size_t n) {
         out[i] = static_cast<T>(bf16_to_float(h));
       }
       return;
+    default:
+      return;
   }
 }
 
 // Stores one value as `dtype` at dst (dtype_size(dtype) bytes, any alignment).
 template <class T>
 void encode_value(Dtype dtype, T value, std::byte* dst) {
+  SORA_CHECK(is_floating(dtype), "sora writes floating-point tensors only, not ",
+             dtype_name(dtype));
   switch (dtype) {
     case Dtype::F64: {
       const auto v = static_cast<double>(value);
@@ -205,6 +239,8 @@ void encode_value(Dtype dtype, T value, std::byte* dst) {
       std::memcpy(dst, &h, 2);
       return;
     }
+    default:
+      return;
   }
 }
 

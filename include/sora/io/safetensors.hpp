@@ -118,11 +118,10 @@ class HeaderHandler {
       const std::optional<Dtype> dtype = parse_dtype(s);
       if (!dtype) {
         // Valid in safetensors, but not floating-point weights sora could train.
-        constexpr std::string_view other[] = {"BOOL", "U8",  "I8",  "I16",     "U16",    "I32",
-                                              "U32",  "I64", "U64", "F8_E4M3", "F8_E5M2"};
+        constexpr std::string_view other[] = {"U16", "U32", "U64", "F8_E4M3", "F8_E5M2"};
         const bool known = std::find(std::begin(other), std::end(other), s) != std::end(other);
         return fail("tensor '", current_.name, "': ", known ? "unsupported" : "unknown", " dtype '",
-                    s, "' (sora reads F64, F32, F16 and BF16)");
+                    s, "' (sora reads F64, F32, F16, BF16 and lists I64, I32, I16, I8, U8, BOOL)");
       }
       current_.dtype = *dtype;
       return true;
@@ -331,6 +330,8 @@ class SafetensorsFile {
   void read(const TensorInfo& t, std::span<T> out) const {
     SORA_CHECK(out.size() == t.numel(), source_, ": tensor '", t.name, "' has ", t.numel(),
                " elements, the destination ", out.size());
+    SORA_CHECK(is_floating(t.dtype), source_, ": tensor '", t.name, "' is ", dtype_name(t.dtype),
+               " (integers), not floating-point values");
     decode_values<T>(t.dtype, raw(t).data(), out.data(), out.size());
   }
 

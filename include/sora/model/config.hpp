@@ -100,6 +100,7 @@ struct Batch {
   Index seq = 0;    // T
   std::vector<int> tokens;
   std::vector<float> mask;
+  std::vector<int> token_types;  // (B T) segment ids (BERT's token_type_ids); empty: all 0
   std::vector<int> labels;
   std::vector<double> values;
 
@@ -113,6 +114,8 @@ struct Batch {
                " tokens for ", batch, " x ", seq);
     SORA_CHECK(mask.empty() || static_cast<Index>(mask.size()) == batch * seq, "Batch: mask of ",
                mask.size(), " entries for ", batch, " x ", seq, " tokens");
+    SORA_CHECK(token_types.empty() || static_cast<Index>(token_types.size()) == batch * seq,
+               "Batch: ", token_types.size(), " token types for ", batch, " x ", seq, " tokens");
   }
 };
 

