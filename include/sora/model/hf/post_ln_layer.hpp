@@ -82,7 +82,8 @@ class PostLnLayer {
 
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
-    visit_linears(prefix, [&](const std::string& name, Linear& lin) { lin.visit_params(name, fn); });
+    visit_linears(prefix,
+                  [&](const std::string& name, Linear& lin) { lin.visit_params(name, fn); });
     ln_attn.visit_params(nn::join_name(prefix, "attention.output.LayerNorm"), fn);
     ln_out.visit_params(nn::join_name(prefix, "output.LayerNorm"), fn);
   }
@@ -120,9 +121,9 @@ class PostLnLayer {
   T dropout_ = T(0);
   bool training_ = true;
   bool dropping_ = false;
-  Tensor sum1_, sum2_;          // (N, C) the LayerNorms' inputs
-  Tensor mask1_, mask2_;        // (N, C) dropout factors of the two branches
-  Tensor dh_, dbranch_, dx_;    // (N, C)
+  Tensor sum1_, sum2_;        // (N, C) the LayerNorms' inputs
+  Tensor mask1_, mask2_;      // (N, C) dropout factors of the two branches
+  Tensor dh_, dbranch_, dx_;  // (N, C)
 };
 
 }  // namespace sora::model::hf

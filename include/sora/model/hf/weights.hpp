@@ -133,7 +133,8 @@ struct WeightsReport {
 inline std::vector<std::string> checkpoint_names(const std::string& name, const std::string& prefix,
                                                  const std::string& family) {
   std::vector<std::string> names{name};
-  if (!prefix.empty() && name.starts_with(prefix + ".")) names.push_back(name.substr(prefix.size() + 1));
+  if (!prefix.empty() && name.starts_with(prefix + "."))
+    names.push_back(name.substr(prefix.size() + 1));
   if (prefix.empty()) names.push_back(family + "." + name);
   return names;
 }
@@ -175,8 +176,8 @@ WeightsReport load_weights(Model& model, const fs::path& dir) {
       if (model.is_head(p.name) || p.name.find("pooler.") != std::string::npos) {
         report.initialised.push_back(p.name);
       } else {
-        problems.push_back(detail::concat("missing tensor '", p.name, "' ",
-                                          io::shape_string(expected)));
+        problems.push_back(
+            detail::concat("missing tensor '", p.name, "' ", io::shape_string(expected)));
       }
       return;
     }
@@ -187,7 +188,8 @@ WeightsReport load_weights(Model& model, const fs::path& dir) {
                                         p.name, "' is ", io::shape_string(expected)));
     } else if (!io::is_floating(entry->info->dtype)) {
       problems.push_back(detail::concat("tensor '", entry->info->name, "' is ",
-                                        io::dtype_name(entry->info->dtype), ", not floating-point"));
+                                        io::dtype_name(entry->info->dtype),
+                                        ", not floating-point"));
     }
     plan.push_back(Planned{&p, entry});
   });
@@ -198,14 +200,14 @@ WeightsReport load_weights(Model& model, const fs::path& dir) {
     if (unused_by_design(*entry.info) || unused_head) {
       report.skipped.push_back(name);
     } else {
-      problems.push_back(detail::concat("unexpected tensor '", name, "' ",
-                                        io::shape_string(entry.info->shape)));
+      problems.push_back(
+          detail::concat("unexpected tensor '", name, "' ", io::shape_string(entry.info->shape)));
     }
   }
   if (!problems.empty()) {
-    std::string message = detail::concat(tensors.source(), ": cannot load a ", family, " model (",
-                                         problems.size(),
-                                         problems.size() == 1 ? " problem):" : " problems):");
+    std::string message =
+        detail::concat(tensors.source(), ": cannot load a ", family, " model (", problems.size(),
+                       problems.size() == 1 ? " problem):" : " problems):");
     for (const std::string& p : problems) message += "\n  " + p;
     throw Error(message);
   }

