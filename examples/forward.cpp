@@ -7,7 +7,8 @@
 // "token_type_ids": [[0, 0, ...], ...]}; the mask and types are optional. Sequences of different
 // lengths are right-padded with the model's pad_token_id (and masked). The output holds
 // "hidden" (B, T, C), the last hidden states, and with --task classification "logits" (B, K)
-// from the task head (trained in the folder, or freshly initialised with --seed when absent).
+// from the task head (trained in the folder, or freshly initialised with --seed when absent), with
+// --task causal-lm "logits" (B, T, V). Families: BERT, RoBERTa (MiniLM), GPT-2.
 // The file is written atomically; evaluation mode (no dropout).
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -39,7 +40,7 @@ std::vector<std::vector<long long>> rows_of(const nlohmann::json& j, const char*
   return rows;
 }
 
-sora::model::Batch read_batch(const std::string& path, int pad_id) {
+sora::model::Batch read_batch(const std::string& path, int pad_id, bool with_types) {
   std::ifstream in(path, std::ios::binary);
   SORA_CHECK(in.good(), path, ": cannot open");
   nlohmann::json j;
@@ -74,7 +75,8 @@ sora::model::Batch read_batch(const std::string& path, int pad_id) {
       SORA_CHECK(id >= 0 && id <= 0x7fffffff, path, ": token id ", id, " is negative or too large");
       b.tokens.push_back(static_cast<int>(id));
       b.mask.push_back(real ? static_cast<float>(mask.empty() ? 1 : mask[i][t]) : 0.0f);
-      b.token_types.push_back(real && !types.empty() ? static_cast<int>(types[i][t]) : 0);
+      if (with_types)
+        b.token_types.push_back(real && !types.empty() ? static_cast<int>(types[i][t]) : 0);
     }
   }
   return b;
@@ -91,33 +93,44 @@ int main(int argc, char** argv) {
   app.add_option("--input", input, "JSON with input_ids (and attention_mask, token_type_ids)")
       ->required();
   app.add_option("--out", out, "the .safetensors file to write")->required();
-  app.add_option("--task", task, "none (hidden states) or classification (and logits)")
-      ->check(CLI::IsMember({"none", "classification"}));
+  app.add_option("--task", task,
+                 "none (hidden states), classification or causal-lm (and their logits)")
+      ->check(CLI::IsMember({"none", "classification", "causal-lm"}));
   app.add_option("--num-labels", num_labels, "classes of a new head (default: the config's)");
   app.add_option("--seed", seed, "initialisation of a head the folder lacks");
   CLI11_PARSE(app, argc, argv);
   try {
-    const hf::Task t = task == "none" ? hf::Task::none : hf::Task::sequence_classification;
-    auto model = hf::from_pretrained<float>(model_dir, {t, num_labels, seed});
-    model->eval();
-    const sora::model::Batch batch = read_batch(input, model->config().pad_token_id);
-    sora::io::SafetensorsWriter writer;
-    const auto& hidden = model->forward_hidden(batch);
-    const sora::io::Shape shape{static_cast<std::uint64_t>(batch.batch),
-                                static_cast<std::uint64_t>(batch.seq),
-                                static_cast<std::uint64_t>(hidden.cols())};
-    // A NaN never reaches a file: it means bad weights, and the program says so.
-    SORA_CHECK(hidden.allFinite(), model_dir,
-               ": the hidden states are not finite (NaN or inf "
-               "weights in the checkpoint?); nothing written");
-    writer.add("hidden", hidden, sora::io::Dtype::F32, shape);
-    if (t != hf::Task::none) {
-      const auto& logits = model->forward_logits(batch);
-      SORA_CHECK(logits.allFinite(), model_dir, ": the logits are not finite; nothing written");
-      writer.add("logits", logits, sora::io::Dtype::F32);
-    }
-    writer.set_metadata("model", model_dir);
-    writer.write(out);
+    const hf::Task t = task == "none"             ? hf::Task::none
+                       : task == "classification" ? hf::Task::sequence_classification
+                                                  : hf::Task::causal_lm;
+    hf::with_pretrained<float>(model_dir, {t, num_labels, seed}, [&](auto& model) {
+      model.eval();
+      // GPT-2 has no pad token by default: padding is masked, so any id serves.
+      const sora::model::Batch batch = read_batch(input, std::max(0, model.config().pad_token_id),
+                                                  model.config().type_vocab_size > 1);
+      sora::io::SafetensorsWriter writer;
+      const auto& hidden = model.forward_hidden(batch);
+      const sora::io::Shape shape{static_cast<std::uint64_t>(batch.batch),
+                                  static_cast<std::uint64_t>(batch.seq),
+                                  static_cast<std::uint64_t>(hidden.cols())};
+      // A NaN never reaches a file: it means bad weights, and the program says so.
+      SORA_CHECK(hidden.allFinite(), model_dir,
+                 ": the hidden states are not finite (NaN or inf "
+                 "weights in the checkpoint?); nothing written");
+      writer.add("hidden", hidden, sora::io::Dtype::F32, shape);
+      if (t != hf::Task::none) {
+        const auto& logits = model.forward_logits(batch);
+        SORA_CHECK(logits.allFinite(), model_dir, ": the logits are not finite; nothing written");
+        if (t == hf::Task::causal_lm) {
+          writer.add("logits", logits, sora::io::Dtype::F32,
+                     {shape[0], shape[1], static_cast<std::uint64_t>(logits.cols())});
+        } else {
+          writer.add("logits", logits, sora::io::Dtype::F32);
+        }
+      }
+      writer.set_metadata("model", model_dir);
+      writer.write(out);
+    });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sora-forward: %s\n", e.what());
     return 1;

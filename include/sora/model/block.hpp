@@ -24,14 +24,16 @@ namespace sora::model {
 
 using namespace nn::op_names;  // ops found by name and by the tensor type (nn/common.hpp)
 
-template <class T, class Backend = Cpu>
+// Attn: nn::Attention (separate q, k, v slots) or nn::FusedAttention (GPT-2's c_attn); the
+// named visitors below are for the former (the GPT-2 model names its own slots).
+template <class T, class Backend = Cpu, class Attn = nn::Attention<T, Backend>>
 class Block {
  public:
   using Tensor = typename Backend::template Tensor<T>;
   using Linear = nn::AdaptedLinear<T, Backend>;
 
   nn::LayerNorm<T, Backend> ln1;
-  nn::Attention<T, Backend> attn;
+  Attn attn;
   nn::LayerNorm<T, Backend> ln2;
   nn::MLP<T, Backend> mlp;
 

@@ -2,9 +2,10 @@
 // A Hugging Face `config.json`, read into the one struct every supported family builds from.
 //
 // Supported `model_type`s: bert and roberta (the BERT family: post-LayerNorm encoders, MiniLM
-// included). The reader collects every problem of a file (an unsupported model_type, a missing
-// or mistyped field, a value out of range) and throws them together in one sora::Error that
-// names the file, so a user fixing a hand-written config sees all of it at once.
+// included) and gpt2 (pre-LayerNorm decoder, fused c_attn, Conv1D weights). The reader collects
+// every problem of a file (an unsupported model_type, a missing or mistyped field, a value out of
+// range) and throws them together in one sora::Error that names the file, so a user fixing a
+// hand-written config sees all of it at once.
 //
 // Fields follow `transformers`' names and defaults (BertConfig, RobertaConfig); a field the
 // family does not need is ignored, as transformers ignores it.
@@ -24,7 +25,7 @@
 
 namespace sora::model::hf {
 
-enum class Family { bert, roberta };
+enum class Family { bert, roberta, gpt2 };
 
 inline const char* family_name(Family f) {
   switch (f) {
@@ -32,6 +33,8 @@ inline const char* family_name(Family f) {
       return "bert";
     case Family::roberta:
       return "roberta";
+    case Family::gpt2:
+      return "gpt2";
   }
   return "?";
 }
@@ -40,7 +43,9 @@ inline const char* family_name(Family f) {
 //   none                      AutoModel: the last hidden states, no loss
 //   sequence_classification   AutoModelForSequenceClassification: num_labels logits per
 //                             sequence; cross-entropy, or mean squared error when num_labels == 1
-enum class Task { none, sequence_classification };
+//   causal_lm                 AutoModelForCausalLM (decoders): logits over the vocabulary at
+//                             every token; cross-entropy on next-token labels
+enum class Task { none, sequence_classification, causal_lm };
 
 struct HfConfig {
   Family family = Family::bert;
@@ -55,14 +60,20 @@ struct HfConfig {
   double layer_norm_eps = 1e-12;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
+  double embedding_dropout = -1.0;   // < 0: hidden_dropout (GPT-2 has embd_pdrop of its own)
   double classifier_dropout = -1.0;  // < 0: hidden_dropout (transformers' `None`)
   double initializer_range = 0.02;
   ops::Gelu gelu = ops::Gelu::exact;
-  int pad_token_id = 0;
-  Index num_labels = 2;  // from id2label when present, as transformers counts them
+  int pad_token_id = 0;             // -1: none (GPT-2's default)
+  bool causal = false;              // decoder (GPT-2) or encoder (BERT) attention
+  bool tie_word_embeddings = true;  // a causal LM head that reuses the token embedding
+  Index num_labels = 2;             // from id2label when present, as transformers counts them
   // RoBERTa numbers positions from pad_token_id + 1 (position_ids of padding are
   // pad_token_id); BERT from 0.
   Index position_offset() const { return family == Family::roberta ? pad_token_id + 1 : 0; }
+  double embeddings_dropout() const {
+    return embedding_dropout >= 0.0 ? embedding_dropout : hidden_dropout;
+  }
   double head_dropout() const {
     return classifier_dropout >= 0.0 ? classifier_dropout : hidden_dropout;
   }
@@ -148,32 +159,54 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
   HfConfig c;
   config_detail::FieldReader f(j);
   f.required("model_type", c.model_type);
-  if (c.model_type == "bert") {
-    c.family = Family::bert;
-  } else if (c.model_type == "roberta") {
-    c.family = Family::roberta;
-    c.pad_token_id = 1;
-    c.layer_norm_eps = 1e-12;
+  if (c.model_type == "bert" || c.model_type == "roberta") {
+    c.family = c.model_type == "bert" ? Family::bert : Family::roberta;
+    if (c.family == Family::roberta) c.pad_token_id = 1;
+    f.required("vocab_size", c.vocab_size);
+    f.required("hidden_size", c.hidden_size);
+    f.required("num_hidden_layers", c.num_layers);
+    f.required("num_attention_heads", c.num_heads);
+    f.required("intermediate_size", c.intermediate_size);
+    f.optional("max_position_embeddings", c.max_position_embeddings);
+    f.optional("type_vocab_size", c.type_vocab_size);
+    f.optional("layer_norm_eps", c.layer_norm_eps);
+    f.optional("hidden_dropout_prob", c.hidden_dropout);
+    f.optional("attention_probs_dropout_prob", c.attention_dropout);
+    f.optional("pad_token_id", c.pad_token_id);
+  } else if (c.model_type == "gpt2") {
+    // GPT2Config's names and defaults.
+    c.family = Family::gpt2;
+    c.causal = true;
+    c.pad_token_id = -1;
+    c.type_vocab_size = 1;
+    c.layer_norm_eps = 1e-5;
+    c.max_position_embeddings = 1024;
+    f.required("vocab_size", c.vocab_size);
+    f.required("n_embd", c.hidden_size);
+    f.required("n_layer", c.num_layers);
+    f.required("n_head", c.num_heads);
+    f.optional("n_positions", c.max_position_embeddings);
+    f.optional("n_inner", c.intermediate_size);
+    if (c.intermediate_size == 0) c.intermediate_size = 4 * c.hidden_size;
+    f.optional("layer_norm_epsilon", c.layer_norm_eps);
+    f.optional("resid_pdrop", c.hidden_dropout);
+    f.optional("attn_pdrop", c.attention_dropout);
+    f.optional("embd_pdrop", c.embedding_dropout);
+    f.optional("pad_token_id", c.pad_token_id);
+    if (const auto it = j.find("scale_attn_by_inverse_layer_idx");
+        it != j.end() && it->is_boolean() && it->get<bool>())
+      f.problems.push_back("scale_attn_by_inverse_layer_idx = true is not supported");
   } else if (!c.model_type.empty()) {
     f.problems.push_back(detail::concat("unsupported model_type '", c.model_type,
-                                        "' (sora loads bert and roberta)"));
+                                        "' (sora loads bert, roberta and gpt2)"));
   }
-  f.required("vocab_size", c.vocab_size);
-  f.required("hidden_size", c.hidden_size);
-  f.required("num_hidden_layers", c.num_layers);
-  f.required("num_attention_heads", c.num_heads);
-  f.required("intermediate_size", c.intermediate_size);
-  f.optional("max_position_embeddings", c.max_position_embeddings);
-  f.optional("type_vocab_size", c.type_vocab_size);
-  f.optional("layer_norm_eps", c.layer_norm_eps);
-  f.optional("hidden_dropout_prob", c.hidden_dropout);
-  f.optional("attention_probs_dropout_prob", c.attention_dropout);
+  if (const auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean())
+    c.tie_word_embeddings = it->get<bool>();
   f.optional("classifier_dropout", c.classifier_dropout);
   f.optional("initializer_range", c.initializer_range);
-  f.optional("pad_token_id", c.pad_token_id);
 
-  std::string act = "gelu";
-  f.optional("hidden_act", act);
+  std::string act = c.family == Family::gpt2 ? "gelu_new" : "gelu";
+  f.optional(c.family == Family::gpt2 ? "activation_function" : "hidden_act", act);
   if (act == "gelu") {
     c.gelu = ops::Gelu::exact;
   } else if (act == "gelu_new" || act == "gelu_pytorch_tanh") {
@@ -209,14 +242,18 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
                                " attention heads"));
   if (!(c.layer_norm_eps > 0.0))
     p.push_back(detail::concat("field 'layer_norm_eps' must be positive, got ", c.layer_norm_eps));
-  config_detail::check_probability(p, "hidden_dropout_prob", c.hidden_dropout);
-  config_detail::check_probability(p, "attention_probs_dropout_prob", c.attention_dropout);
+  config_detail::check_probability(p, "hidden_dropout_prob / resid_pdrop", c.hidden_dropout);
+  config_detail::check_probability(p, "attention_probs_dropout_prob / attn_pdrop",
+                                   c.attention_dropout);
+  if (c.embedding_dropout >= 0.0)
+    config_detail::check_probability(p, "embd_pdrop", c.embedding_dropout);
   if (c.classifier_dropout >= 0.0)
     config_detail::check_probability(p, "classifier_dropout", c.classifier_dropout);
   if (c.family == Family::roberta && c.max_position_embeddings <= c.position_offset())
     p.push_back(detail::concat("max_position_embeddings ", c.max_position_embeddings,
                                " leaves no position after RoBERTa's offset ", c.position_offset()));
-  if (c.pad_token_id < 0 || (c.vocab_size > 0 && c.pad_token_id >= c.vocab_size))
+  if (c.pad_token_id < (c.family == Family::gpt2 ? -1 : 0) ||
+      (c.vocab_size > 0 && c.pad_token_id >= c.vocab_size))
     p.push_back(detail::concat("pad_token_id ", c.pad_token_id, " is not a token of the ",
                                c.vocab_size, "-token vocabulary"));
 

@@ -8,6 +8,7 @@
 
 #include "sora/model/hf/bert.hpp"
 #include "sora/model/hf/config.hpp"
+#include "sora/model/hf/gpt2.hpp"
 #include "sora/model/hf/weights.hpp"
 
 namespace sora::model::hf {
@@ -18,20 +19,33 @@ struct LoadOptions {
   std::uint64_t seed = 0;  // initialisation of what the checkpoint lacks (a new head)
 };
 
-// The model of the folder `dir`, its weights loaded (see weights.hpp for what is checked).
-// The model is returned by pointer: its layers point into each other and never move.
-template <class T>
-std::unique_ptr<BertModel<T>> from_pretrained(const std::filesystem::path& dir,
-                                              const LoadOptions& options = {},
-                                              WeightsReport* report = nullptr) {
+// The model of the folder `dir` as a given type (BertModel<T>, Gpt2Model<T>), its weights
+// loaded (see weights.hpp for what is checked). Returned by pointer: its layers point into each
+// other and never move.
+template <class Model>
+std::unique_ptr<Model> from_pretrained(const std::filesystem::path& dir,
+                                       const LoadOptions& options = {},
+                                       WeightsReport* report = nullptr) {
   HfConfig config = read_config(dir);
   SORA_CHECK(options.num_labels >= 0, "from_pretrained: num_labels must be >= 0, got ",
              options.num_labels);
   if (options.num_labels > 0) config.num_labels = options.num_labels;
-  auto model = std::make_unique<BertModel<T>>(config, options.task, options.seed);
+  auto model = std::make_unique<Model>(config, options.task, options.seed);
   WeightsReport loaded = load_weights(*model, dir);
   if (report != nullptr) *report = std::move(loaded);
   return model;
+}
+
+// Loads whatever family the folder holds and calls fn(model) with it (BertModel<T> or
+// Gpt2Model<T>), returning what fn returns: code written once for every family.
+template <class T, class Fn>
+decltype(auto) with_pretrained(const std::filesystem::path& dir, const LoadOptions& options,
+                               Fn&& fn, WeightsReport* report = nullptr) {
+  const Family family = read_config(dir).family;
+  if (family == Family::gpt2) return fn(*from_pretrained<Gpt2Model<T>>(dir, options, report));
+  SORA_CHECK(options.task != Task::causal_lm, dir.string(), ": a ", family_name(family),
+             " model is an encoder; it has no causal LM head");
+  return fn(*from_pretrained<BertModel<T>>(dir, options, report));
 }
 
 }  // namespace sora::model::hf

@@ -28,6 +28,7 @@
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
 #include "sora/io/safetensors.hpp"
+#include "sora/model/hf/gpt2.hpp"
 
 namespace sora::model::hf {
 
@@ -140,10 +141,12 @@ inline std::vector<std::string> checkpoint_names(const std::string& name, const 
 }
 
 // Tensors of a pretraining checkpoint that a task model has no use for.
+// (GPT-2's attn.bias / attn.masked_bias are causal-mask buffers of older checkpoints.)
 inline bool unused_by_design(const io::TensorInfo& t) {
   const std::string& n = t.name;
   return !io::is_floating(t.dtype) || n.ends_with("position_ids") || n.starts_with("cls.") ||
-         n.starts_with("lm_head.") || n.find("pooler.") != std::string::npos;
+         n.starts_with("lm_head.") || n.find("pooler.") != std::string::npos ||
+         n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias");
 }
 
 // Loads the weights of the folder `dir` into `model` (anything with visit_params(fn),
@@ -169,9 +172,12 @@ WeightsReport load_weights(Model& model, const fs::path& dir) {
       entry = tensors.find(candidate);
       if (entry != nullptr) break;
     }
-    const io::Shape expected = p.is_vector ? io::Shape{static_cast<std::uint64_t>(p.value.size())}
-                                           : io::Shape{static_cast<std::uint64_t>(p.value.rows()),
-                                                       static_cast<std::uint64_t>(p.value.cols())};
+    const auto rows = static_cast<std::uint64_t>(p.value.rows());
+    const auto cols = static_cast<std::uint64_t>(p.value.cols());
+    const bool transposed = is_conv1d(model.config().family, p.name);  // stored (in, out)
+    const io::Shape expected = p.is_vector  ? io::Shape{static_cast<std::uint64_t>(p.value.size())}
+                               : transposed ? io::Shape{cols, rows}
+                                            : io::Shape{rows, cols};
     if (entry == nullptr) {
       if (model.is_head(p.name) || p.name.find("pooler.") != std::string::npos) {
         report.initialised.push_back(p.name);
@@ -212,10 +218,16 @@ WeightsReport load_weights(Model& model, const fs::path& dir) {
     throw Error(message);
   }
   for (const Planned& item : plan) {
-    Matrix<T> host(item.param->value.rows(), item.param->value.cols());
+    const bool transposed = is_conv1d(model.config().family, item.param->name);
+    const Index rows = item.param->value.rows(), cols = item.param->value.cols();
+    Matrix<T> host(transposed ? cols : rows, transposed ? rows : cols);
     item.entry->file->template read<T>(
         *item.entry->info, std::span<T>(host.data(), static_cast<std::size_t>(host.size())));
-    item.param->value = std::move(host);
+    if (transposed) {
+      item.param->value = host.transpose();
+    } else {
+      item.param->value = std::move(host);
+    }
     report.loaded.push_back(item.param->name);
   }
   return report;
