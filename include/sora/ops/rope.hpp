@@ -72,9 +72,11 @@ inline std::vector<int> rope_positions(Index B, Index T) {
 
 namespace detail {
 
-template <class T>
+// Table: RopeTable<T> or the CUDA twin's device table (head_dim and max_positions), so that both
+// backends reject a call with the same message.
+template <class Table>
 void check_rope(const char* op, const char* what, Index N, Index C, std::span<const int> positions,
-                const RopeTable<T>& table, Index heads) {
+                const Table& table, Index heads) {
   SORA_CHECK(heads > 0 && table.head_dim > 0 && C == heads * table.head_dim, op, ": ", what,
              " has ", C, " columns, expected heads * head_dim = ", heads, " * ", table.head_dim,
              " = ", heads * table.head_dim);
