@@ -274,6 +274,42 @@ TEST_CASE("Attention with adapters (causal, padded) and MLP with SoRA: gradients
   }
 }
 
+TEST_CASE("RMSNorm and SwiGLUMLP (LLaMA's blocks, with LoRA and SoRA): gradients match") {
+  Rng rng(12);
+  const Index N = 6, C = 5, F = 8;
+  MatrixD x = random_matrix(rng, N, C);
+  nn::RMSNorm<double> norm(C);
+  CHECK(names_of(norm, "input_layernorm") == std::vector<std::string>{"input_layernorm.weight"});
+  Rng(13).fill_normal(norm.weight.value);
+  check_layer(
+      norm, [&]() -> const MatrixD& { return norm.forward(x); },
+      [&](const MatrixD& G) -> const MatrixD& { return norm.backward(G); }, &x);
+  nn::RMSNorm<double> frozen(C, /*trainable=*/false);
+  check_layer(
+      frozen, [&]() -> const MatrixD& { return frozen.forward(x); },
+      [&](const MatrixD& G) -> const MatrixD& { return frozen.backward(G); }, &x);
+
+  nn::SwiGLUMLP<double> mlp(C, F, 4);
+  CHECK(names_of(mlp, "mlp") == std::vector<std::string>{"mlp.gate_proj.weight",
+                                                         "mlp.up_proj.weight",
+                                                         "mlp.down_proj.weight"});
+  check_layer(
+      mlp, [&]() -> const MatrixD& { return mlp.forward(x); },
+      [&](const MatrixD& G) -> const MatrixD& { return mlp.backward(G); }, &x);
+  nn::AdapterConfig config;
+  config.rank = 2;
+  mlp.gate_proj.attach(config);
+  config.kind = nn::AdapterKind::lora;
+  mlp.up_proj.attach(config);
+  mlp.down_proj.attach(config);
+  randomize_adapter(mlp.gate_proj, 34);
+  randomize_adapter(mlp.up_proj, 35);
+  randomize_adapter(mlp.down_proj, 36);
+  check_layer(
+      mlp, [&]() -> const MatrixD& { return mlp.forward(x); },
+      [&](const MatrixD& G) -> const MatrixD& { return mlp.backward(G); }, &x);
+}
+
 TEST_CASE("layer backward contract: parameter gradients accumulate, input gradients overwrite") {
   Rng rng(10);
   const MatrixD x = random_matrix(rng, 5, 6), G = random_matrix(rng, 5, 4);

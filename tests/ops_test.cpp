@@ -2,6 +2,7 @@
 // bad shapes.
 #include <doctest/doctest.h>
 
+#include <complex>
 #include <sora/ops.hpp>
 #include <vector>
 
@@ -448,4 +449,254 @@ TEST_CASE("ops reject bad shapes with both shapes in the message") {
   MatrixD ref(4, 3);
   ops::linear_forward<double>(ref, x, W2, b);
   CHECK(big.block(1, 2, 4, 3) == ref);
+}
+
+// ---- LLaMA family: RMSNorm, RoPE, SwiGLU, grouped-query attention ----
+
+TEST_CASE("rmsnorm: forward matches a direct loop, input and weight gradients match") {
+  Rng rng(21);
+  const Index N = 4, C = 6;
+  const double eps = 1e-6;
+  MatrixD x = random_matrix(rng, N, C), w = random_matrix(rng, 1, C);
+  const MatrixD G = random_matrix(rng, N, C);
+  MatrixD out(N, C), rstd(N, 1);
+  auto loss = [&] {
+    ops::rmsnorm_forward<double>(out, rstd, x, w, eps);
+    return linear_functional(out, G);
+  };
+  loss();
+  // transformers' LlamaRMSNorm: weight * (x * rsqrt(mean(x^2) + eps)), written out.
+  for (Index n = 0; n < N; ++n) {
+    double sumsq = 0;
+    for (Index c = 0; c < C; ++c) sumsq += x(n, c) * x(n, c);
+    const double r = 1.0 / std::sqrt(sumsq / double(C) + eps);
+    CHECK(rstd(n, 0) == doctest::Approx(r).epsilon(1e-14));
+    for (Index c = 0; c < C; ++c)
+      CHECK(out(n, c) == doctest::Approx(w(0, c) * x(n, c) * r).epsilon(1e-14));
+  }
+  MatrixD dx(N, C), dw = MatrixD::Zero(1, C);
+  ops::rmsnorm_backward<double>(dx, dw, G, x, w, rstd);
+  std::vector<GradTarget> targets{{"x", &x, dx}, {"weight", &w, dw}};
+  SORA_CHECK_GRADS(gradcheck(loss, targets), 1e-6);
+
+  // Absent gradients: each alone gives the same values; the weight gradient accumulates.
+  MatrixD dx_only(N, C), dw_only = MatrixD::Constant(1, C, 1.0);
+  ops::rmsnorm_backward<double>(dx_only, absent<double>(), G, x, w, rstd);
+  ops::rmsnorm_backward<double>(absent<double>(), dw_only, G, x, w, rstd);
+  CHECK(dx_only.isApprox(dx, 1e-15));
+  CHECK(dw_only.isApprox((dw.array() + 1.0).matrix(), 1e-15));
+  ops::rmsnorm_backward<double>(absent<double>(), absent<double>(), G, x, w, rstd);
+
+  MatrixD bad_rstd(3, 1), bad_w(1, 5);
+  CHECK_THROWS_WITH_AS(ops::rmsnorm_forward<double>(out, bad_rstd, x, w, eps),
+                       doctest::Contains("rmsnorm_forward: rstd has shape (3, 1), expected (4, 1)"),
+                       Error);
+  CHECK_THROWS_WITH_AS(ops::rmsnorm_forward<double>(out, rstd, x, bad_w, eps),
+                       doctest::Contains("weight has shape (1, 5), expected (1, 6)"), Error);
+  MatrixD bad_dx(4, 5);
+  CHECK_THROWS_WITH_AS(
+      ops::rmsnorm_backward<double>(bad_dx, dw, G, x, w, rstd),
+      doctest::Contains("rmsnorm_backward: dinp has shape (4, 5), expected (4, 6)"), Error);
+}
+
+TEST_CASE("rope: HF half-rotation layout against a complex rotation; backward inverts forward") {
+  Rng rng(22);
+  const Index N = 6, H = 3, D = 8;
+  const std::vector<int> positions{0, 5, 2, 9, 1, 30};  // not sorted, not 0..N-1
+  for (double theta : {10000.0, 500000.0}) {
+    INFO("theta ", theta);
+    const ops::RopeTable<double> table(D, 32, theta);
+    MatrixD x = random_matrix(rng, N, H * D);
+    MatrixD y(N, H * D);
+    ops::rope_forward<double>(y, x, positions, table, H);
+    // Independent formula: the pair (x_i, x_{i+D/2}) as the complex number x_i + i x_{i+D/2},
+    // multiplied by exp(i pos theta^(-2i/D)).
+    for (Index n = 0; n < N; ++n) {
+      for (Index h = 0; h < H; ++h) {
+        for (Index i = 0; i < D / 2; ++i) {
+          const double angle = positions[n] * std::pow(theta, -2.0 * double(i) / double(D));
+          const std::complex<double> z(x(n, h * D + i), x(n, h * D + i + D / 2));
+          const std::complex<double> r = z * std::polar(1.0, angle);
+          CHECK(y(n, h * D + i) == doctest::Approx(r.real()).epsilon(1e-13));
+          CHECK(y(n, h * D + i + D / 2) == doctest::Approx(r.imag()).epsilon(1e-13));
+        }
+      }
+    }
+    // In place gives the same; backward of the forward's output is the input (a rotation).
+    MatrixD z = x;
+    ops::rope_forward<double>(z, z, positions, table, H);
+    CHECK(z.isApprox(y, 0.0));
+    MatrixD back(N, H * D);
+    ops::rope_backward<double>(back, y, positions, table, H);
+    CHECK(back.isApprox(x, 1e-14));
+    ops::rope_backward<double>(z, z, positions, table, H);
+    CHECK(z.isApprox(back, 0.0));
+
+    const MatrixD G = random_matrix(rng, N, H * D);
+    auto loss = [&] {
+      ops::rope_forward<double>(y, x, positions, table, H);
+      return linear_functional(y, G);
+    };
+    MatrixD dx(N, H * D);
+    ops::rope_backward<double>(dx, G, positions, table, H);
+    std::vector<GradTarget> targets{{"x", &x, dx}};
+    SORA_CHECK_GRADS(gradcheck(loss, targets), 1e-7);
+  }
+
+  // The point of RoPE: the score of q at position m and k at position n depends on m - n only.
+  const ops::RopeTable<double> table(D, 64);
+  const MatrixD q = random_matrix(rng, 1, D), k = random_matrix(rng, 1, D);
+  auto score = [&](int m, int n) {
+    MatrixD qr(1, D), kr(1, D);
+    ops::rope_forward<double>(qr, q, std::vector<int>{m}, table, 1);
+    ops::rope_forward<double>(kr, k, std::vector<int>{n}, table, 1);
+    return qr.row(0).dot(kr.row(0));
+  };
+  CHECK(score(7, 3) == doctest::Approx(score(40, 36)).epsilon(1e-12));
+  CHECK(score(3, 7) == doctest::Approx(score(20, 24)).epsilon(1e-12));
+  CHECK(score(5, 5) == doctest::Approx(q.row(0).dot(k.row(0))).epsilon(1e-12));
+
+  // A float table rounds the angle as transformers does in float32; cos and sin stay close.
+  const ops::RopeTable<float> table_f(D, 32);
+  CHECK((table_f.cos.cast<double>() - table.cos.topRows(32)).cwiseAbs().maxCoeff() < 1e-5);
+  CHECK((table_f.sin.cast<double>() - table.sin.topRows(32)).cwiseAbs().maxCoeff() < 1e-5);
+  CHECK(ops::rope_positions(2, 3) == std::vector<int>{0, 1, 2, 0, 1, 2});
+
+  // Shapes and position ids.
+  const ops::RopeTable<double> small(D, 16);
+  MatrixD x(N, H * D), out(N, H * D), wrong(N, H * D + 2);
+  x.setZero();
+  CHECK_THROWS_WITH_AS(ops::rope_forward<double>(wrong, wrong, positions, small, H),
+                       doctest::Contains("rope_forward: inp has 26 columns, expected heads * "
+                                         "head_dim = 3 * 8 = 24"),
+                       Error);
+  CHECK_THROWS_WITH_AS(ops::rope_forward<double>(wrong, x, ops::rope_positions(2, 3), small, H),
+                       doctest::Contains("out has shape (6, 26), expected (6, 24)"), Error);
+  CHECK_THROWS_WITH_AS(ops::rope_forward<double>(out, x, std::vector<int>{0, 1}, small, H),
+                       doctest::Contains("2 position ids for 6 tokens"), Error);
+  CHECK_THROWS_WITH_AS(
+      ops::rope_forward<double>(out, x, positions, small, H),
+      doctest::Contains("position id 30 of token 5 is outside the table's [0, 16)"), Error);
+  CHECK_THROWS_WITH_AS(
+      ops::rope_backward<double>(out, x, std::vector<int>{0, 1, 2, 3, 4, -1}, small, H),
+      doctest::Contains("rope_backward: position id -1"), Error);
+  CHECK_THROWS_WITH_AS(ops::RopeTable<double>(7, 16), doctest::Contains("positive and even, got 7"),
+                       Error);
+}
+
+TEST_CASE("swiglu: forward matches silu(gate) * up; gate and up gradients match") {
+  Rng rng(23);
+  const Index N = 5, F = 7;
+  MatrixD gate = random_matrix(rng, N, F, 2.0), up = random_matrix(rng, N, F);
+  const MatrixD G = random_matrix(rng, N, F);
+  MatrixD out(N, F);
+  auto loss = [&] {
+    ops::swiglu_forward<double>(out, gate, up);
+    return linear_functional(out, G);
+  };
+  loss();
+  for (Index n = 0; n < N; ++n)
+    for (Index f = 0; f < F; ++f)
+      CHECK(out(n, f) ==
+            doctest::Approx(gate(n, f) / (1.0 + std::exp(-gate(n, f))) * up(n, f)).epsilon(1e-14));
+  MatrixD dgate(N, F), dup(N, F);
+  ops::swiglu_backward<double>(dgate, dup, G, gate, up);
+  std::vector<GradTarget> targets{{"gate", &gate, dgate}, {"up", &up, dup}};
+  SORA_CHECK_GRADS(gradcheck(loss, targets), 1e-6);
+  // Either gradient alone; a gradient written over dout (aliasing) gives the same values.
+  MatrixD dgate_only(N, F), dup_alias = G;
+  ops::swiglu_backward<double>(dgate_only, absent<double>(), G, gate, up);
+  ops::swiglu_backward<double>(absent<double>(), dup_alias, dup_alias, gate, up);
+  CHECK(dgate_only.isApprox(dgate, 0.0));
+  CHECK(dup_alias.isApprox(dup, 0.0));
+
+  // Saturated gates in float: silu(-200) is -0, its gradient 0, never NaN.
+  MatrixF gf(1, 3), uf = MatrixF::Ones(1, 3), of(1, 3), dgf(1, 3), duf(1, 3);
+  gf << -200.0f, 200.0f, 0.0f;
+  ops::swiglu_forward<float>(of, gf, uf);
+  ops::swiglu_backward<float>(dgf, duf, uf, gf, uf);
+  CHECK(of.allFinite());
+  CHECK(dgf.allFinite());
+  CHECK(of(0, 0) == 0.0f);
+  CHECK(of(0, 1) == 200.0f);
+  CHECK(dgf(0, 1) == 1.0f);
+  CHECK(dgf(0, 2) == 0.5f);
+
+  MatrixD bad(N, F + 1);
+  CHECK_THROWS_WITH_AS(ops::swiglu_forward<double>(out, gate, bad),
+                       doctest::Contains("swiglu_forward: up has shape (5, 8), expected (5, 7)"),
+                       Error);
+  CHECK_THROWS_WITH_AS(
+      ops::swiglu_backward<double>(bad, dup, G, gate, up),
+      doctest::Contains("swiglu_backward: dgate has shape (5, 8), expected (5, 7)"), Error);
+}
+
+namespace {
+// transformers' repeat_kv: kv head g repeated H / Hkv times in a row, (N, Hkv D) -> (N, H D).
+MatrixD repeat_kv(const MatrixD& kv, Index H, Index Hkv, Index D) {
+  MatrixD out(kv.rows(), H * D);
+  for (Index h = 0; h < H; ++h) out.middleCols(h * D, D) = kv.middleCols(h / (H / Hkv) * D, D);
+  return out;
+}
+// The inverse: each kv head's gradient is the sum over its group's query heads.
+MatrixD sum_kv(const MatrixD& d, Index H, Index Hkv, Index D) {
+  MatrixD out = MatrixD::Zero(d.rows(), Hkv * D);
+  for (Index h = 0; h < H; ++h) out.middleCols(h / (H / Hkv) * D, D) += d.middleCols(h * D, D);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("grouped-query attention: equals attention on repeated k/v; gradients match") {
+  Rng rng(24);
+  const Index B = 2, T = 4, H = 4, D = 3, N = B * T, C = H * D;
+  MatrixD mask = MatrixD::Ones(B, T);
+  mask(1, 0) = 0;  // left padding
+  for (Index Hkv : {Index(4), Index(2), Index(1)}) {
+    for (bool causal : {true, false}) {
+      INFO("Hkv ", Hkv, ", causal ", causal);
+      const Index Ckv = Hkv * D;
+      MatrixD q = random_matrix(rng, N, C), k = random_matrix(rng, N, Ckv),
+              v = random_matrix(rng, N, Ckv);
+      const MatrixD G = random_matrix(rng, N, C);
+      MatrixD out(N, C), att(B * H * T, T);
+      auto loss = [&] {
+        ops::attention_forward<double>(out, att, q, k, v, mask, B, T, H, Hkv, causal);
+        return linear_functional(out, G);
+      };
+      loss();
+      // Reference: multi-head attention on repeat_kv(k), repeat_kv(v).
+      const MatrixD k_rep = repeat_kv(k, H, Hkv, D), v_rep = repeat_kv(v, H, Hkv, D);
+      MatrixD out_ref(N, C), att_ref(B * H * T, T);
+      ops::attention_forward<double>(out_ref, att_ref, q, k_rep, v_rep, mask, B, T, H, causal);
+      CHECK(out.isApprox(out_ref, 1e-14));
+      CHECK(att.isApprox(att_ref, 1e-14));
+
+      // Garbage in dk/dv must not leak into the result (the first head of a group writes).
+      MatrixD dq(N, C), dk = MatrixD::Constant(N, Ckv, 7.0), dv = MatrixD::Constant(N, Ckv, 7.0),
+                        datt(B * H * T, T);
+      ops::attention_backward<double>(dq, dk, dv, datt, G, q, k, v, att, B, T, H, Hkv);
+      MatrixD dq_ref(N, C), dk_ref(N, C), dv_ref(N, C), datt_ref(B * H * T, T);
+      ops::attention_backward<double>(dq_ref, dk_ref, dv_ref, datt_ref, G, q, k_rep, v_rep, att_ref,
+                                      B, T, H);
+      CHECK(dq.isApprox(dq_ref, 1e-13));
+      CHECK(dk.isApprox(sum_kv(dk_ref, H, Hkv, D), 1e-13));
+      CHECK(dv.isApprox(sum_kv(dv_ref, H, Hkv, D), 1e-13));
+
+      std::vector<GradTarget> targets{{"q", &q, dq}, {"k", &k, dk}, {"v", &v, dv}};
+      SORA_CHECK_GRADS(gradcheck(loss, targets), 1e-6);
+    }
+  }
+
+  MatrixD q(N, C), kv3(N, 3 * D), kv2(N, 2 * D), out(N, C), att(B * H * T, T);
+  q.setZero();
+  CHECK_THROWS_WITH_AS(
+      ops::attention_forward<double>(out, att, q, kv3, kv3, absent<double>(), B, T, H, 3, false),
+      doctest::Contains("H=4 query heads are not a multiple of Hkv=3 key/value heads"), Error);
+  CHECK_THROWS_WITH_AS(
+      ops::attention_forward<double>(out, att, q, kv3, kv3, absent<double>(), B, T, H, 2, false),
+      doctest::Contains("attention_forward: k has shape (8, 9), expected (8, 6)"), Error);
+  MatrixD dq(N, C), datt(B * H * T, T);
+  CHECK_THROWS_WITH_AS(
+      ops::attention_backward<double>(dq, kv3, kv2, datt, q, q, kv2, kv2, att, B, T, H, 2),
+      doctest::Contains("attention_backward: dk has shape (8, 9), expected (8, 6)"), Error);
 }

@@ -7,3 +7,5 @@
 #include "sora/nn/layernorm.hpp"
 #include "sora/nn/linear.hpp"
 #include "sora/nn/mlp.hpp"
+#include "sora/nn/rmsnorm.hpp"
+#include "sora/nn/swiglu_mlp.hpp"

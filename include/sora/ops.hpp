@@ -9,3 +9,6 @@
 #include "sora/ops/linear.hpp"
 #include "sora/ops/loss.hpp"
 #include "sora/ops/pool.hpp"
+#include "sora/ops/rmsnorm.hpp"
+#include "sora/ops/rope.hpp"
+#include "sora/ops/swiglu.hpp"

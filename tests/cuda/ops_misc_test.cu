@@ -1,10 +1,10 @@
 // The non-GEMM op twins of cuda/ops/ against their CPU references in ops/: embedding,
 // position embedding, layernorm, GELU (both forms), tanh, softmax, dropout, residual,
-// cross-entropy, MSE, gather / scatter of rows. For every op: random inputs in float and
-// double, every output and gradient, accumulation (+=) on pre-filled buffers, absent optional
-// arguments, the in-place forms the model uses, strided views, odd sizes (N = 37 is not a
-// multiple of the 8 rows of a block, C = 24 and C = 23 leave lanes and packs partly used), and
-// bad ids / wrong shapes throwing sora::Error with the CPU's message.
+// cross-entropy, MSE, gather / scatter of rows, and the LLaMA family's RMSNorm, RoPE and SwiGLU.
+// For every op: random inputs in float and double, every output and gradient, accumulation (+=) on
+// pre-filled buffers, absent optional arguments, the in-place forms the model uses, strided views,
+// odd sizes (N = 37 is not a multiple of the 8 rows of a block, C = 24 and C = 23 leave lanes and
+// packs partly used), and bad ids / wrong shapes throwing sora::Error with the CPU's message.
 //
 // Tolerances (scaled_error, relative to the largest reference element): 1e-12 in double,
 // 1e-5 in float. The two backends sum in different orders and their exp / tanh / erf differ
@@ -30,6 +30,9 @@
 #include "sora/cuda/ops/layernorm.cuh"
 #include "sora/cuda/ops/loss.cuh"
 #include "sora/cuda/ops/pool.cuh"
+#include "sora/cuda/ops/rmsnorm.cuh"
+#include "sora/cuda/ops/rope.cuh"
+#include "sora/cuda/ops/swiglu.cuh"
 #include "sora/cuda/tensor.cuh"
 #include "sora/ops/activation.hpp"
 #include "sora/ops/dropout.hpp"
@@ -37,6 +40,9 @@
 #include "sora/ops/layernorm.hpp"
 #include "sora/ops/loss.hpp"
 #include "sora/ops/pool.hpp"
+#include "sora/ops/rmsnorm.hpp"
+#include "sora/ops/rope.hpp"
+#include "sora/ops/swiglu.hpp"
 #include "support.cuh"
 
 namespace {
@@ -869,4 +875,161 @@ TEST_CASE_TEMPLATE("cuda ops/gather and scatter rows against CPU", T, float, dou
                    cu::gather_rows<T>(d_wide, d_inp, d_rows));
   CHECK_SAME_ERROR(ops::scatter_rows<T>(h_dinp, h_wide, rows),
                    cu::scatter_rows<T>(d_dinp, d_wide, d_rows));
+}
+
+// ---------------------------------------------------------------------------------------------
+// LLaMA family: RMSNorm, RoPE, SwiGLU
+
+TEST_CASE_TEMPLATE("cuda ops/rmsnorm against CPU", T, float, double) {
+  const Index N = 37;
+  for (const Index C : {Index(24), Index(100)}) {  // fewer channels than lanes, and several
+    CAPTURE(C);
+    const Matrix<T> x = random_matrix<T>(N, C, 130, 2.0);
+    const Matrix<T> weight = (random_matrix<T>(1, C, 131, 0.3).array() + T(1)).matrix();
+    const auto d_x = dev(x);
+    const auto d_w = dev(weight);
+    const T eps = T(1e-6);
+
+    Matrix<T> out(N, C), rstd(N, 1);
+    ops::rmsnorm_forward<T>(out, rstd, x, weight, eps);
+    cu::DeviceTensor<T> d_out(N, C), d_rstd(N, 1);
+    cu::rmsnorm_forward<T>(d_out, d_rstd, d_x, d_w, eps);
+    CHECK_TWIN(host(d_out), out, tol<T>());
+    CHECK_TWIN(host(d_rstd), rstd, tol<T>());
+
+    // Strided input and output; in place.
+    auto s_x = strided<T>(x, 132);
+    auto s_out = strided<T>(Matrix<T>::Zero(N, C).eval(), 133);
+    cu::DeviceTensor<T> d_rstd2(N, 1);
+    cu::rmsnorm_forward<T>(s_out.view, d_rstd2, s_x.view, d_w, eps);
+    CHECK_TWIN(host(s_out.view), out, tol<T>());
+    auto d_inplace = dev(x);
+    cu::rmsnorm_forward<T>(d_inplace, d_rstd2, d_inplace, d_w, eps);
+    CHECK_TWIN(host(d_inplace), out, tol<T>());
+
+    // Backward: dinp overwritten, dweight accumulated into a pre-filled buffer; each alone.
+    const Matrix<T> dout = random_matrix<T>(N, C, 134);
+    const auto d_dout = dev(dout);
+    const Matrix<T> dw0 = random_matrix<T>(1, C, 135);
+    Matrix<T> dinp(N, C), dw = dw0;
+    ops::rmsnorm_backward<T>(dinp, dw, dout, x, weight, rstd);
+    cu::DeviceTensor<T> d_dinp = dev(random_matrix<T>(N, C, 136));
+    auto d_dw = dev(dw0);
+    cu::rmsnorm_backward<T>(d_dinp, d_dw, d_dout, d_x, d_w, d_rstd);
+    CHECK_TWIN(host(d_dinp), dinp, tol<T>());
+    CHECK_TWIN(host(d_dw), dw, tol<T>());
+    const cu::DeviceView<T> none;
+    {
+      auto a_dw = dev(dw0);
+      cu::rmsnorm_backward<T>(none, a_dw, d_dout, d_x, d_w, d_rstd);
+      CHECK_TWIN(host(a_dw), dw, tol<T>());
+      cu::DeviceTensor<T> a_dinp(N, C);
+      cu::rmsnorm_backward<T>(a_dinp, none, d_dout, d_x, d_w, d_rstd);
+      CHECK_TWIN(host(a_dinp), dinp, tol<T>());
+    }
+    {
+      auto s_dout = strided<T>(dout, 137);
+      auto a_dw = dev(dw0);
+      cu::rmsnorm_backward<T>(s_dout.view, a_dw, s_dout.view, s_x.view, d_w, d_rstd);  // in place
+      CHECK_TWIN(host(s_dout.view), dinp, tol<T>());
+      CHECK_TWIN(host(a_dw), dw, tol<T>());
+    }
+
+    Matrix<T> h_out(N, C), h_rstd(N, 1), short_w(1, C - 1), bad_dinp(N, C + 1), h_dw = dw0;
+    cu::DeviceTensor<T> d_short_w(1, C - 1), d_bad_dinp(N, C + 1);
+    CHECK_SAME_ERROR(ops::rmsnorm_forward<T>(h_out, h_rstd, x, short_w, eps),
+                     cu::rmsnorm_forward<T>(d_out, d_rstd, d_x, d_short_w, eps));
+    CHECK_SAME_ERROR(ops::rmsnorm_backward<T>(bad_dinp, h_dw, dout, x, weight, rstd),
+                     cu::rmsnorm_backward<T>(d_bad_dinp, d_dw, d_dout, d_x, d_w, d_rstd));
+  }
+}
+
+TEST_CASE_TEMPLATE("cuda ops/rope against CPU", T, float, double) {
+  // 37 tokens, 3 heads of 10 channels (5 pairs: lanes partly used); positions out of order.
+  const Index N = 37, H = 3, D = 10, C = H * D;
+  const ops::RopeTable<T> table(D, 64, 500000.0);
+  const cu::DeviceRopeTable<T> d_table(table);
+  const std::vector<int> positions = random_ids(N, 64, 140);
+  const cu::DeviceIndices d_positions = indices(positions);
+  const Matrix<T> x = random_matrix<T>(N, C, 141);
+  const auto d_x = dev(x);
+
+  Matrix<T> out(N, C), back(N, C);
+  ops::rope_forward<T>(out, x, positions, table, H);
+  ops::rope_backward<T>(back, x, positions, table, H);
+  cu::DeviceTensor<T> d_out(N, C), d_back(N, C);
+  cu::rope_forward<T>(d_out, d_x, d_positions, d_table, H);
+  cu::rope_backward<T>(d_back, d_x, d_positions, d_table, H);
+  CHECK_TWIN(host(d_out), out, tol<T>());
+  CHECK_TWIN(host(d_back), back, tol<T>());
+
+  // In place and strided (q and k are column blocks of one fused projection in a model).
+  auto d_inplace = dev(x);
+  cu::rope_forward<T>(d_inplace, d_inplace, d_positions, d_table, H);
+  CHECK_TWIN(host(d_inplace), out, tol<T>());
+  auto s_x = strided<T>(x, 142);
+  cu::rope_backward<T>(s_x.view, s_x.view, d_positions, d_table, H);
+  CHECK_TWIN(host(s_x.view), back, tol<T>());
+
+  // Key/value heads: the same table on fewer heads.
+  const Matrix<T> k = random_matrix<T>(N, D, 143);
+  Matrix<T> k_out(N, D);
+  ops::rope_forward<T>(k_out, k, positions, table, 1);
+  const auto d_k = dev(k);
+  cu::DeviceTensor<T> d_k_out(N, D);
+  cu::rope_forward<T>(d_k_out, d_k, d_positions, d_table, 1);
+  CHECK_TWIN(host(d_k_out), k_out, tol<T>());
+
+  Matrix<T> h_out(N, C), h_bad(N, C + 2);
+  cu::DeviceTensor<T> d_bad(N, C + 2);
+  std::vector<int> far = positions;
+  far[5] = 64;
+  const cu::DeviceIndices d_far = indices(far), d_short = indices({0, 1});
+  CHECK_SAME_ERROR(ops::rope_forward<T>(h_bad, h_bad, positions, table, H),
+                   cu::rope_forward<T>(d_bad, d_bad, d_positions, d_table, H));
+  CHECK_SAME_ERROR(ops::rope_forward<T>(h_bad, x, positions, table, H),
+                   cu::rope_forward<T>(d_bad, d_x, d_positions, d_table, H));
+  CHECK_SAME_ERROR(ops::rope_forward<T>(h_out, x, far, table, H),
+                   cu::rope_forward<T>(d_out, d_x, d_far, d_table, H));
+  CHECK_SAME_ERROR(ops::rope_backward<T>(h_out, x, std::vector<int>{0, 1}, table, H),
+                   cu::rope_backward<T>(d_out, d_x, d_short, d_table, H));
+}
+
+TEST_CASE_TEMPLATE("cuda ops/swiglu against CPU", T, float, double) {
+  const Index N = 37, F = 23;
+  Matrix<T> gate = random_matrix<T>(N, F, 150, 3.0);
+  gate(0, 0) = T(-200);  // exp(200) overflows in float: silu is -0, not NaN
+  gate(0, 1) = T(200);
+  const Matrix<T> up = random_matrix<T>(N, F, 151), dout = random_matrix<T>(N, F, 152);
+  const auto d_gate = dev(gate);
+  const auto d_up = dev(up);
+  const auto d_dout = dev(dout);
+
+  Matrix<T> out(N, F), dgate(N, F), dup(N, F);
+  ops::swiglu_forward<T>(out, gate, up);
+  ops::swiglu_backward<T>(dgate, dup, dout, gate, up);
+  cu::DeviceTensor<T> d_out(N, F), d_dgate(N, F), d_dup(N, F);
+  cu::swiglu_forward<T>(d_out, d_gate, d_up);
+  cu::swiglu_backward<T>(d_dgate, d_dup, d_dout, d_gate, d_up);
+  CHECK(host(d_out).allFinite());
+  CHECK_TWIN(host(d_out), out, tol<T>());
+  CHECK_TWIN(host(d_dgate), dgate, tol<T>());
+  CHECK_TWIN(host(d_dup), dup, tol<T>());
+
+  // Either gradient alone, written over dout (in place), on strided views.
+  const cu::DeviceView<T> none;
+  auto s_dout = strided<T>(dout, 153);
+  auto s_gate = strided<T>(gate, 154);
+  cu::swiglu_backward<T>(s_dout.view, none, s_dout.view, s_gate.view, d_up);
+  CHECK_TWIN(host(s_dout.view), dgate, tol<T>());
+  auto a_dout = dev(dout);
+  cu::swiglu_backward<T>(none, a_dout, a_dout, d_gate, d_up);
+  CHECK_TWIN(host(a_dout), dup, tol<T>());
+
+  Matrix<T> h_bad(N, F + 1);
+  cu::DeviceTensor<T> d_bad(N, F + 1);
+  CHECK_SAME_ERROR(ops::swiglu_forward<T>(out, gate, h_bad),
+                   cu::swiglu_forward<T>(d_out, d_gate, d_bad));
+  CHECK_SAME_ERROR(ops::swiglu_backward<T>(h_bad, dup, dout, gate, up),
+                   cu::swiglu_backward<T>(d_bad, d_dup, d_dout, d_gate, d_up));
 }

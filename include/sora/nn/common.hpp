@@ -29,6 +29,9 @@
 #include "sora/ops/linear.hpp"
 #include "sora/ops/loss.hpp"
 #include "sora/ops/pool.hpp"
+#include "sora/ops/rmsnorm.hpp"
+#include "sora/ops/rope.hpp"
+#include "sora/ops/swiglu.hpp"
 
 namespace sora::nn {
 
@@ -66,7 +69,13 @@ using ops::position_embedding_backward;
 using ops::position_embedding_forward;
 using ops::residual_backward;
 using ops::residual_forward;
+using ops::rmsnorm_backward;
+using ops::rmsnorm_forward;
+using ops::rope_backward;
+using ops::rope_forward;
 using ops::scatter_rows;
+using ops::swiglu_backward;
+using ops::swiglu_forward;
 using ops::tanh_backward;
 using ops::tanh_forward;
 }  // namespace op_names
