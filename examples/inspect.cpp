@@ -196,9 +196,9 @@ bool print_adapter(const fs::path& dir, bool stats) {
 // The module kind of a Hugging Face parameter name, for the counts.
 std::string module_kind(const std::string& name) {
   auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
-  if (has("LayerNorm") || has("ln_")) return "layernorm";
-  if (has("embeddings") || has("wte.") || has("wpe.")) return "embeddings";
-  if (has("attention") || has(".attn.")) return "attention";
+  if (has("LayerNorm") || has("ln_") || has("norm.")) return "norm";
+  if (has("embeddings") || has("wte.") || has("wpe.") || has("embed_tokens")) return "embeddings";
+  if (has("attention") || has(".attn.") || has("self_attn")) return "attention";
   if (has("intermediate") || has("output.dense") || has(".mlp.")) return "mlp";
   return "head";
 }

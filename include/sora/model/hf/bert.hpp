@@ -43,6 +43,7 @@ namespace sora::model::hf {
 // PEFT's default targets for the family (its TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
 inline std::vector<std::string> default_targets(Family family) {
   if (family == Family::gpt2) return {"c_attn"};
+  if (family == Family::llama) return {"q_proj", "v_proj"};
   return {"query", "value"};
 }
 

@@ -2,9 +2,10 @@
 // A Hugging Face `config.json`, read into the one struct every supported family builds from.
 //
 // Supported `model_type`s: bert and roberta (the BERT family: post-LayerNorm encoders, MiniLM
-// included) and gpt2 (pre-LayerNorm decoder, fused c_attn, Conv1D weights). The reader collects
-// every problem of a file (an unsupported model_type, a missing or mistyped field, a value out of
-// range) and throws them together in one sora::Error that names the file, so a user fixing a
+// included), gpt2 (pre-LayerNorm decoder, fused c_attn, Conv1D weights), and llama, mistral and
+// qwen2 (the LLaMA family: RMSNorm, rotary positions, SwiGLU, grouped-query attention). The reader
+// collects every problem of a file (an unsupported model_type, a missing or mistyped field, a value
+// out of range) and throws them together in one sora::Error that names the file, so a user fixing a
 // hand-written config sees all of it at once.
 //
 // Fields follow `transformers`' names and defaults (BertConfig, RobertaConfig); a field the
@@ -25,7 +26,7 @@
 
 namespace sora::model::hf {
 
-enum class Family { bert, roberta, gpt2 };
+enum class Family { bert, roberta, gpt2, llama };
 
 inline const char* family_name(Family f) {
   switch (f) {
@@ -35,6 +36,8 @@ inline const char* family_name(Family f) {
       return "roberta";
     case Family::gpt2:
       return "gpt2";
+    case Family::llama:
+      return "llama";
   }
   return "?";
 }
@@ -67,7 +70,17 @@ struct HfConfig {
   int pad_token_id = 0;             // -1: none (GPT-2's default)
   bool causal = false;              // decoder (GPT-2) or encoder (BERT) attention
   bool tie_word_embeddings = true;  // a causal LM head that reuses the token embedding
-  Index num_labels = 2;             // from id2label when present, as transformers counts them
+  // The LLaMA family.
+  Index num_kv_heads = 0;  // grouped-query attention: key/value heads (0: num_heads)
+  Index head_dim = 0;      // per head (0: hidden_size / num_heads)
+  double rope_theta = 10000.0;
+  bool attention_bias = false;  // q, k, v (and o) biases: Qwen2 has q, k, v ones
+  bool o_bias = false;
+  bool mlp_bias = false;
+  Index sliding_window = 0;  // Mistral: longer sequences are refused (0: none)
+  Index kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
+  Index dim_per_head() const { return head_dim > 0 ? head_dim : hidden_size / num_heads; }
+  Index num_labels = 2;  // from id2label when present, as transformers counts them
   // RoBERTa numbers positions from pad_token_id + 1 (position_ids of padding are
   // pad_token_id); BERT from 0.
   Index position_offset() const { return family == Family::roberta ? pad_token_id + 1 : 0; }
@@ -196,18 +209,65 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
     if (const auto it = j.find("scale_attn_by_inverse_layer_idx");
         it != j.end() && it->is_boolean() && it->get<bool>())
       f.problems.push_back("scale_attn_by_inverse_layer_idx = true is not supported");
+  } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2") {
+    // LlamaConfig / MistralConfig / Qwen2Config: the same structure, their own defaults.
+    c.family = Family::llama;
+    c.causal = true;
+    c.pad_token_id = -1;
+    c.type_vocab_size = 1;
+    c.layer_norm_eps = 1e-6;
+    c.hidden_dropout = 0.0;  // LLaMA has no residual or embedding dropout
+    c.tie_word_embeddings = false;
+    c.max_position_embeddings = 2048;
+    f.required("vocab_size", c.vocab_size);
+    f.required("hidden_size", c.hidden_size);
+    f.required("intermediate_size", c.intermediate_size);
+    f.required("num_hidden_layers", c.num_layers);
+    f.required("num_attention_heads", c.num_heads);
+    f.optional("num_key_value_heads", c.num_kv_heads);
+    f.optional("head_dim", c.head_dim);
+    f.optional("max_position_embeddings", c.max_position_embeddings);
+    f.optional("rms_norm_eps", c.layer_norm_eps);
+    f.optional("rope_theta", c.rope_theta);
+    f.optional("attention_dropout", c.attention_dropout);
+    f.optional("pad_token_id", c.pad_token_id);
+    auto flag = [&](const char* key, bool& out) {
+      if (const auto it = j.find(key); it != j.end() && !it->is_null()) {
+        if (it->is_boolean())
+          out = it->get<bool>();
+        else
+          f.problems.push_back(detail::concat("field '", key, "' must be true or false"));
+      }
+    };
+    if (c.model_type == "qwen2") c.attention_bias = true;  // Qwen2: q, k, v biases, none on o
+    flag("attention_bias", c.attention_bias);
+    c.o_bias = c.model_type == "llama" && c.attention_bias;
+    flag("mlp_bias", c.mlp_bias);
+    if (c.model_type == "mistral") f.optional("sliding_window", c.sliding_window);
+    bool sliding = false;
+    flag("use_sliding_window", sliding);
+    if (c.model_type == "qwen2" && sliding) f.optional("sliding_window", c.sliding_window);
+    if (const auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
+      f.problems.push_back("rope_scaling is not supported (plain rotary positions only)");
   } else if (!c.model_type.empty()) {
     f.problems.push_back(detail::concat("unsupported model_type '", c.model_type,
-                                        "' (sora loads bert, roberta and gpt2)"));
+                                        "' (sora loads bert, roberta, gpt2, llama, mistral and "
+                                        "qwen2)"));
   }
   if (const auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean())
     c.tie_word_embeddings = it->get<bool>();
   f.optional("classifier_dropout", c.classifier_dropout);
   f.optional("initializer_range", c.initializer_range);
 
-  std::string act = c.family == Family::gpt2 ? "gelu_new" : "gelu";
+  std::string act = c.family == Family::gpt2    ? "gelu_new"
+                    : c.family == Family::llama ? "silu"
+                                                : "gelu";
   f.optional(c.family == Family::gpt2 ? "activation_function" : "hidden_act", act);
-  if (act == "gelu") {
+  if (c.family == Family::llama) {
+    if (act != "silu")
+      f.problems.push_back(detail::concat("unsupported hidden_act '", act,
+                                          "' (the LLaMA family's MLP is SwiGLU: silu)"));
+  } else if (act == "gelu") {
     c.gelu = ops::Gelu::exact;
   } else if (act == "gelu_new" || act == "gelu_pytorch_tanh") {
     c.gelu = ops::Gelu::tanh;
@@ -237,7 +297,19 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
   check_positive(p, "max_position_embeddings", c.max_position_embeddings);
   check_positive(p, "type_vocab_size", c.type_vocab_size);
   check_positive(p, "num_labels", c.num_labels);
-  if (c.num_heads > 0 && c.hidden_size > 0 && c.hidden_size % c.num_heads != 0)
+  if (c.family == Family::llama) {
+    if (c.num_kv_heads < 0 || (c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads != 0))
+      p.push_back(detail::concat("num_attention_heads ", c.num_heads,
+                                 " is not a multiple of num_key_value_heads ", c.num_kv_heads));
+    if (c.head_dim < 0 || (c.num_heads > 0 && c.dim_per_head() % 2 != 0))
+      p.push_back(
+          detail::concat("the head dimension must be positive and even for rotary "
+                         "positions, got ",
+                         c.num_heads > 0 ? c.dim_per_head() : 0));
+    if (!(c.rope_theta > 0.0))
+      p.push_back(detail::concat("field 'rope_theta' must be positive, got ", c.rope_theta));
+  }
+  if (c.head_dim == 0 && c.num_heads > 0 && c.hidden_size > 0 && c.hidden_size % c.num_heads != 0)
     p.push_back(detail::concat("hidden_size ", c.hidden_size, " does not split into ", c.num_heads,
                                " attention heads"));
   if (!(c.layer_norm_eps > 0.0))
@@ -252,8 +324,7 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
   if (c.family == Family::roberta && c.max_position_embeddings <= c.position_offset())
     p.push_back(detail::concat("max_position_embeddings ", c.max_position_embeddings,
                                " leaves no position after RoBERTa's offset ", c.position_offset()));
-  if (c.pad_token_id < (c.family == Family::gpt2 ? -1 : 0) ||
-      (c.vocab_size > 0 && c.pad_token_id >= c.vocab_size))
+  if (c.pad_token_id < (c.causal ? -1 : 0) || (c.vocab_size > 0 && c.pad_token_id >= c.vocab_size))
     p.push_back(detail::concat("pad_token_id ", c.pad_token_id, " is not a token of the ",
                                c.vocab_size, "-token vocabulary"));
 

@@ -9,6 +9,7 @@
 #include "sora/model/hf/bert.hpp"
 #include "sora/model/hf/config.hpp"
 #include "sora/model/hf/gpt2.hpp"
+#include "sora/model/hf/llama.hpp"
 #include "sora/model/hf/weights.hpp"
 
 namespace sora::model::hf {
@@ -36,13 +37,14 @@ std::unique_ptr<Model> from_pretrained(const std::filesystem::path& dir,
   return model;
 }
 
-// Loads whatever family the folder holds and calls fn(model) with it (BertModel<T> or
-// Gpt2Model<T>), returning what fn returns: code written once for every family.
+// Loads whatever family the folder holds and calls fn(model) with it (BertModel<T>,
+// Gpt2Model<T> or LlamaModel<T>), returning what fn returns: code written once for every family.
 template <class T, class Fn>
 decltype(auto) with_pretrained(const std::filesystem::path& dir, const LoadOptions& options,
                                Fn&& fn, WeightsReport* report = nullptr) {
   const Family family = read_config(dir).family;
   if (family == Family::gpt2) return fn(*from_pretrained<Gpt2Model<T>>(dir, options, report));
+  if (family == Family::llama) return fn(*from_pretrained<LlamaModel<T>>(dir, options, report));
   SORA_CHECK(options.task != Task::causal_lm, dir.string(), ": a ", family_name(family),
              " model is an encoder; it has no causal LM head");
   return fn(*from_pretrained<BertModel<T>>(dir, options, report));

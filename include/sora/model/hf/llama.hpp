@@ -1,0 +1,459 @@
+#pragma once
+// The LLaMA family (LLaMA, Mistral, Qwen2) as `transformers` computes it, from library blocks:
+//
+//   x = embed_tokens[ids]                                                     (N, C)
+//   L x LlamaLayer:
+//     mid = x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = RMSNorm(x)
+//     out = mid + down_proj(silu(gate_proj(m)) * up_proj(m)),                    m = RMSNorm(mid)
+//   h = norm(x)                                                               (N, C) hidden
+//   causal LM:               logits = h lm_head^T (or embed_tokens^T when tied)  (N, V)
+//   sequence classification: logits = score(h[last token before the first pad])  (B, K)
+//
+// Grouped-query attention: H query heads of D channels, Hkv key/value heads, query head h
+// reading kv head h / (H / Hkv) (transformers' repeat_kv). Rotary positions in transformers'
+// half-rotation layout, positions 0..T-1 (right padding), base rope_theta. Causal, with the
+// padding mask on keys. No dropout (LLaMA's default attention_dropout is 0; a config with
+// another value is trained without it).
+//
+// Names are the checkpoint's: model.layers.0.self_attn.q_proj.weight, model.norm.weight,
+// lm_head.weight, score.weight (without "model." for the bare model). CPU backend.
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sora/model/config.hpp"
+#include "sora/model/hf/config.hpp"
+#include "sora/model/peft.hpp"
+#include "sora/nn/adapter.hpp"
+#include "sora/nn/embedding.hpp"
+#include "sora/nn/rmsnorm.hpp"
+#include "sora/nn/swiglu_mlp.hpp"
+#include "sora/ops/attention.hpp"
+#include "sora/ops/loss.hpp"
+#include "sora/ops/rope.hpp"
+
+namespace sora::model::hf {
+
+// Self-attention with rotary positions and grouped key/value heads. Parameter gradients
+// accumulate (+=); the returned input gradient is overwritten (=).
+template <class T>
+class RotaryAttention {
+ public:
+  using Tensor = Matrix<T>;
+  nn::AdaptedLinear<T> q_proj, k_proj, v_proj, o_proj;
+
+  RotaryAttention(const HfConfig& c, std::uint64_t seed)
+      : q_proj(c.hidden_size, c.num_heads * c.dim_per_head(), c.attention_bias, 4 * seed + 1),
+        k_proj(c.hidden_size, c.kv_heads() * c.dim_per_head(), c.attention_bias, 4 * seed + 2),
+        v_proj(c.hidden_size, c.kv_heads() * c.dim_per_head(), c.attention_bias, 4 * seed + 3),
+        o_proj(c.num_heads * c.dim_per_head(), c.hidden_size, c.o_bias, 4 * seed + 4),
+        H_(c.num_heads),
+        Hkv_(c.kv_heads()) {}
+
+  void train(bool on) {
+    for (auto* p : {&q_proj, &k_proj, &v_proj, &o_proj}) p->train(on);
+  }
+
+  // positions (N) and table must stay alive until backward, like x and key_mask.
+  const Tensor& forward(const Tensor& x, Index B, Index T_len, const Tensor& key_mask,
+                        std::span<const int> positions, const ops::RopeTable<T>& table) {
+    B_ = B;
+    T_ = T_len;
+    positions_ = positions;
+    table_ = &table;
+    const Tensor& q = q_proj.forward(x);  // (N, H D)
+    const Tensor& k = k_proj.forward(x);  // (N, Hkv D)
+    const Tensor& v = v_proj.forward(x);  // (N, Hkv D)
+    qr_.resize(q.rows(), q.cols());
+    kr_.resize(k.rows(), k.cols());
+    ops::rope_forward<T>(qr_, q, positions, table, H_);
+    ops::rope_forward<T>(kr_, k, positions, table, Hkv_);
+    att_.resize(B * H_ * T_len, T_len);
+    y_.resize(q.rows(), q.cols());
+    ops::attention_forward<T>(y_, att_, qr_, kr_, v, key_mask, B, T_len, H_, Hkv_, true);
+    return o_proj.forward(y_);
+  }
+
+  const Tensor& backward(const Tensor& dout, bool want_dx = true) {
+    const Tensor& dy = o_proj.backward(dout);  // (N, H D)
+    dq_.resize(qr_.rows(), qr_.cols());
+    dk_.resize(kr_.rows(), kr_.cols());
+    dv_.resize(kr_.rows(), kr_.cols());
+    datt_.resize(att_.rows(), att_.cols());
+    ops::attention_backward<T>(dq_, dk_, dv_, datt_, dy, qr_, kr_, v_proj.output(), att_, B_, T_,
+                               H_, Hkv_);
+    ops::rope_backward<T>(dq_, dq_, positions_, *table_, H_);  // in place: R(-angle)
+    ops::rope_backward<T>(dk_, dk_, positions_, *table_, Hkv_);
+    const Tensor& dxq = q_proj.backward(dq_, want_dx);
+    if (want_dx) dx_ = dxq;
+    const Tensor& dxk = k_proj.backward(dk_, want_dx);
+    if (want_dx) dx_ += dxk;
+    const Tensor& dxv = v_proj.backward(dv_, want_dx);
+    if (want_dx) dx_ += dxv;
+    return dx_;
+  }
+
+ private:
+  Index H_, Hkv_, B_ = 0, T_ = 0;
+  std::span<const int> positions_;
+  const ops::RopeTable<T>* table_ = nullptr;
+  Tensor qr_, dq_, y_;   // (N, H D) rotated queries, their gradient, attention output
+  Tensor kr_, dk_, dv_;  // (N, Hkv D)
+  Tensor att_, datt_;    // (B H T, T)
+  Tensor dx_;            // (N, C)
+};
+
+// One pre-RMSNorm decoder layer (transformers' LlamaDecoderLayer).
+template <class T>
+class LlamaLayer {
+ public:
+  using Tensor = Matrix<T>;
+  nn::RMSNorm<T> input_layernorm, post_attention_layernorm;
+  RotaryAttention<T> self_attn;
+  nn::SwiGLUMLP<T> mlp;
+
+  LlamaLayer(const HfConfig& c, std::uint64_t seed)
+      : input_layernorm(c.hidden_size, true, static_cast<T>(c.layer_norm_eps)),
+        post_attention_layernorm(c.hidden_size, true, static_cast<T>(c.layer_norm_eps)),
+        self_attn(c, 2 * seed + 1),
+        mlp(c.hidden_size, c.intermediate_size, 2 * seed + 2) {
+    SORA_CHECK(!c.mlp_bias, "LlamaLayer: mlp_bias = true is not supported");
+  }
+
+  void train(bool on) {
+    self_attn.train(on);
+    mlp.gate_proj.train(on);
+    mlp.up_proj.train(on);
+    mlp.down_proj.train(on);
+  }
+
+  const Tensor& forward(const Tensor& x, Index B, Index T_len, const Tensor& key_mask,
+                        std::span<const int> positions, const ops::RopeTable<T>& table) {
+    const Tensor& a =
+        self_attn.forward(input_layernorm.forward(x), B, T_len, key_mask, positions, table);
+    mid_ = x + a;  // (N, C)
+    const Tensor& m = mlp.forward(post_attention_layernorm.forward(mid_));
+    out_ = mid_ + m;
+    return out_;
+  }
+
+  const Tensor& backward(const Tensor& dout, bool want_dx = true) {
+    dmid_ = dout + post_attention_layernorm.backward(mlp.backward(dout, true), true);
+    const bool norm_trains = input_layernorm.weight.trainable();
+    const Tensor& dn = self_attn.backward(dmid_, want_dx || norm_trains);
+    if (!want_dx && !norm_trains) return dx_;
+    const Tensor& dnorm = input_layernorm.backward(dn, want_dx);
+    if (want_dx) dx_ = dmid_ + dnorm;
+    return dx_;
+  }
+
+  template <class Fn>
+  void visit_linears(std::string_view prefix, Fn&& fn) {
+    const std::string a = nn::join_name(prefix, "self_attn"), m = nn::join_name(prefix, "mlp");
+    fn(nn::join_name(a, "q_proj"), self_attn.q_proj);
+    fn(nn::join_name(a, "k_proj"), self_attn.k_proj);
+    fn(nn::join_name(a, "v_proj"), self_attn.v_proj);
+    fn(nn::join_name(a, "o_proj"), self_attn.o_proj);
+    fn(nn::join_name(m, "gate_proj"), mlp.gate_proj);
+    fn(nn::join_name(m, "up_proj"), mlp.up_proj);
+    fn(nn::join_name(m, "down_proj"), mlp.down_proj);
+  }
+
+ private:
+  Tensor mid_, out_, dmid_, dx_;  // (N, C)
+};
+
+template <class T>
+class LlamaModel {
+ public:
+  using Scalar = T;
+  using BackendTag = Cpu;
+  using Tensor = Matrix<T>;
+  using ParamT = Param<T>;
+  using Linear = nn::AdaptedLinear<T>;
+  using Batch = model::Batch;
+
+  nn::Embedding<T> embed_tokens;
+  std::vector<LlamaLayer<T>> layers;
+  nn::RMSNorm<T> norm;
+  std::optional<Linear> score;    // sequence head (K, C), no bias
+  std::optional<Linear> lm_head;  // causal LM head (V, C), no bias, unless tied
+
+  LlamaModel(const HfConfig& config, Task task, std::uint64_t seed = 0)
+      : config_(config),
+        task_(task),
+        seed_(seed),
+        dropout_rng_(seed, 2),
+        rope_(config.dim_per_head(), config.max_position_embeddings, config.rope_theta) {
+    const auto& c = config_;
+    SORA_CHECK(c.family == Family::llama, "LlamaModel: a ", family_name(c.family), " config");
+    const std::uint64_t base = seed * 1000003ULL;
+    embed_tokens =
+        nn::Embedding<T>(c.vocab_size, c.hidden_size, true, base + 1, c.initializer_range);
+    layers.reserve(static_cast<std::size_t>(c.num_layers));  // layers keep pointers: never move
+    for (Index l = 0; l < c.num_layers; ++l)
+      layers.emplace_back(c, base + 16 + static_cast<std::uint64_t>(l));
+    norm = nn::RMSNorm<T>(c.hidden_size, true, static_cast<T>(c.layer_norm_eps));
+    if (task_ == Task::sequence_classification)
+      score.emplace(c.hidden_size, c.num_labels, false, base + 4);
+    if (task_ == Task::causal_lm && !c.tie_word_embeddings)
+      lm_head.emplace(c.hidden_size, c.vocab_size, false, base + 3);
+    visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
+  }
+
+  LlamaModel(const LlamaModel&) = delete;  // layers point into each other's buffers
+  LlamaModel& operator=(const LlamaModel&) = delete;
+
+  const HfConfig& config() const { return config_; }
+  Task task() const { return task_; }
+  bool regression() const {
+    return task_ == Task::sequence_classification && config_.num_labels == 1;
+  }
+  std::string prefix() const { return task_ == Task::none ? "" : "model"; }
+  bool is_head(std::string_view name) const {
+    return name.starts_with("score") || name.starts_with("lm_head");
+  }
+
+  void train(bool on = true) {
+    training_ = on;
+    for (auto& l : layers) l.train(on);
+    visit_linears([&](const std::string&, Linear& lin) { lin.train(on); });
+  }
+  void eval() { train(false); }
+  bool training() const { return training_; }
+  Rng& dropout_rng() { return dropout_rng_; }
+
+  template <class Fn>
+  void visit_params(std::string_view, Fn&& fn) {
+    visit_params(fn);
+  }
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    embed_tokens.visit_params(nn::join_name(prefix(), "embed_tokens"), fn);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      const std::string name = layer_name(l);
+      layers[l].input_layernorm.visit_params(nn::join_name(name, "input_layernorm"), fn);
+      layers[l].post_attention_layernorm.visit_params(
+          nn::join_name(name, "post_attention_layernorm"), fn);
+    }
+    norm.visit_params(nn::join_name(prefix(), "norm"), fn);
+    visit_linears([&](const std::string& name, Linear& lin) { lin.visit_params(name, fn); });
+  }
+
+  template <class Fn>
+  void visit_linears(Fn&& fn) {
+    for (std::size_t l = 0; l < layers.size(); ++l) layers[l].visit_linears(layer_name(l), fn);
+    if (score) fn(std::string("score"), *score);
+    if (lm_head) fn(std::string("lm_head"), *lm_head);
+  }
+
+  void zero_grad() {
+    visit_params([](ParamT& p) { p.zero_grad(); });
+  }
+
+  // As BertModel::apply_peft; "all-linear" selects every linear layer but the heads. Norms are
+  // LayerNorms for peft.train_layernorms.
+  Index apply_peft(const PeftConfig& peft) {
+    visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
+    if (peft.method == Method::full) {
+      visit_params([](ParamT& p) { p.set_trainable(true); });
+      return 0;
+    }
+    const bool all_linear =
+        peft.target_modules.size() == 1 && peft.target_modules.front() == "all-linear";
+    visit_params([](ParamT& p) { p.set_trainable(false); });
+    Index adapted = 0;
+    visit_linears([&](const std::string& name, Linear& lin) {
+      if (!(all_linear ? !is_head(name) : matches_any(name, peft.target_modules))) return;
+      nn::AdapterConfig ac;
+      ac.kind = adapter_kind(peft.method);
+      ac.rank = peft.rank;
+      ac.alpha = peft.alpha;
+      ac.dropout = peft.dropout;
+      ac.gate_init = peft.gate_init;
+      ac.seed = peft.seed + static_cast<std::uint64_t>(adapted);
+      lin.attach(ac);
+      lin.train(training_);
+      ++adapted;
+    });
+    SORA_CHECK(adapted > 0,
+               "apply_peft: no module of the model matches the target patterns"
+               " (modules are named like ",
+               layer_name(0), ".self_attn.q_proj)");
+    visit_params([&](ParamT& p) {
+      if (p.name.find(".lora_") != std::string::npos) return;
+      if (p.name.ends_with("norm.weight")) p.set_trainable(peft.train_layernorms);
+      if (p.name.find("embed_tokens.") != std::string::npos) p.set_trainable(peft.train_embeddings);
+    });
+    visit_linears([&](const std::string& name, Linear& lin) {
+      if (!lin.adapter && is_head(name)) lin.base.set_trainable(peft.train_head);
+    });
+    return adapted;
+  }
+
+  const Tensor& forward_hidden(const Batch& batch) {
+    const auto& c = config_;
+    batch.validate(c.max_position_embeddings);
+    SORA_CHECK(batch.token_types.empty(), "LlamaModel: the LLaMA family has no token types");
+    SORA_CHECK(c.sliding_window == 0 || batch.seq <= c.sliding_window, "LlamaModel: sequences of ",
+               batch.seq, " tokens are longer than the sliding window ", c.sliding_window,
+               ", which sora does not implement");
+    for (const int id : batch.tokens)
+      SORA_CHECK(id >= 0 && id < c.vocab_size, "LlamaModel: token id ", id, " is outside [0, ",
+                 c.vocab_size, ")");
+    B_ = batch.batch;
+    T_ = batch.seq;
+    const Index N = B_ * T_;
+    if (batch.mask.empty()) {
+      key_mask_.resize(0, 0);
+    } else {
+      key_mask_.resize(B_, T_);
+      for (Index n = 0; n < N; ++n)
+        key_mask_(n / T_, n % T_) = static_cast<T>(batch.mask[static_cast<std::size_t>(n)]);
+    }
+    positions_ = ops::rope_positions(B_, T_);
+    embed_tokens.forward_to(emb_, batch.tokens);  // (N, C)
+    const Tensor* x = &emb_;
+    for (auto& l : layers) x = &l.forward(*x, B_, T_, key_mask_, positions_, rope_);
+    hidden_ = &norm.forward(*x);
+    return *hidden_;
+  }
+
+  const Tensor& forward_logits(const Batch& batch) {
+    const Tensor& h = forward_hidden(batch);
+    if (task_ == Task::none) return *(logits_ = &h);
+    if (task_ == Task::causal_lm) {
+      if (lm_head) return *(logits_ = &lm_head->forward(h));
+      logits_buf_.resize(h.rows(), config_.vocab_size);
+      linear_forward<T>(logits_buf_, h, embed_tokens.weight.value);
+      return *(logits_ = &logits_buf_);
+    }
+    SORA_CHECK(config_.pad_token_id >= 0 || B_ == 1,
+               "LlamaModel: a batch of several sequences needs a pad_token_id in config.json to "
+               "find each sequence's last token");
+    pool_rows_.resize(static_cast<std::size_t>(B_));
+    for (Index b = 0; b < B_; ++b) {
+      Index first_pad = 0;  // transformers: argmax(ids == pad) - 1, modulo T
+      if (config_.pad_token_id >= 0) {
+        for (Index t = 0; t < T_; ++t)
+          if (batch.tokens[static_cast<std::size_t>(b * T_ + t)] == config_.pad_token_id) {
+            first_pad = t;
+            break;
+          }
+      }
+      pool_rows_[static_cast<std::size_t>(b)] =
+          static_cast<int>(b * T_ + (first_pad + T_ - 1) % T_);
+    }
+    pooled_.resize(B_, h.cols());
+    gather_rows<T>(pooled_, h, pool_rows_);
+    return *(logits_ = &score->forward(pooled_));
+  }
+
+  T forward(const Batch& batch) {
+    SORA_CHECK(task_ != Task::none, "LlamaModel::forward: the bare model has no loss");
+    const Tensor& logits = forward_logits(batch);
+    if (regression()) {
+      SORA_CHECK(static_cast<Index>(batch.values.size()) == B_, "LlamaModel: ", batch.values.size(),
+                 " regression targets for ", B_, " sequences");
+      target_.resize(B_, 1);
+      for (Index b = 0; b < B_; ++b)
+        target_(b, 0) = static_cast<T>(batch.values[static_cast<std::size_t>(b)]);
+      return loss_ = mse_forward<T>(logits, target_);
+    }
+    const Index expected = task_ == Task::causal_lm ? B_ * T_ : B_;
+    SORA_CHECK(static_cast<Index>(batch.labels.size()) == expected,
+               "LlamaModel: ", batch.labels.size(), " labels for ", expected,
+               task_ == Task::causal_lm ? " tokens" : " sequences");
+    const Index classes = logits.cols();
+    for (const int label : batch.labels)
+      SORA_CHECK(label == ops::kIgnoreIndex || (label >= 0 && label < classes),
+                 "LlamaModel: label ", label, " is outside [0, ", classes, ")");
+    labels_.assign(batch.labels.begin(), batch.labels.end());
+    probs_.resize(logits.rows(), logits.cols());
+    return loss_ = cross_entropy_forward<T>(probs_, logits, labels_);
+  }
+
+  void backward(T dloss = T(1)) {
+    SORA_CHECK(logits_ != nullptr && task_ != Task::none,
+               "LlamaModel::backward needs a forward with a loss first");
+    dlogits_.resize(logits_->rows(), logits_->cols());
+    if (regression()) {
+      mse_backward<T>(dlogits_, *logits_, target_, dloss);
+    } else {
+      cross_entropy_backward<T>(dlogits_, probs_, labels_, ops::kIgnoreIndex, dloss);
+    }
+    dhidden_.resize(hidden_->rows(), hidden_->cols());
+    if (task_ == Task::sequence_classification) {
+      scatter_rows<T>(dhidden_, score->backward(dlogits_), pool_rows_);
+    } else if (lm_head) {
+      dhidden_ = lm_head->backward(dlogits_);
+    } else {
+      linear_backward<T>(dhidden_, nn::detail::grad_or_absent(embed_tokens.weight),
+                         Cpu::absent<T>(), dlogits_, *hidden_, embed_tokens.weight.value);
+    }
+    const Tensor* dx = &norm.backward(dhidden_);
+    const bool embeddings_train = embed_tokens.weight.trainable();
+    for (std::size_t l = layers.size(); l-- > 0;)
+      dx = &layers[l].backward(*dx, l > 0 || embeddings_train);
+    if (embeddings_train) embed_tokens.backward(*dx);
+  }
+
+  const Tensor& hidden() const {
+    SORA_CHECK(hidden_ != nullptr, "LlamaModel::hidden called before forward");
+    return *hidden_;
+  }
+  const Tensor& logits() const {
+    SORA_CHECK(logits_ != nullptr, "LlamaModel::logits called before forward");
+    return *logits_;
+  }
+  T loss() const { return loss_; }
+
+  std::vector<int> predictions() const {
+    const Tensor& z = logits();
+    std::vector<int> ids(static_cast<std::size_t>(z.rows()));
+    for (Index i = 0; i < z.rows(); ++i) {
+      Index best = 0;
+      z.row(i).maxCoeff(&best);
+      ids[static_cast<std::size_t>(i)] = static_cast<int>(best);
+    }
+    return ids;
+  }
+
+  // transformers' initialisation of a fresh layer: N(0, initializer_range), zero bias.
+  void init_linear(Linear& lin, const std::string& name) {
+    Rng rng(seed_ * 7919ULL + std::hash<std::string>{}(name));
+    rng.fill_normal(lin.base.weight.value, 0.0, config_.initializer_range);
+    if (lin.base.has_bias()) lin.base.bias.value.setZero();
+  }
+
+ private:
+  std::string layer_name(std::size_t l) const {
+    return nn::join_name(prefix(), "layers." + std::to_string(l));
+  }
+
+  HfConfig config_;
+  Task task_;
+  std::uint64_t seed_;
+  Rng dropout_rng_;
+  ops::RopeTable<T> rope_;  // cos / sin of every position, computed once
+  bool training_ = true;
+  Index B_ = 0, T_ = 0;
+  std::vector<int> positions_;      // (N)
+  Tensor key_mask_;                 // (B, T) or empty
+  Tensor emb_;                      // (N, C)
+  const Tensor* hidden_ = nullptr;  // (N, C)
+  Tensor dhidden_;                  // (N, C)
+  Tensor logits_buf_;               // (N, V) tied LM head
+  const Tensor* logits_ = nullptr;
+  Tensor probs_, dlogits_, target_;
+  std::vector<int> labels_;
+  T loss_ = T(0);
+  std::vector<int> pool_rows_;  // (B)
+  Tensor pooled_;               // (B, C)
+};
+
+}  // namespace sora::model::hf
