@@ -9,6 +9,9 @@
 #include <cmath>
 #include <numbers>
 
+#include <type_traits>
+#include <unsupported/Eigen/SpecialFunctions>  // vectorized erf (Eigen's own module)
+
 #include "sora/core/threading.hpp"
 #include "sora/ops/common.hpp"
 
@@ -48,12 +51,21 @@ void gelu_forward(MatrixRef<T> out,       // (N, C)
         64);
     return;
   }
-  for (Index n = 0; n < inp.rows(); ++n) {
-    for (Index c = 0; c < inp.cols(); ++c) {
-      const T x = inp(n, c);
-      out(n, c) = T(0.5) * x * (T(1) + std::erf(x * K::inv_sqrt2));
-    }
-  }
+  // Exact form. In float, Eigen's vectorized erf (a rational approximation good to a few ulp,
+  // the one XLA uses): std::erf one element at a time was a twelfth of a MiniLM training step.
+  // In double, std::erf: double runs are the reference of gradient checks.
+  parallel_for(
+      0, inp.rows(),
+      [&](Index n) {
+        const auto x = inp.row(n).array();
+        if constexpr (std::is_same_v<T, float>) {
+          out.row(n).array() = T(0.5) * x * (T(1) + (x * K::inv_sqrt2).erf());
+        } else {
+          for (Index c = 0; c < inp.cols(); ++c)
+            out(n, c) = T(0.5) * x(c) * (T(1) + std::erf(x(c) * K::inv_sqrt2));
+        }
+      },
+      64);
 }
 
 // The epilogue of the MLP's first projection: pre += bias (broadcast over the rows), then
@@ -106,14 +118,25 @@ void gelu_backward(MatrixRef<T> dinp,       // (N, C)
         64);
     return;
   }
-  for (Index n = 0; n < inp.rows(); ++n) {
-    for (Index c = 0; c < inp.cols(); ++c) {
-      const T x = inp(n, c);
-      const T grad = T(0.5) * (T(1) + std::erf(x * K::inv_sqrt2)) +
-                     x * K::inv_sqrt_2pi * std::exp(T(-0.5) * x * x);
-      dinp(n, c) = grad * dout(n, c);
-    }
-  }
+  // Exact form, vectorized in float as the forward (dinp may alias dout: each element is read
+  // before it is written).
+  parallel_for(
+      0, inp.rows(),
+      [&](Index n) {
+        const auto x = inp.row(n).array();
+        if constexpr (std::is_same_v<T, float>) {
+          dinp.row(n).array() = (T(0.5) * (T(1) + (x * K::inv_sqrt2).erf()) +
+                                 x * K::inv_sqrt_2pi * (T(-0.5) * x.square()).exp()) *
+                                dout.row(n).array();
+        } else {
+          for (Index c = 0; c < inp.cols(); ++c) {
+            const T grad = T(0.5) * (T(1) + std::erf(x(c) * K::inv_sqrt2)) +
+                           x(c) * K::inv_sqrt_2pi * std::exp(T(-0.5) * x(c) * x(c));
+            dinp(n, c) = grad * dout(n, c);
+          }
+        }
+      },
+      64);
 }
 
 // probs[n] = softmax(logits[n]), shifted by the row maximum so that exp never overflows.

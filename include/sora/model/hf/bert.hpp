@@ -66,18 +66,18 @@ class BertModel {
 
   // Builds the architecture with freshly initialised weights (N(0, initializer_range) for
   // matrices, zero biases, unit LayerNorms: transformers' _init_weights), seeded.
-  BertModel(const HfConfig& config, Task task, std::uint64_t seed = 0)
+  BertModel(const HfConfig& config, Task task, std::uint64_t seed = 0, Init init = Init::random)
       : config_(config), task_(task), seed_(seed), dropout_rng_(seed, 2) {
     const auto& c = config_;
     SORA_CHECK(c.family == Family::bert || c.family == Family::roberta, "BertModel: a ",
                family_name(c.family), " config is not of the BERT family");
     const std::uint64_t base = seed * 1000003ULL;
-    word =
-        nn::Embedding<T, Backend>(c.vocab_size, c.hidden_size, true, base + 1, c.initializer_range);
-    position = nn::Embedding<T, Backend>(c.max_position_embeddings, c.hidden_size, true, base + 2,
-                                         c.initializer_range);
-    token_type = nn::Embedding<T, Backend>(c.type_vocab_size, c.hidden_size, true, base + 3,
-                                           c.initializer_range);
+    word = make_embedding<nn::Embedding<T, Backend>, T>(init, c.vocab_size, c.hidden_size, true,
+                                                        base + 1, c.initializer_range);
+    position = make_embedding<nn::Embedding<T, Backend>, T>(
+        init, c.max_position_embeddings, c.hidden_size, true, base + 2, c.initializer_range);
+    token_type = make_embedding<nn::Embedding<T, Backend>, T>(
+        init, c.type_vocab_size, c.hidden_size, true, base + 3, c.initializer_range);
     emb_ln = nn::LayerNorm<T, Backend>(c.hidden_size, true, static_cast<T>(c.layer_norm_eps));
     layers.reserve(static_cast<std::size_t>(c.num_layers));  // layers keep pointers: never move
     for (Index l = 0; l < c.num_layers; ++l)
@@ -91,7 +91,8 @@ class BertModel {
       }
       out.emplace(c.hidden_size, c.num_labels, true, base + 5);
     }
-    visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
+    if (init == Init::random)
+      visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
   }
 
   BertModel(const BertModel&) = delete;  // layers point into each other's buffers

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "sora/core/error.hpp"
+#include "sora/core/param.hpp"
 #include "sora/core/tensor.hpp"
 #include "sora/ops/activation.hpp"
 
@@ -91,6 +92,21 @@ struct HfConfig {
     return classifier_dropout >= 0.0 ? classifier_dropout : hidden_dropout;
   }
 };
+
+// How a model's weights start: drawn as transformers initialises a fresh model, or left for a
+// checkpoint to fill (zero embeddings and no second pass over the linear layers: loading MiniLM
+// spent a third of its time drawing random numbers it then overwrote).
+enum class Init { random, for_loading };
+
+// An embedding table (nn::Embedding or nn::PositionEmbedding) of rows x cols.
+template <class Emb, class T>
+Emb make_embedding(Init init, Index rows, Index cols, bool trainable, std::uint64_t seed,
+                   double stddev) {
+  if (init == Init::random) return Emb(rows, cols, trainable, seed, stddev);
+  Emb e;
+  e.weight = decltype(e.weight)("weight", Matrix<T>::Zero(rows, cols), trainable);
+  return e;
+}
 
 namespace config_detail {
 

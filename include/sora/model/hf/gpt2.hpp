@@ -62,14 +62,15 @@ class Gpt2Model {
   std::optional<Linear> score;    // sequence head (K, C), no bias
   std::optional<Linear> lm_head;  // untied causal LM head (V, C), no bias
 
-  Gpt2Model(const HfConfig& config, Task task, std::uint64_t seed = 0)
+  Gpt2Model(const HfConfig& config, Task task, std::uint64_t seed = 0, Init init = Init::random)
       : config_(config), task_(task), seed_(seed), dropout_rng_(seed, 2) {
     const auto& c = config_;
     SORA_CHECK(c.family == Family::gpt2, "Gpt2Model: a ", family_name(c.family), " config");
     const std::uint64_t base = seed * 1000003ULL;
-    wte = nn::Embedding<T>(c.vocab_size, c.hidden_size, true, base + 1, c.initializer_range);
-    wpe = nn::PositionEmbedding<T>(c.max_position_embeddings, c.hidden_size, true, base + 2,
-                                   c.initializer_range);
+    wte = make_embedding<nn::Embedding<T>, T>(init, c.vocab_size, c.hidden_size, true, base + 1,
+                                              c.initializer_range);
+    wpe = make_embedding<nn::PositionEmbedding<T>, T>(
+        init, c.max_position_embeddings, c.hidden_size, true, base + 2, c.initializer_range);
     TransformerConfig block;  // what the shared pre-LN block reads
     block.width = c.hidden_size;
     block.heads = c.num_heads;
@@ -87,7 +88,8 @@ class Gpt2Model {
       score.emplace(c.hidden_size, c.num_labels, false, base + 4);
     if (task_ == Task::causal_lm && !c.tie_word_embeddings)
       lm_head.emplace(c.hidden_size, c.vocab_size, false, base + 3);
-    visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
+    if (init == Init::random)
+      visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
   }
 
   Gpt2Model(const Gpt2Model&) = delete;  // layers point into each other's buffers

@@ -183,7 +183,7 @@ class LlamaModel {
   std::optional<Linear> score;    // sequence head (K, C), no bias
   std::optional<Linear> lm_head;  // causal LM head (V, C), no bias, unless tied
 
-  LlamaModel(const HfConfig& config, Task task, std::uint64_t seed = 0)
+  LlamaModel(const HfConfig& config, Task task, std::uint64_t seed = 0, Init init = Init::random)
       : config_(config),
         task_(task),
         seed_(seed),
@@ -192,8 +192,8 @@ class LlamaModel {
     const auto& c = config_;
     SORA_CHECK(c.family == Family::llama, "LlamaModel: a ", family_name(c.family), " config");
     const std::uint64_t base = seed * 1000003ULL;
-    embed_tokens =
-        nn::Embedding<T>(c.vocab_size, c.hidden_size, true, base + 1, c.initializer_range);
+    embed_tokens = make_embedding<nn::Embedding<T>, T>(init, c.vocab_size, c.hidden_size, true,
+                                                       base + 1, c.initializer_range);
     layers.reserve(static_cast<std::size_t>(c.num_layers));  // layers keep pointers: never move
     for (Index l = 0; l < c.num_layers; ++l)
       layers.emplace_back(c, base + 16 + static_cast<std::uint64_t>(l));
@@ -202,7 +202,8 @@ class LlamaModel {
       score.emplace(c.hidden_size, c.num_labels, false, base + 4);
     if (task_ == Task::causal_lm && !c.tie_word_embeddings)
       lm_head.emplace(c.hidden_size, c.vocab_size, false, base + 3);
-    visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
+    if (init == Init::random)
+      visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
   }
 
   LlamaModel(const LlamaModel&) = delete;  // layers point into each other's buffers

@@ -2,6 +2,7 @@
 // from_pretrained: a Hugging Face folder (config.json + safetensors weights) into a sora model,
 // as transformers' AutoModel / AutoModelForSequenceClassification would build it.
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -31,8 +32,14 @@ std::unique_ptr<Model> from_pretrained(const std::filesystem::path& dir,
   SORA_CHECK(options.num_labels >= 0, "from_pretrained: num_labels must be >= 0, got ",
              options.num_labels);
   if (options.num_labels > 0) config.num_labels = options.num_labels;
-  auto model = std::make_unique<Model>(config, options.task, options.seed);
+  auto model = std::make_unique<Model>(config, options.task, options.seed, Init::for_loading);
   WeightsReport loaded = load_weights(*model, dir);
+  // What the checkpoint lacked (a new task head) is drawn as transformers draws it.
+  model->visit_linears([&](const std::string& name, typename Model::Linear& lin) {
+    if (std::find(loaded.initialised.begin(), loaded.initialised.end(), name + ".weight") !=
+        loaded.initialised.end())
+      model->init_linear(lin, name);
+  });
   if (report != nullptr) *report = std::move(loaded);
   return model;
 }
