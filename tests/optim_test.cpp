@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "sora/core/param.hpp"
+#include "sora/nn/adapter.hpp"
 #include "sora/optim/adamw.hpp"
+#include "sora/optim/param_groups.hpp"
 #include "sora/optim/sparse_adamw.hpp"
 
 using sora::Matrix;
@@ -191,4 +193,23 @@ TEST_CASE("SparseAdamW: NaN gradient propagates, never silently zeroed") {
   opt.step();
   CHECK(std::isnan(g.value(0, 0)));
   CHECK(std::isfinite(g.value(0, 1)));
+}
+
+TEST_CASE("a standalone SoraLinear visited with an empty prefix still has its gate grouped") {
+  CHECK(optim::is_sora_gate("lora_gate"));
+  CHECK(optim::is_sora_gate("blocks.0.attn.q.lora_gate"));
+  CHECK_FALSE(optim::is_sora_gate("my_lora_gate"));
+  CHECK_FALSE(optim::is_sora_gate("blocks.0.attn.q.lora_gate.weight"));
+  // The layer a new user writes first: its gate must get the proximal step, not plain AdamW.
+  struct OneLayer {
+    nn::SoraLinear<double> layer{6, 4};
+    template <class Fn>
+    void visit_params(Fn&& fn) {
+      layer.visit_params("", fn);
+    }
+  } model;
+  const auto groups = optim::group_parameters<double>(model);
+  REQUIRE(groups.gates.size() == 1);
+  CHECK(groups.gates[0]->name == "lora_gate");
+  CHECK(groups.no_decay.empty());  // the base weight is frozen, its bias too
 }

@@ -19,8 +19,10 @@
 
 namespace sora::optim {
 
+// A gate is named "<module>.lora_gate", or just "lora_gate" when its layer was visited with an
+// empty prefix (a standalone SoraLinear): both get the proximal step.
 inline bool is_sora_gate(std::string_view name) {
-  return name.ends_with(".lora_gate");
+  return name == "lora_gate" || name.ends_with(".lora_gate");
 }
 
 template <class T>
