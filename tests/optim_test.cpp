@@ -195,21 +195,26 @@ TEST_CASE("SparseAdamW: NaN gradient propagates, never silently zeroed") {
   CHECK(std::isfinite(g.value(0, 1)));
 }
 
+namespace {
+// The model a new user writes first: one SoraLinear, visited with an empty prefix.
+struct OneSoraLayer {
+  sora::nn::SoraLinear<double> layer{6, 4};
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    layer.visit_params("", fn);
+  }
+};
+}  // namespace
+
 TEST_CASE("a standalone SoraLinear visited with an empty prefix still has its gate grouped") {
-  CHECK(optim::is_sora_gate("lora_gate"));
-  CHECK(optim::is_sora_gate("blocks.0.attn.q.lora_gate"));
-  CHECK_FALSE(optim::is_sora_gate("my_lora_gate"));
-  CHECK_FALSE(optim::is_sora_gate("blocks.0.attn.q.lora_gate.weight"));
-  // The layer a new user writes first: its gate must get the proximal step, not plain AdamW.
-  struct OneLayer {
-    nn::SoraLinear<double> layer{6, 4};
-    template <class Fn>
-    void visit_params(Fn&& fn) {
-      layer.visit_params("", fn);
-    }
-  } model;
-  const auto groups = optim::group_parameters<double>(model);
+  CHECK(sora::optim::is_sora_gate("lora_gate"));
+  CHECK(sora::optim::is_sora_gate("blocks.0.attn.q.lora_gate"));
+  CHECK_FALSE(sora::optim::is_sora_gate("my_lora_gate"));
+  CHECK_FALSE(sora::optim::is_sora_gate("blocks.0.attn.q.lora_gate.weight"));
+  // Its gate must get the proximal step, not plain AdamW.
+  OneSoraLayer model;
+  const auto groups = sora::optim::group_parameters<double>(model);
   REQUIRE(groups.gates.size() == 1);
   CHECK(groups.gates[0]->name == "lora_gate");
-  CHECK(groups.no_decay.empty());  // the base weight is frozen, its bias too
+  CHECK(groups.no_decay.empty());  // the base weight and bias are frozen
 }
