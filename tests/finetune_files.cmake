@@ -73,7 +73,7 @@ endif()
 # leftovers) and checks the clear error and that earlier outputs are byte-identical.
 if(Python3_Interpreter_FOUND)
   foreach(_probe diverged lock special-inputs file-size-limit all-pruned leftovers sigterm
-                 bad-flags-and-paths)
+                 bad-flags-and-paths inspect)
     add_test(NAME "finetune robustness: ${_probe}"
              COMMAND Python3::Interpreter "${CMAKE_CURRENT_SOURCE_DIR}/finetune_robust.py"
                      $<TARGET_FILE:sora-finetune> "${CMAKE_CURRENT_BINARY_DIR}/finetune-robust"

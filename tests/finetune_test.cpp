@@ -478,9 +478,8 @@ TEST_CASE("finetune: a run refuses a folder another run holds, naming its PID") 
   const FolderLock held(out, "output folder (--out)");
   Options o = tiny(out);
   std::ostringstream log;
-  CHECK_THROWS_WITH_AS(run(o, log),
-                       doctest::Contains("is in use by PID " + std::to_string(::getpid())),
-                       sora::Error);
+  const std::string expected = "is in use by PID " + std::to_string(::getpid());
+  CHECK_THROWS_WITH_AS(run(o, log), doctest::Contains(expected.c_str()), sora::Error);
   CHECK(names_in(out) == std::vector<std::string>{kLockFile});  // nothing else was made
 }
 

@@ -189,6 +189,24 @@ inline sora::train::ProgressBar::Options progress_options(const Options& o) {
   return p;
 }
 
+// A checksum of named float tensors (FNV-1a over each name and its row-major values, in name
+// order), stored in the cache's metadata: a cache damaged after it was written (a bad disk, a
+// partial copy) is retrained instead of silently fine-tuned from.
+inline std::string tensor_checksum(
+    std::vector<std::pair<std::string, std::vector<float>>> tensors) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::string bytes;
+  for (const auto& [name, values] : tensors) {
+    bytes += name;
+    bytes += '\0';
+    bytes.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a(bytes)));
+  return hex;
+}
+
 // Reads a cached pretraining's metadata: nullopt when it was made for other settings (another
 // key); its verdict accuracy (NaN when absent) when it is for these. A file that cannot be
 // parsed, or whose metadata is malformed, is a sora::Error naming the field.
@@ -197,6 +215,18 @@ inline std::optional<double> read_cached_pretraining(const fs::path& path, const
   const auto& meta = file.metadata();
   const auto it = meta.find("sora.pretrain_key");
   if (it == meta.end() || it->second != key) return std::nullopt;
+  const auto sum = meta.find("sora.checksum");
+  SORA_CHECK(sum != meta.end(), path.string(), ": metadata 'sora.checksum' is missing");
+  std::vector<std::pair<std::string, std::vector<float>>> tensors;
+  for (const sora::io::TensorInfo& t : file.tensors()) {
+    std::size_t count = 1;
+    for (const std::uint64_t d : t.shape) count *= static_cast<std::size_t>(d);
+    std::vector<float> values(count);
+    file.read<float>(t, std::span<float>(values));
+    tensors.emplace_back(t.name, std::move(values));
+  }
+  SORA_CHECK(tensor_checksum(std::move(tensors)) == sum->second, path.string(),
+             ": the tensors do not match metadata 'sora.checksum' (the file is damaged)");
   double accuracy = std::nan("");
   const auto acc = meta.find("sora.verdict_accuracy");
   if (acc != meta.end()) {
@@ -283,16 +313,22 @@ inline Pretrained pretrain(const Setup& s) {
       std::accumulate(r.losses.end() - static_cast<std::ptrdiff_t>(tail), r.losses.end(), 0.0) /
       static_cast<double>(tail);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto slots = sora::io::slots_of<float>([&](auto f) { model.visit_params(f); });
+  std::vector<std::pair<std::string, std::vector<float>>> values;
+  for (const auto& slot : slots)  // sora's matrices are row-major, as the file's tensors
+    values.emplace_back(
+        slot.name, std::vector<float>(slot.value->data(), slot.value->data() + slot.value->size()));
   std::map<std::string, std::string> metadata = {
-      {"format", "pt"}, {"sora.pretrain_key", key}, {"sora.run_id", s.run_id}};
+      {"format", "pt"},
+      {"sora.pretrain_key", key},
+      {"sora.run_id", s.run_id},
+      {"sora.checksum", tensor_checksum(std::move(values))}};
   if (s.opt.synthetic()) {
     result.verdict_accuracy = verdict_accuracy(model, s.opt.data_seed);
     metadata["sora.verdict_accuracy"] = sora::detail::concat(result.verdict_accuracy);
   }
   fs::create_directories(s.cache_dir);
-  sora::io::save_tensors<float>(result.path,
-                                sora::io::slots_of<float>([&](auto f) { model.visit_params(f); }),
-                                sora::io::Dtype::F32, metadata);
+  sora::io::save_tensors<float>(result.path, slots, sora::io::Dtype::F32, metadata);
   *s.log << "pretrained model: final loss " << result.final_loss;
   if (s.opt.synthetic()) *s.log << ", verdict accuracy " << result.verdict_accuracy;
   *s.log << ", saved\n";

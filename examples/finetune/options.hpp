@@ -407,7 +407,8 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   for (const auto& [flag, value] : reals)
     if (!std::isfinite(value)) return fail(std::string(flag) + ": must be a finite number");
   // The adapter's scale alpha / r is a float: an alpha beyond float's range is infinite.
-  if (o.alpha > 1e6) return fail("--alpha: " + std::to_string(o.alpha) + " is absurdly large");
+  if (o.alpha > 1e6)
+    return fail(sora::detail::concat("--alpha: ", o.alpha, " is absurdly large (at most 1e6)"));
   if (o.rank > o.width)
     return fail("--rank " + std::to_string(o.rank) + " exceeds --width " + std::to_string(o.width) +
                 " (a rank-r update needs r <= the layer's width)");
