@@ -164,6 +164,14 @@ def probe_special_inputs():
     os.rmdir(train)
     with open(train, "w") as f:
         f.write("sentence\tlabel\ngood\t1\nbad\t0\n")
+    # A NUL in a label: the error shows it escaped rather than ending the message there.
+    with open(train, "w") as f:
+        f.write("sentence\tlabel\ngood\t1\x00x\n")
+    err = expect_error(base, "\\x00x", timeout=30)
+    if "\x00" in err:
+        fail("a raw NUL in the message: %r" % err)
+    with open(train, "w") as f:
+        f.write("sentence\tlabel\ngood\t1\nbad\t0\n")
     fifo = os.path.join(glue, "corpus.fifo")
     os.mkfifo(fifo)
     expect_error(base + ["--pretrain-text", fifo], "a FIFO", timeout=30)

@@ -498,3 +498,29 @@ TEST_CASE("finetune: run ids, temporary names and UTF-8 paths") {
   CHECK_FALSE(is_utf8("overlong\xc0\xaf"));
   CHECK_FALSE(is_utf8("surrogate\xed\xa0\x80"));
 }
+
+TEST_CASE("finetune cache: metadata and checksum are checked, with named errors") {
+  const fs::path dir = fresh_dir("cache-meta");
+  sora::Matrix<float> w(2, 3);
+  w << 1, 2, 3, 4, 5, 6;
+  const std::string sum = tensor_checksum({{"w", std::vector<float>(w.data(), w.data() + 6)}});
+  const auto write = [&](const std::map<std::string, std::string>& metadata) {
+    sora::io::SafetensorsWriter writer;
+    writer.add("w", w, sora::io::Dtype::F32);
+    for (const auto& [k, v] : metadata) writer.set_metadata(k, v);
+    writer.write(dir / "cache.safetensors");
+  };
+  write({{"sora.pretrain_key", "k"}, {"sora.checksum", sum}, {"sora.verdict_accuracy", "0.75"}});
+  CHECK(read_cached_pretraining(dir / "cache.safetensors", "k") == 0.75);
+  CHECK_FALSE(read_cached_pretraining(dir / "cache.safetensors", "other key").has_value());
+  write({{"sora.pretrain_key", "k"}, {"sora.checksum", sum}, {"sora.verdict_accuracy", "abc"}});
+  CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
+                       doctest::Contains("metadata 'sora.verdict_accuracy' is not a number"),
+                       sora::Error);
+  write({{"sora.pretrain_key", "k"}, {"sora.checksum", "0123456789abcdef"}});
+  CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
+                       doctest::Contains("the file is damaged"), sora::Error);
+  write({{"sora.pretrain_key", "k"}});
+  CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
+                       doctest::Contains("'sora.checksum' is missing"), sora::Error);
+}
