@@ -587,11 +587,11 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
   } catch (const sora::train::NonFiniteError& e) {
     bar.finish();
     const bool full = method == sora::model::Method::full;
-    sora::detail::throw_error("fine-tuning ", run_label(method_name, seed), " diverged with ",
-                              full ? sora::detail::concat("--full-lr ", o.full_lr)
-                                   : sora::detail::concat("--lr ", o.lr, " and --alpha ", o.alpha),
-                              ": ", e.what(),
-                              "; nothing of this run was written, earlier outputs are kept");
+    sora::detail::throw_error(
+        "fine-tuning ", run_label(method_name, seed), " diverged with ",
+        full ? sora::detail::concat("--full-lr ", o.full_lr)
+             : sora::detail::concat("--lr ", o.lr, " and --alpha ", o.alpha),
+        ": ", e.what(), "; no adapter or metrics were written for it, earlier outputs are kept");
   }
   const double total =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -702,7 +702,13 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
     std::snprintf(status, sizeof status, "xi %.2g", xi);
     bar.update(done, status);
   };
-  outcome.result = sora::train::run_sparsity_scheduler(hooks, so);
+  try {
+    outcome.result = sora::train::run_sparsity_scheduler(hooks, so);
+  } catch (const sora::train::NonFiniteError& e) {
+    bar.finish();
+    sora::detail::throw_error("the sparsity schedule diverged with --lr ", o.lr, " and --alpha ",
+                              o.alpha, ": ", e.what(), "; the finished runs' summary.json is kept");
+  }
   bar.finish();
   return outcome;
 }
