@@ -126,21 +126,48 @@ void print_file(const SafetensorsFile& file, bool stats) {
 // The rank PEFT uses for `module`: a rank_pattern entry naming it exactly or as a dotted
 // suffix, else the config's r.
 // The rank the config gives a module: its rank_pattern entry (PEFT's matching rule), else r.
+// A rank as the config writes it: a positive integer that fits an int, else -1.
+int rank_value(const nlohmann::json* value) {
+  if (value == nullptr || !value->is_number_integer()) return -1;
+  const auto rank = value->get<long long>();
+  return rank > 0 && rank <= 1 << 30 ? static_cast<int>(rank) : -1;
+}
+
 int configured_rank(const nlohmann::json& config, const std::string& module) {
   const nlohmann::json* rank = sora::io::peft_detail::pattern_value(config, "rank_pattern", module);
-  if (rank != nullptr && rank->is_number_integer()) return rank->get<int>();
-  return config.value("r", -1);
+  if (rank != nullptr && rank->is_number_integer()) return rank_value(rank);
+  return rank_value(config.contains("r") ? &config["r"] : nullptr);
+}
+
+// What PEFT would refuse in the config itself: r missing, a string, zero or overflowing; an
+// empty target_modules (PEFT: "target modules not found"); rank_pattern entries that are not
+// ranks. One line each.
+std::vector<std::string> config_problems(const nlohmann::json& config) {
+  std::vector<std::string> problems;
+  if (rank_value(config.contains("r") ? &config["r"] : nullptr) < 0)
+    problems.push_back("'r' must be a positive integer, got " +
+                       (config.contains("r") ? config["r"].dump() : std::string("nothing")));
+  const auto targets = config.find("target_modules");
+  if (targets == config.end() || targets->empty() ||
+      (targets->is_string() && targets->get<std::string>().empty()))
+    problems.push_back("target_modules is empty: PEFT cannot load an adapter of no module");
+  const auto pattern = config.find("rank_pattern");
+  if (pattern != config.end() && pattern->is_object())
+    for (const auto& [module, rank] : pattern->items())
+      if (rank_value(&rank) < 0)
+        problems.push_back("rank_pattern['" + module + "'] is not a rank: " + rank.dump());
+  return problems;
 }
 
 // Returns false when the adapter is inconsistent (shapes or ranks that PEFT would reject).
 bool print_adapter(const fs::path& dir, bool stats) {
   const fs::path config_path = dir / "adapter_config.json";
   const fs::path weights_path = dir / "adapter_model.safetensors";
-  std::ifstream in(config_path);
-  if (!in) throw sora::Error("cannot open '" + config_path.string() + "'");
+  // A regular file only (a FIFO would hang the read); a config is a few KiB.
+  const std::string text = sora::io::read_input_file(config_path, std::uint64_t{64} << 20);
   nlohmann::json config;
   try {
-    config = nlohmann::json::parse(in);
+    config = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw sora::Error(config_path.string() + ": not valid JSON: " + e.what());
   }
@@ -150,6 +177,11 @@ bool print_adapter(const fs::path& dir, bool stats) {
                           "alpha_pattern", "base_model_name_or_path"}) {
     if (config.contains(key)) std::printf("  %-24s = %s\n", key, config[key].dump().c_str());
   }
+  bool consistent = true;
+  for (const std::string& problem : config_problems(config)) {
+    std::printf("  INCONSISTENT: %s\n", problem.c_str());
+    consistent = false;
+  }
 
   if (!fs::exists(weights_path)) {
     throw sora::Error("cannot open '" + weights_path.string() +
@@ -158,7 +190,6 @@ bool print_adapter(const fs::path& dir, bool stats) {
   const SafetensorsFile file = SafetensorsFile::open(weights_path);
   // base_model.model.<module>.lora_A.weight (r, in) and .lora_B.weight (out, r).
   const auto modules = group_peft_tensors(file);
-  bool consistent = true;
   std::size_t width = 6;
   for (const auto& [name, m] : modules) width = std::max(width, name.size());
   std::printf("%zu adapted modules:\n", modules.size());
@@ -171,7 +202,15 @@ bool print_adapter(const fs::path& dir, bool stats) {
       continue;
     }
     const std::uint64_t rank = m.A->shape[0], in = m.A->shape[1], out = m.B->shape[0];
-    const std::uint64_t params = rank * (in + out);
+    std::uint64_t params = 0;
+    if (in + out < in || __builtin_mul_overflow(rank, in + out, &params) ||
+        total + params < total) {
+      std::printf("INCONSISTENT: rank %llu x (in %llu + out %llu) overflows\n",
+                  static_cast<unsigned long long>(rank), static_cast<unsigned long long>(in),
+                  static_cast<unsigned long long>(out));
+      consistent = false;
+      continue;
+    }
     total += params;
     std::printf("rank %llu  in %llu  out %llu  params %llu", static_cast<unsigned long long>(rank),
                 static_cast<unsigned long long>(in), static_cast<unsigned long long>(out),

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 #include <sys/resource.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -285,6 +286,21 @@ TEST_CASE("a failed checkpoint save leaves the earlier checkpoint byte-identical
   ::setrlimit(RLIMIT_FSIZE, &old);
   std::signal(SIGXFSZ, old_handler);
   CHECK(contains(message, "cannot write"));
+  CHECK(file_bytes(path) == before);
+
+  // A diverged model (a NaN weight): refused before any file is made, naming the tensor.
+  const float kept = s.model.blocks[1].attn.v.adapter->lora_A.value(1, 2);
+  s.model.blocks[1].attn.v.adapter->lora_A.value(1, 2) = std::nanf("");
+  message.clear();
+  try {
+    s.save(path, run_state(4));
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  s.model.blocks[1].attn.v.adapter->lora_A.value(1, 2) = kept;
+  CHECK(contains(message, "refusing to write"));
+  CHECK(contains(message, "blocks.1.attn.v.lora_A"));
+  CHECK(contains(message, "nan at (1, 2)"));
   CHECK(file_bytes(path) == before);
 
   // No temporary left behind: the directory holds the one checkpoint.

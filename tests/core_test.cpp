@@ -18,6 +18,16 @@ TEST_CASE("SORA_CHECK throws sora::Error with the formatted message only on fail
   }
 }
 
+TEST_CASE("error messages show control bytes escaped, so a NUL cannot cut them short") {
+  const std::string label("po\0s\x1b[31m", 9);
+  try {
+    SORA_CHECK(false, "label '", label, "' is not a class\n  and a second line");
+    FAIL("SORA_CHECK did not throw");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()) == "label 'po\\x00s\\x1b[31m' is not a class\n  and a second line");
+  }
+}
+
 TEST_CASE("a frozen Param owns no gradient, a trainable one owns a zeroed one") {
   Param<float> frozen("blocks.0.attn.q.weight", MatrixF::Ones(4, 3), /*trainable=*/false);
   CHECK_FALSE(frozen.trainable());

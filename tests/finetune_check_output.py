@@ -43,9 +43,11 @@ def read_safetensors(path):
     return header, metadata
 
 
-def check_adapter(folder, run, model_width):
+def check_adapter(folder, run, model_width, run_id):
     config = json.load(open(os.path.join(folder, "adapter_config.json")))
     header, metadata = read_safetensors(os.path.join(folder, "adapter_model.safetensors"))
+    check(metadata.get("sora.run_id") == run_id,
+          "%s: made by run %r, the summary is run %r" % (folder, metadata.get("sora.run_id"), run_id))
     check(config.get("peft_type") == "LORA", "%s: peft_type is not LORA" % folder)
     for field in ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern",
                   "lora_dropout", "bias", "fan_in_fan_out"):
@@ -94,6 +96,9 @@ def check_adapter(folder, run, model_width):
 
 def main(out, device):
     summary = json.load(open(os.path.join(out, "summary.json")))
+    check(not os.path.exists(os.path.join(out, "INCOMPLETE")),
+          "a finished run left its INCOMPLETE marker")
+    check(bool(summary.get("run_id")), "summary.json has no run_id")
     check(summary.get("device", "").split(" ")[0] == device,
           "summary.json says device %r, the run asked for %s" % (summary.get("device"), device))
     methods = [m["method"] for m in summary["methods"]]
@@ -117,7 +122,7 @@ def main(out, device):
             check(all(r == summary["hyperparameters"]["rank"] for r in run["ranks"].values()),
                   "lora ranks are not all the configured rank")
         if run["method"] != "full" and run["adapter_dir"]:
-            check_adapter(os.path.join(out, run["adapter_dir"]), run, width)
+            check_adapter(os.path.join(out, run["adapter_dir"]), run, width, summary.get("run_id"))
     for name in ("curves.svg", "loss.svg", "ranks_sora.svg", "ranks_adalora.svg"):
         path = os.path.join(out, name)
         check(os.path.exists(path) and open(path).read().startswith("<svg"), "%s is not an SVG" % name)

@@ -66,3 +66,19 @@ else()
   set_tests_properties("finetune: --device cuda in a build without CUDA says so" PROPERTIES
     PASS_REGULAR_EXPRESSION "built without the CUDA backend")
 endif()
+
+# Issue 19, "nothing lost, nothing hung": each probe of finetune_robust.py runs the program the
+# way a reliability engineer would (diverging flags, a locked folder, FIFOs and devices as
+# inputs, a file-size limit, SIGTERM, everything pruned, bad flags and paths, a killed run's
+# leftovers) and checks the clear error and that earlier outputs are byte-identical.
+if(Python3_Interpreter_FOUND)
+  foreach(_probe diverged lock special-inputs file-size-limit all-pruned leftovers sigterm
+                 bad-flags-and-paths inspect)
+    add_test(NAME "finetune robustness: ${_probe}"
+             COMMAND Python3::Interpreter "${CMAKE_CURRENT_SOURCE_DIR}/finetune_robust.py"
+                     $<TARGET_FILE:sora-finetune> "${CMAKE_CURRENT_BINARY_DIR}/finetune-robust"
+                     ${_probe})
+    set_tests_properties("finetune robustness: ${_probe}" PROPERTIES
+      PASS_REGULAR_EXPRESSION "^OK: " TIMEOUT 600)
+  endforeach()
+endif()

@@ -4,8 +4,12 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <limits>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -110,6 +114,16 @@ TEST_CASE("finetune options: bad values are errors that name their flag") {
       {{"--device", "gpu"}, "--device"},
       {{"--cuda-math", "fp8"}, "--cuda-math"},
       {{"--no-such-flag"}, "--no-such-flag"},
+      // Values that pass a naive range check: NaN, infinities, absurd scales, impossible shapes.
+      {{"--lr", "nan"}, "--lr"},
+      {{"--pretrain-lr", "inf"}, "--pretrain-lr"},
+      {{"--alpha", "1e38"}, "--alpha"},
+      {{"--alpha", "-inf"}, "--alpha"},
+      {{"--dropout", "nan"}, "--dropout"},
+      {{"--sparsity-schedule", "--xi-max", "nan"}, "--xi-max"},
+      {{"--xi", "inf"}, "--xi"},
+      {{"--rank", "32", "--width", "16", "--heads", "2"}, "--rank"},
+      {{"--targets", "q,query"}, "--targets"},
   };
   for (const Case& c : cases) {
     const Parsed p = parse(c.args);
@@ -117,6 +131,7 @@ TEST_CASE("finetune options: bad values are errors that name their flag") {
     REQUIRE(p.code.has_value());
     CHECK(*p.code != 0);
     CHECK(p.err.find(c.flag) != std::string::npos);
+    CHECK(p.err.find("17976931348623157") == std::string::npos);  // never DBL_MAX's digits
   }
 }
 
@@ -238,6 +253,118 @@ TEST_CASE("peft adapter: export -> import gives identical outputs, rank-0 module
                        sora::Error);
 }
 
+namespace {
+
+// Every file under `dir` (relative path -> bytes), hidden ones included.
+std::map<std::string, std::string> tree_bytes(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  if (!fs::exists(dir)) return files;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    files[fs::relative(e.path(), dir).string()] =
+        std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  return files;
+}
+
+std::vector<std::string> names_in(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+sora::model::TransformerConfig small_classifier() {
+  sora::model::TransformerConfig c;
+  c.vocab_size = 30;
+  c.width = 16;
+  c.heads = 2;
+  c.layers = 1;
+  c.max_len = 12;
+  c.dropout = 0.0;
+  c.head = sora::model::Head::classification;
+  c.num_labels = 2;
+  return c;
+}
+
+// Fails the atomic write whose target is named `name`, for the life of the object.
+struct FailCommitOf {
+  explicit FailCommitOf(std::string name) {
+    sora::io::before_atomic_commit() = [name](const fs::path& target) {
+      if (target.filename() == name) throw sora::Error("injected failure at " + name);
+    };
+  }
+  ~FailCommitOf() { sora::io::before_atomic_commit() = nullptr; }
+};
+
+}  // namespace
+
+TEST_CASE("peft adapter: the folder is replaced whole or not at all") {
+  const fs::path root = fresh_dir("peft-txn");
+  const fs::path dir = root / "adapter";
+  Model model(small_classifier());
+  sora::model::PeftConfig peft;
+  peft.method = sora::model::Method::sora;
+  peft.rank = 4;
+  model.apply_peft(peft);
+  sora::Rng rng(3);
+  model.visit_linears([&](const std::string&, Model::Linear& lin) {
+    if (lin.adapter) rng.fill_normal(lin.adapter->lora_B.value, 0.0, 0.3);
+  });
+  sora::io::export_peft_adapter(model, dir);
+  const auto before = tree_bytes(dir);
+  REQUIRE(before.size() == 2);
+
+  // A rank-2 model whose config write fails after the weights were written (the kill between
+  // adapter_model.safetensors and adapter_config.json): the old rank-4 folder stays.
+  model.visit_linears([&](const std::string&, Model::Linear& lin) {
+    if (lin.adapter) lin.adapter->gate.value.rightCols(2).setZero();
+  });
+  {
+    FailCommitOf fail(sora::io::kPeftConfigFile);
+    CHECK_THROWS_WITH_AS(sora::io::export_peft_adapter(model, dir),
+                         doctest::Contains("injected failure"), sora::Error);
+  }
+  CHECK(tree_bytes(dir) == before);
+  CHECK(names_in(root) == std::vector<std::string>{"adapter"});  // no temporary folder left
+  // The swap of the folder itself failing: the same.
+  {
+    FailCommitOf fail("adapter");
+    CHECK_THROWS_AS(sora::io::export_peft_adapter(model, dir), sora::Error);
+  }
+  CHECK(tree_bytes(dir) == before);
+  CHECK(names_in(root) == std::vector<std::string>{"adapter"});
+
+  // Non-finite weights (a diverged run) are refused; nothing changes.
+  model.blocks[0].attn.q.adapter->lora_B.value(2, 1) = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH_AS(sora::io::export_peft_adapter(model, dir),
+                       doctest::Contains("refusing to write"), sora::Error);
+  CHECK(tree_bytes(dir) == before);
+  model.blocks[0].attn.q.adapter->lora_B.value(2, 1) = 0.5f;
+
+  // Every rank pruned: nothing to export, nothing written (PEFT refuses target_modules []).
+  model.visit_linears([&](const std::string&, Model::Linear& lin) {
+    if (lin.adapter) lin.adapter->gate.value.setZero();
+  });
+  CHECK_THROWS_WITH_AS(sora::io::export_peft_adapter(model, dir),
+                       doctest::Contains("every rank of all 6 adapted modules was pruned"),
+                       sora::io::NothingToExport);
+  CHECK(tree_bytes(dir) == before);
+
+  // A successful export replaces the folder: now rank 2 everywhere, config and weights agree.
+  model.visit_linears([&](const std::string&, Model::Linear& lin) {
+    if (lin.adapter) lin.adapter->gate.value.leftCols(2).setOnes();
+  });
+  sora::io::export_peft_adapter(model, dir);
+  std::ifstream in(dir / sora::io::kPeftConfigFile);
+  CHECK(nlohmann::json::parse(in)["r"] == 2);
+  const auto file = sora::io::SafetensorsFile::open(dir / sora::io::kPeftWeightsFile);
+  CHECK(file.info("base_model.model.blocks.0.attn.q.lora_A.weight").shape ==
+        sora::io::Shape{2, 16});
+  CHECK(names_in(root) == std::vector<std::string>{"adapter"});
+}
+
 TEST_CASE(
     "finetune: a tiny end-to-end run writes consistent files and reuses its pretrained model") {
   const fs::path out = fresh_dir("e2e");
@@ -293,4 +420,107 @@ TEST_CASE(
   CHECK(log2.str().find("pretrained model: reusing the cached") != std::string::npos);
   std::ifstream sin2(out / "summary.json");
   CHECK(nlohmann::json::parse(sin2)["pretrain"]["reused"] == true);
+}
+
+TEST_CASE("finetune: a failed write keeps the earlier adapter whole and marks the folder") {
+  const fs::path out = fresh_dir("txn");
+  Options o = tiny(out);
+  o.method = "lora";
+  std::ostringstream log;
+  REQUIRE(run(o, log) == 0);
+  CHECK_FALSE(fs::exists(out / kIncompleteMarker));
+  const auto adapter_before = tree_bytes(out / "adapter");
+  const auto metrics_before = tree_bytes(out)["metrics.csv"];
+  REQUIRE(adapter_before.size() == 2);
+
+  // A rank-4 run whose adapter config cannot be written (a kill or ENOSPC between the two
+  // files): the rank-8 adapter stays as it was, the folder says it is incomplete, and no
+  // summary of the earlier run is left to describe files it did not make.
+  Options rank4 = o;
+  rank4.rank = 4;
+  {
+    FailCommitOf fail(sora::io::kPeftConfigFile);
+    CHECK_THROWS_WITH_AS(run(rank4, log), doctest::Contains("injected failure"), sora::Error);
+  }
+  CHECK(tree_bytes(out / "adapter") == adapter_before);
+  CHECK(tree_bytes(out)["metrics.csv"] == metrics_before);
+  CHECK(fs::exists(out / kIncompleteMarker));
+  CHECK_FALSE(fs::exists(out / "summary.json"));
+  for (const std::string& name : names_in(out)) CHECK_FALSE(is_temporary_name(name));
+
+  // The optional sparsity phase failing: the finished runs' summary is there already.
+  Options sparse = o;
+  sparse.sparsity_schedule = true;
+  sparse.stages = 1;
+  sparse.dense_epochs = 1;
+  sparse.stage_epochs = 1;
+  {
+    FailCommitOf fail("sparsity.csv");
+    CHECK_THROWS_AS(run(sparse, log), sora::Error);
+  }
+  std::ifstream in(out / "summary.json");
+  const auto summary = nlohmann::json::parse(in);
+  CHECK(summary["runs"].size() == 1);
+  CHECK(summary["sparsity_schedule"] == "running");
+  CHECK(fs::exists(out / kIncompleteMarker));
+
+  // A complete run: summary last, marker gone, every file of the run carries its id.
+  REQUIRE(run(o, log) == 0);
+  CHECK_FALSE(fs::exists(out / kIncompleteMarker));
+  std::ifstream in2(out / "summary.json");
+  const std::string id = nlohmann::json::parse(in2)["run_id"];
+  const auto file = sora::io::SafetensorsFile::open(out / "adapter" / sora::io::kPeftWeightsFile);
+  CHECK(file.metadata().at("sora.run_id") == id);
+}
+
+TEST_CASE("finetune: a run refuses a folder another run holds, naming its PID") {
+  const fs::path out = fresh_dir("locked");
+  const FolderLock held(out, "output folder (--out)");
+  Options o = tiny(out);
+  std::ostringstream log;
+  const std::string expected = "is in use by PID " + std::to_string(::getpid());
+  CHECK_THROWS_WITH_AS(run(o, log), doctest::Contains(expected.c_str()), sora::Error);
+  CHECK(names_in(out) == std::vector<std::string>{kLockFile});  // nothing else was made
+}
+
+TEST_CASE("finetune: run ids, temporary names and UTF-8 paths") {
+  CHECK(new_run_id() != "");
+  CHECK(is_temporary_name(".adapter.tmp.AbC123"));
+  CHECK(is_temporary_name(".summary.json.tmp.x1Y2z3"));
+  CHECK(is_temporary_name(".adapter.old.q9W8e7"));
+  CHECK_FALSE(is_temporary_name("adapter.tmp.AbC123"));
+  CHECK_FALSE(is_temporary_name(".tmp.AbC123"));
+  CHECK_FALSE(is_temporary_name("notes.tmp.txt"));
+  CHECK(is_utf8("plain/ascii"));
+  CHECK(is_utf8("caf\xc3\xa9/\xe2\x82\xac"));
+  CHECK_FALSE(is_utf8("bad\xff"));
+  CHECK_FALSE(is_utf8("cut\xc3"));
+  CHECK_FALSE(is_utf8("overlong\xc0\xaf"));
+  CHECK_FALSE(is_utf8("surrogate\xed\xa0\x80"));
+}
+
+TEST_CASE("finetune cache: metadata and checksum are checked, with named errors") {
+  const fs::path dir = fresh_dir("cache-meta");
+  sora::Matrix<float> w(2, 3);
+  w << 1, 2, 3, 4, 5, 6;
+  const std::string sum = tensor_checksum({{"w", std::vector<float>(w.data(), w.data() + 6)}});
+  const auto write = [&](const std::map<std::string, std::string>& metadata) {
+    sora::io::SafetensorsWriter writer;
+    writer.add("w", w, sora::io::Dtype::F32);
+    for (const auto& [k, v] : metadata) writer.set_metadata(k, v);
+    writer.write(dir / "cache.safetensors");
+  };
+  write({{"sora.pretrain_key", "k"}, {"sora.checksum", sum}, {"sora.verdict_accuracy", "0.75"}});
+  CHECK(read_cached_pretraining(dir / "cache.safetensors", "k") == 0.75);
+  CHECK_FALSE(read_cached_pretraining(dir / "cache.safetensors", "other key").has_value());
+  write({{"sora.pretrain_key", "k"}, {"sora.checksum", sum}, {"sora.verdict_accuracy", "abc"}});
+  CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
+                       doctest::Contains("metadata 'sora.verdict_accuracy' is not a number"),
+                       sora::Error);
+  write({{"sora.pretrain_key", "k"}, {"sora.checksum", "0123456789abcdef"}});
+  CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
+                       doctest::Contains("the file is damaged"), sora::Error);
+  write({{"sora.pretrain_key", "k"}});
+  CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
+                       doctest::Contains("'sora.checksum' is missing"), sora::Error);
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <set>
 #include <sora/model.hpp>
 #include <sora/optim/param_groups.hpp>
@@ -485,6 +486,59 @@ TEST_CASE("fit rejects bad options before taking a step") {
   late_start.start_step = 4;
   CHECK_THROWS_WITH_AS(try_fit(late_start, {}), doctest::Contains("start_step"), Error);
   CHECK(steps_taken == 0);
+}
+
+TEST_CASE("fit stops at a non-finite loss, naming the step and the value, before stepping") {
+  model::Transformer<float> m(needle_config());
+  m.apply_peft(peft_for(Method::lora));
+  auto opt = optim::FineTuneOptimizer<float>::for_model(m, optim::FineTuneOptions{});
+  const auto batches = needle_task(8, 16, 11);
+  MatrixF poisoned;
+  train::TrainerOptions t;
+  t.max_steps = 10;
+  t.max_grad_norm = 1.0;
+  long steps_seen = 0;
+  // Step 3's batch comes after a weight turned NaN, as a learning rate far too large does.
+  const auto next = [&](long step) -> const model::Batch& {
+    steps_seen = step + 1;
+    if (step == 3) {
+      m.blocks[0].attn.q.adapter->lora_A.value(0, 0) = std::nanf("");
+      poisoned = m.blocks[0].attn.q.adapter->lora_B.value;
+    }
+    return batches[step % 4];
+  };
+  try {
+    train::fit<model::Transformer<float>>(m, opt, next, {}, t);
+    FAIL("fit did not throw");
+  } catch (const train::NonFiniteError& e) {
+    CHECK(e.step() == 3);
+    CHECK(std::isnan(e.value()));
+    CHECK(std::string(e.what()).find("step 3: the loss is nan") != std::string::npos);
+    CHECK(std::string(e.what()).find("learning rate") != std::string::npos);
+  }
+  CHECK(steps_seen == 4);
+  // The optimizer never took step 3: lora_B is as step 2 left it.
+  CHECK(m.blocks[0].attn.q.adapter->lora_B.value == poisoned);
+}
+
+TEST_CASE("apply_peft refuses an alpha that is not a finite number > 0, model untouched") {
+  model::Transformer<float> m(needle_config());
+  m.apply_peft(peft_for(Method::lora));
+  const MatrixF A = m.blocks[0].attn.q.adapter->lora_A.value;
+  for (const double alpha : {std::nan(""), -1.0, 0.0, std::numeric_limits<double>::infinity()}) {
+    model::PeftConfig bad = peft_for(Method::sora);
+    bad.alpha = alpha;
+    CHECK_THROWS_WITH_AS(m.apply_peft(bad), doctest::Contains("alpha must be a finite number > 0"),
+                         Error);
+    REQUIRE(m.blocks[0].attn.q.adapter);
+    CHECK(m.blocks[0].attn.q.adapter->lora_A.value == A);
+  }
+  // An alpha whose scale overflows float is refused by the adapter itself.
+  nn::AdapterConfig huge;
+  huge.rank = 2;
+  huge.alpha = 1e300;
+  CHECK_THROWS_WITH_AS((nn::LowRankAdapter<float>(4, 4, huge)),
+                       doctest::Contains("is not a finite number > 0"), Error);
 }
 
 TEST_CASE("the L1 gate term adds lambda sign(g) / N to the gradient") {

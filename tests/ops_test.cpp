@@ -700,3 +700,26 @@ TEST_CASE("grouped-query attention: equals attention on repeated k/v; gradients 
       ops::attention_backward<double>(dq, kv3, kv2, datt, q, q, kv2, kv2, att, B, T, H, 2),
       doctest::Contains("attention_backward: dk has shape (8, 9), expected (8, 6)"), Error);
 }
+
+TEST_CASE("ops whose outputs must not alias an input check it") {
+  // out = inp W^T in place would read rows of inp already overwritten: a silent wrong answer.
+  MatrixD x = MatrixD::Random(4, 4), W = MatrixD::Random(4, 4);
+  const MatrixD x_before = x;
+  CHECK_THROWS_WITH_AS(ops::linear_forward<double>(x, x, W),
+                       doctest::Contains("linear_forward: out must not alias inp"), Error);
+  CHECK_THROWS_WITH_AS(ops::linear_forward<double>(W, x, W),
+                       doctest::Contains("out must not alias weight"), Error);
+  // A block that overlaps part of the input counts too; disjoint blocks of one buffer do not.
+  MatrixD buffer = MatrixD::Random(8, 4);
+  CHECK_THROWS_AS(
+      ops::linear_forward<double>(buffer.middleRows(2, 4), buffer.topRows(4), W, absent<double>()),
+      Error);
+  ops::linear_forward<double>(buffer.bottomRows(4), buffer.topRows(4), W, absent<double>());
+  CHECK(x == x_before);  // a rejected call changes nothing
+  MatrixD dout = MatrixD::Random(4, 4), dW = MatrixD::Zero(4, 4);
+  CHECK_THROWS_WITH_AS(ops::linear_backward<double>(dout, dW, absent<double>(), dout, x, W),
+                       doctest::Contains("linear_backward: dinp must not alias dout"), Error);
+  MatrixD A = MatrixD::Random(2, 4), B = MatrixD::Random(4, 2), h(4, 2), u(4, 2);
+  CHECK_THROWS_WITH_AS(ops::lowrank_forward<double>(x, h, u, x, A, B, absent<double>(), 1.0),
+                       doctest::Contains("lowrank_forward: out must not alias inp"), Error);
+}

@@ -15,6 +15,7 @@
 #include "sora/core/error.hpp"
 #include "sora/core/rng.hpp"
 #include "sora/io/glue_tsv.hpp"
+#include "sora/io/input_file.hpp"
 #include "sora/model/config.hpp"
 #include "sora/train/metrics.hpp"
 #include "synthetic.hpp"
@@ -201,9 +202,12 @@ inline Corpus text_corpus(const std::vector<std::string>& files) {
   c.vocab_size = sora::io::ByteVocab::kSize;
   c.description = "byte-level text:";
   for (const std::string& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    SORA_CHECK(in.good(), "--pretrain-text: cannot open '", f, "'");
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string text;
+    try {
+      text = sora::io::read_input_file(f);  // a regular file only: a FIFO would hang
+    } catch (const sora::Error& e) {
+      sora::detail::throw_error("--pretrain-text: ", e.what());
+    }
     const std::vector<int> t = sora::io::byte_tokens(text);
     c.tokens.insert(c.tokens.end(), t.begin(), t.end());
     c.tokens.push_back('\n');

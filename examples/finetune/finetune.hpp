@@ -11,6 +11,13 @@
 //   adapter_<method>/        the pruned adapter of the first seed in PEFT format
 //   sparsity.csv, .svg       Algorithm 1, with --sparsity-schedule
 //   cache/pretrained-*.safetensors   the pretrained model, reused by later runs
+//   INCOMPLETE               present while the run writes (or after it died); gone once
+//                            summary.json, written last, is complete
+//   .sora-finetune.lock      flock'ed by the run (also in the cache folder): one run at a time
+// Every run has an id (summary.json "run_id", the adapters' and the cache's "sora.run_id").
+// An adapter folder is replaced whole (io::AtomicDirWriter); an adapter pruned to nothing is
+// not written, and the summary says why. A run that diverges (a NaN or infinite loss) stops
+// with an error naming the flag and writes nothing more.
 
 #include <sys/resource.h>
 
@@ -32,6 +39,7 @@
 #include "data.hpp"
 #include "device.hpp"
 #include "options.hpp"
+#include "run_guard.hpp"
 #include "sora/core/threading.hpp"
 #include "sora/io/atomic_file.hpp"
 #include "sora/io/named_tensors.hpp"
@@ -62,7 +70,12 @@ struct Setup {
   sora::model::TransformerConfig lm_config;    // pretraining
   sora::model::TransformerConfig task_config;  // fine-tuning: the same body, a sequence head
   fs::path out, cache_dir;
+  std::string run_id;                  // written into every file of the run (run_guard.hpp)
+  IncompleteMarker* marker = nullptr;  // told before every output write (none in some tests)
   std::ostream* log = &std::cout;
+  void before_output() const {
+    if (marker != nullptr) marker->before_first_write();
+  }
 };
 
 inline bool on_gpu(const Options& o) {
@@ -70,18 +83,7 @@ inline bool on_gpu(const Options& o) {
 }
 
 inline std::vector<std::string> split_commas(const std::string& text) {
-  std::vector<std::string> parts;
-  std::string cur;
-  for (char c : text) {
-    if (c == ',') {
-      if (!cur.empty()) parts.push_back(cur);
-      cur.clear();
-    } else if (c != ' ') {
-      cur += c;
-    }
-  }
-  if (!cur.empty()) parts.push_back(cur);
-  return parts;
+  return split_target_list(text);
 }
 
 inline Setup make_setup(const Options& o, std::ostream& log) {
@@ -187,6 +189,56 @@ inline sora::train::ProgressBar::Options progress_options(const Options& o) {
   return p;
 }
 
+// A checksum of named float tensors (FNV-1a over each name and its row-major values, in name
+// order), stored in the cache's metadata: a cache damaged after it was written (a bad disk, a
+// partial copy) is retrained instead of silently fine-tuned from.
+inline std::string tensor_checksum(
+    std::vector<std::pair<std::string, std::vector<float>>> tensors) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::string bytes;
+  for (const auto& [name, values] : tensors) {
+    bytes += name;
+    bytes += '\0';
+    bytes.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a(bytes)));
+  return hex;
+}
+
+// Reads a cached pretraining's metadata: nullopt when it was made for other settings (another
+// key); its verdict accuracy (NaN when absent) when it is for these. A file that cannot be
+// parsed, or whose metadata is malformed, is a sora::Error naming the field.
+inline std::optional<double> read_cached_pretraining(const fs::path& path, const std::string& key) {
+  const auto file = sora::io::SafetensorsFile::open(path);
+  const auto& meta = file.metadata();
+  const auto it = meta.find("sora.pretrain_key");
+  if (it == meta.end() || it->second != key) return std::nullopt;
+  const auto sum = meta.find("sora.checksum");
+  SORA_CHECK(sum != meta.end(), path.string(), ": metadata 'sora.checksum' is missing");
+  std::vector<std::pair<std::string, std::vector<float>>> tensors;
+  for (const sora::io::TensorInfo& t : file.tensors()) {
+    std::size_t count = 1;
+    for (const std::uint64_t d : t.shape) count *= static_cast<std::size_t>(d);
+    std::vector<float> values(count);
+    file.read<float>(t, std::span<float>(values));
+    tensors.emplace_back(t.name, std::move(values));
+  }
+  SORA_CHECK(tensor_checksum(std::move(tensors)) == sum->second, path.string(),
+             ": the tensors do not match metadata 'sora.checksum' (the file is damaged)");
+  double accuracy = std::nan("");
+  const auto acc = meta.find("sora.verdict_accuracy");
+  if (acc != meta.end()) {
+    char* end = nullptr;
+    accuracy = std::strtod(acc->second.c_str(), &end);
+    SORA_CHECK(!acc->second.empty() && end == acc->second.c_str() + acc->second.size() &&
+                   std::isfinite(accuracy),
+               path.string(), ": metadata 'sora.verdict_accuracy' is not a number");
+  }
+  return accuracy;
+}
+
 // Trains the language model on the corpus, or reuses the cached one with the same key.
 inline Pretrained pretrain(const Setup& s) {
   const std::string key = pretrain_key(s);
@@ -196,14 +248,17 @@ inline Pretrained pretrain(const Setup& s) {
   Pretrained result;
   result.path = s.cache_dir / name;
   if (!s.opt.no_cache && fs::exists(result.path)) {
-    const auto file = sora::io::SafetensorsFile::open(result.path);
-    const auto it = file.metadata().find("sora.pretrain_key");
-    if (it != file.metadata().end() && it->second == key) {
-      result.reused = true;
-      const auto acc = file.metadata().find("sora.verdict_accuracy");
-      if (acc != file.metadata().end()) result.verdict_accuracy = std::stod(acc->second);
-      *s.log << "pretrained model: reusing the cached " << result.path.string() << "\n";
-      return result;
+    // A cache that cannot be read or checked is a warning and a retraining, never a crash.
+    try {
+      if (const auto cached = read_cached_pretraining(result.path, key)) {
+        result.reused = true;
+        result.verdict_accuracy = *cached;
+        *s.log << "pretrained model: reusing the cached " << result.path.string() << "\n";
+        return result;
+      }
+    } catch (const sora::Error& e) {
+      *s.log << "pretrained model: warning: ignoring the unusable cache (" << e.what()
+             << "); training again\n";
     }
   }
   *s.log << "pretrained model: training (" << s.opt.pretrain_steps << " steps on "
@@ -224,6 +279,7 @@ inline Pretrained pretrain(const Setup& s) {
   const Index T = std::min<Index>(s.lm_config.max_len, 32);
   sora::train::ProgressBar bar("pretrain", s.opt.pretrain_steps, progress_options(s.opt));
   to.on_step = [&](long step, double loss) {
+    throw_if_stopped();
     char status[48];
     std::snprintf(status, sizeof status, "loss %.4f", loss);
     bar.update(step + 1, status);
@@ -233,17 +289,23 @@ inline Pretrained pretrain(const Setup& s) {
     return batch;
   };
   sora::train::TrainResult r;
-  if (on_gpu(s.opt)) {
-    CudaRun run;
-    run.method = sora::model::Method::full;
-    run.finetune = fo;
-    run.math = s.opt.cuda_math;
-    run.trainer = to;
-    run.next_batch = next;
-    r = fit_on_cuda(model, run).result;
-  } else {
-    auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
-    r = sora::train::fit(model, optimizer, next, {}, to);
+  try {
+    if (on_gpu(s.opt)) {
+      CudaRun run;
+      run.method = sora::model::Method::full;
+      run.finetune = fo;
+      run.math = s.opt.cuda_math;
+      run.trainer = to;
+      run.next_batch = next;
+      r = fit_on_cuda(model, run).result;
+    } else {
+      auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
+      r = sora::train::fit(model, optimizer, next, {}, to);
+    }
+  } catch (const sora::train::NonFiniteError& e) {
+    bar.finish();
+    sora::detail::throw_error("pretraining diverged with --pretrain-lr ", s.opt.pretrain_lr, ": ",
+                              e.what(), "; nothing was cached");
   }
   bar.finish();
   const std::size_t tail = std::max<std::size_t>(1, r.losses.size() / 10);
@@ -251,15 +313,22 @@ inline Pretrained pretrain(const Setup& s) {
       std::accumulate(r.losses.end() - static_cast<std::ptrdiff_t>(tail), r.losses.end(), 0.0) /
       static_cast<double>(tail);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::map<std::string, std::string> metadata = {{"format", "pt"}, {"sora.pretrain_key", key}};
+  const auto slots = sora::io::slots_of<float>([&](auto f) { model.visit_params(f); });
+  std::vector<std::pair<std::string, std::vector<float>>> values;
+  for (const auto& slot : slots)  // sora's matrices are row-major, as the file's tensors
+    values.emplace_back(
+        slot.name, std::vector<float>(slot.value->data(), slot.value->data() + slot.value->size()));
+  std::map<std::string, std::string> metadata = {
+      {"format", "pt"},
+      {"sora.pretrain_key", key},
+      {"sora.run_id", s.run_id},
+      {"sora.checksum", tensor_checksum(std::move(values))}};
   if (s.opt.synthetic()) {
     result.verdict_accuracy = verdict_accuracy(model, s.opt.data_seed);
     metadata["sora.verdict_accuracy"] = sora::detail::concat(result.verdict_accuracy);
   }
   fs::create_directories(s.cache_dir);
-  sora::io::save_tensors<float>(result.path,
-                                sora::io::slots_of<float>([&](auto f) { model.visit_params(f); }),
-                                sora::io::Dtype::F32, metadata);
+  sora::io::save_tensors<float>(result.path, slots, sora::io::Dtype::F32, metadata);
   *s.log << "pretrained model: final loss " << result.final_loss;
   if (s.opt.synthetic()) *s.log << ", verdict accuracy " << result.verdict_accuracy;
   *s.log << ", saved\n";
@@ -295,6 +364,7 @@ struct RunResult {
   std::vector<double> eval_metrics;
   std::vector<double> eval_losses;  // mean training loss since the previous evaluation
   fs::path adapter_dir;
+  std::string adapter_not_exported;  // why adapter_dir is empty when an adapter was asked for
   double time_per_epoch() const { return epochs > 0 ? train_seconds / epochs : 0.0; }
 };
 
@@ -431,6 +501,7 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
     loss_sum += loss;
     ++loss_count;
     done = step + 1;
+    throw_if_stopped();
     char status[48];
     std::snprintf(status, sizeof status, "loss %.4f", loss);
     bar.update(step + 1, status);
@@ -472,45 +543,55 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
   adalora.delta_t = o.adalora_delta_t;
   adalora.orth_reg_weight = o.adalora_orth;
   std::optional<double> test_metric;  // measured on the GPU, before the copy back
-  if (on_gpu(o)) {
-    CudaRun run;
-    run.method = method;
-    run.finetune = finetune_options(o, method);
-    run.adalora_adamw = adalora_adamw;
-    run.adalora = adalora;
-    run.math = o.cuda_math;
-    run.trainer = to;
-    run.next_batch = next;
-    run.evaluate = evaluate_val;
-    if (s.task.has_test())
-      run.after = [&](const LogitsFn& logits) {
-        const auto t0 = std::chrono::steady_clock::now();
-        test_metric = evaluate(logits, s.task, s.task.test);
-        eval_seconds +=
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      };
-    const CudaOutcome outcome = fit_on_cuda(model, run);
-    tr = outcome.result;
-    r.train_state_bytes = outcome.optimizer_state_bytes;
-  } else if (method == sora::model::Method::adalora) {
-    sora::optim::AdaLoraOptimizer<float> optimizer(model, adalora_adamw, adalora);
-    tr = sora::train::fit(
-        model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
-    r.train_state_bytes = optimizer.state_bytes();
-    // The allocator's importance statistics (two per element of A, E and B) are state too.
-    for (std::size_t k = 0; k < optimizer.allocator().modules().size(); ++k) {
-      const auto& st = optimizer.allocator().importance(k);
-      for (const auto* s2 : {&st.A, &st.B, &st.E})
-        r.train_state_bytes +=
-            static_cast<std::size_t>(s2->sensitivity.size() + s2->uncertainty.size()) *
-            sizeof(float);
+  try {
+    if (on_gpu(o)) {
+      CudaRun run;
+      run.method = method;
+      run.finetune = finetune_options(o, method);
+      run.adalora_adamw = adalora_adamw;
+      run.adalora = adalora;
+      run.math = o.cuda_math;
+      run.trainer = to;
+      run.next_batch = next;
+      run.evaluate = evaluate_val;
+      if (s.task.has_test())
+        run.after = [&](const LogitsFn& logits) {
+          const auto t0 = std::chrono::steady_clock::now();
+          test_metric = evaluate(logits, s.task, s.task.test);
+          eval_seconds +=
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        };
+      const CudaOutcome outcome = fit_on_cuda(model, run);
+      tr = outcome.result;
+      r.train_state_bytes = outcome.optimizer_state_bytes;
+    } else if (method == sora::model::Method::adalora) {
+      sora::optim::AdaLoraOptimizer<float> optimizer(model, adalora_adamw, adalora);
+      tr = sora::train::fit(
+          model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
+      r.train_state_bytes = optimizer.state_bytes();
+      // The allocator's importance statistics (two per element of A, E and B) are state too.
+      for (std::size_t k = 0; k < optimizer.allocator().modules().size(); ++k) {
+        const auto& st = optimizer.allocator().importance(k);
+        for (const auto* s2 : {&st.A, &st.B, &st.E})
+          r.train_state_bytes +=
+              static_cast<std::size_t>(s2->sensitivity.size() + s2->uncertainty.size()) *
+              sizeof(float);
+      }
+    } else {
+      auto optimizer =
+          sora::optim::FineTuneOptimizer<float>::for_model(model, finetune_options(o, method));
+      tr = sora::train::fit(
+          model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
+      r.train_state_bytes = optimizer.state_bytes();
     }
-  } else {
-    auto optimizer =
-        sora::optim::FineTuneOptimizer<float>::for_model(model, finetune_options(o, method));
-    tr = sora::train::fit(
-        model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
-    r.train_state_bytes = optimizer.state_bytes();
+  } catch (const sora::train::NonFiniteError& e) {
+    bar.finish();
+    const bool full = method == sora::model::Method::full;
+    sora::detail::throw_error(
+        "fine-tuning ", run_label(method_name, seed), " diverged with ",
+        full ? sora::detail::concat("--full-lr ", o.full_lr)
+             : sora::detail::concat("--lr ", o.lr, " and --alpha ", o.alpha),
+        ": ", e.what(), "; no adapter or metrics were written for it, earlier outputs are kept");
   }
   const double total =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -547,8 +628,19 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
     eo.task_type = "SEQ_CLS";
     eo.metadata["sora.method"] = method_name;
     eo.metadata["sora.task"] = s.task.name;
-    sora::io::export_peft_adapter(model, adapter_dir, eo);
-    r.adapter_dir = adapter_dir;
+    eo.metadata["sora.run_id"] = s.run_id;
+    s.before_output();
+    try {
+      sora::io::export_peft_adapter(model, adapter_dir, eo);
+      r.adapter_dir = adapter_dir;
+    } catch (const sora::io::NothingToExport& e) {
+      // Not an error of the run: a large --xi may prune everything. PEFT could not load the
+      // empty adapter, so there is none; the summary says why.
+      r.adapter_not_exported = sora::detail::concat(
+          "every rank was pruned (--xi ", o.xi, " too large?); PEFT cannot load an empty adapter");
+      *s.log << "  " << run_label(method_name, seed)
+             << ": no adapter written: " << r.adapter_not_exported << "\n";
+    }
   }
   return r;
 }
@@ -603,13 +695,20 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
   long done = 0;
   auto train_stage = hooks.train_stage;
   hooks.train_stage = [&](double xi, const sora::optim::LrSchedule& sched, long begin, long end) {
+    throw_if_stopped();
     train_stage(xi, sched, begin, end);
     done += end - begin;
     char status[48];
     std::snprintf(status, sizeof status, "xi %.2g", xi);
     bar.update(done, status);
   };
-  outcome.result = sora::train::run_sparsity_scheduler(hooks, so);
+  try {
+    outcome.result = sora::train::run_sparsity_scheduler(hooks, so);
+  } catch (const sora::train::NonFiniteError& e) {
+    bar.finish();
+    sora::detail::throw_error("the sparsity schedule diverged with --lr ", o.lr, " and --alpha ",
+                              o.alpha, ": ", e.what(), "; the finished runs' summary.json is kept");
+  }
   bar.finish();
   return outcome;
 }
@@ -773,6 +872,7 @@ inline json run_json(const RunResult& r) {
   j["ranks"] = ranks;
   j["adapter_dir"] =
       r.adapter_dir.empty() ? json(nullptr) : json(r.adapter_dir.filename().string());
+  if (!r.adapter_not_exported.empty()) j["adapter_not_exported"] = r.adapter_not_exported;
   return j;
 }
 
@@ -790,6 +890,26 @@ inline json config_json(const sora::model::TransformerConfig& c) {
 
 // ---- the program -----------------------------------------------------------------------------
 
+// Every path the run records (in summary.json, as JSON strings) must be UTF-8: checked before
+// any work rather than failing in the JSON encoder after all of it.
+inline void check_paths_encodable(const Options& o) {
+  std::vector<std::pair<std::string, std::string>> paths = {
+      {"--out", o.out}, {"--cache-dir", o.cache_dir}, {"--glue-dir", o.glue_dir}};
+  for (const std::string& f : o.pretrain_text) paths.emplace_back("--pretrain-text", f);
+  for (const auto& [flag, path] : paths)
+    SORA_CHECK(is_utf8(path), flag,
+               ": the path is not valid UTF-8, which summary.json cannot "
+               "record; rename it");
+}
+
+// Creates `dir` (and its parents) if needed; an error names the flag.
+inline void make_folder(const fs::path& dir, const char* flag) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  SORA_CHECK(!ec, flag, ": cannot create the folder '", dir.string(), "': ", ec.message());
+  SORA_CHECK(fs::is_directory(dir), flag, ": '", dir.string(), "' is not a folder");
+}
+
 // Runs what the options ask for; returns the process exit code. Progress and tables go to
 // `log` (stdout in the program); progress bars to stderr.
 inline int run(const Options& o, std::ostream& log) {
@@ -798,8 +918,22 @@ inline int run(const Options& o, std::ostream& log) {
   // Asked before any work or output: a missing GPU or a CPU-only build is an error up front.
   const std::string device =
       on_gpu(o) ? "cuda (" + cuda_device_name() + ", " + o.cuda_math + " GEMMs)" : "cpu";
+  // The folders, before any work: writable, not in use by another run, free of a killed
+  // run's temporaries; the inputs are read (and checked) by make_setup, also before any work.
+  check_paths_encodable(o);
+  const fs::path out = o.out;
+  const fs::path cache_dir = o.cache_dir.empty() ? out / "cache" : fs::path(o.cache_dir);
+  make_folder(out, "--out");
+  const FolderLock out_lock(out, "output folder (--out)");
+  make_folder(cache_dir, o.cache_dir.empty() ? "the cache folder <out>/cache" : "--cache-dir");
+  const FolderLock cache_lock(cache_dir, "cache folder");
+  remove_stale_temporaries(out);
+  remove_stale_temporaries(cache_dir);
   Setup s = make_setup(o, log);
-  fs::create_directories(s.out);
+  s.run_id = new_run_id();
+  IncompleteMarker marker(out, s.run_id);
+  s.marker = &marker;
+  log << "run " << s.run_id << "\n";
   log << "task " << s.task.name << " (" << s.task.source << "): " << s.task.train.size()
       << " train / " << s.task.val.size() << " validation / " << s.task.test.size()
       << " test examples, metric " << metric_name(s.task.metric) << "\n";
@@ -829,6 +963,7 @@ inline int run(const Options& o, std::ostream& log) {
                     r.metric, r.best_val, static_cast<long long>(r.trainable),
                     static_cast<long long>(r.after_pruning), r.time_per_epoch());
       log << line << std::flush;
+      s.before_output();
       sora::io::write_file_atomic(s.out / "metrics.csv", csv);
     }
   }
@@ -839,6 +974,7 @@ inline int run(const Options& o, std::ostream& log) {
 
   json j;
   j["program"] = "sora-finetune";
+  j["run_id"] = s.run_id;
   j["task"] = {{"name", s.task.name},
                {"source", s.task.source},
                {"metric", metric_name(s.task.metric)},
@@ -892,6 +1028,18 @@ inline int run(const Options& o, std::ostream& log) {
   j["runs"] = rs;
   j["table"] = tab;
 
+  // The finished runs' summary, before the optional phase that follows (which may fail).
+  const auto write_summary = [&] {
+    j["peak_rss_bytes"] = peak_rss_bytes();
+    j["wall_seconds"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+    sora::io::write_file_atomic(s.out / "summary.json", j.dump(2) + "\n");
+  };
+  if (o.sparsity_schedule) {
+    j["sparsity_schedule"] = "running";
+    write_summary();
+  }
+
   if (o.sparsity_schedule) {
     log << "\nsparsity schedule (Algorithm 1): dense phase, then " << o.stages << " xi stages from "
         << o.xi0 << " to " << o.xi_max << " (" << o.xi_schedule << ")"
@@ -920,10 +1068,8 @@ inline int run(const Options& o, std::ostream& log) {
     }
     j["sparsity_schedule"] = sj;
   }
-  j["peak_rss_bytes"] = peak_rss_bytes();
-  j["wall_seconds"] =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
-  sora::io::write_file_atomic(s.out / "summary.json", j.dump(2) + "\n");
+  write_summary();
+  marker.finished();  // summary.json is complete: so is the folder
   log << "\nreport: " << fs::absolute(s.out).string()
       << "/ (summary.json, metrics.csv, curves.svg, loss.svg, ranks_*.svg, adapter*/"
       << (o.sparsity_schedule ? ", sparsity.csv, sparsity.svg" : "") << ")\n";

@@ -4,6 +4,7 @@
 // so that tests can drive it.
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <ostream>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "data.hpp"
+#include "sora/model/peft.hpp"
 
 namespace sora_finetune {
 
@@ -84,6 +86,37 @@ struct Options {
 
   bool synthetic() const { return glue_dir.empty(); }
 };
+
+// "q, k,v" -> {"q", "k", "v"}: the comma-separated list of --targets, blanks dropped.
+inline std::vector<std::string> split_target_list(const std::string& text) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char c : text) {
+    if (c == ',') {
+      if (!cur.empty()) parts.push_back(cur);
+      cur.clear();
+    } else if (c != ' ') {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) parts.push_back(cur);
+  return parts;
+}
+
+// CLI11's PositiveNumber and NonNegativeNumber let a NaN through and print the largest double
+// (300 digits) as their bound; these say what is wanted in words, and refuse NaN and infinity.
+inline CLI::Validator finite_number(bool zero_allowed) {
+  return CLI::Validator(
+      [zero_allowed](std::string& text) -> std::string {
+        double value = 0.0;
+        if (!CLI::detail::lexical_cast(text, value)) return "'" + text + "' is not a number";
+        if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
+        if (zero_allowed ? value < 0.0 : value <= 0.0)
+          return "'" + text + (zero_allowed ? "' is negative" : "' is not > 0");
+        return std::string();
+      },
+      zero_allowed ? "FINITE >= 0" : "FINITE > 0");
+}
 
 inline const std::vector<std::string>& method_names() {
   static const std::vector<std::string> names = {"full", "lora", "sora", "adalora"};
@@ -159,15 +192,15 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
 
   auto* g_data = "Data";
   app.add_option("--train-size", o.train_size, "training examples (GLUE: cap, 0 = all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_data);
   app.add_option("--val-size", o.val_size, "validation examples (GLUE: cap, 0 = all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_data);
   app.add_option("--test-size", o.test_size, "test examples (synthetic tasks only)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_data);
   app.add_option("--max-len", o.max_len,
@@ -204,7 +237,7 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_pre);
   app.add_option("--pretrain-lr", o.pretrain_lr, "pretraining learning rate")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_number(false))
       ->capture_default_str()
       ->group(g_pre);
   app.add_option("--corpus-tokens", o.corpus_tokens, "tokens of the synthetic corpus")
@@ -222,11 +255,11 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--eval-every", o.eval_every, "steps between evaluations (0: once per epoch)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--max-grad-norm", o.max_grad_norm, "global gradient clipping (0: off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--warmup", o.warmup, "warm-up share of the steps")
@@ -238,15 +271,15 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay on matrices")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--full-lr", o.full_lr, "learning rate of full fine-tuning")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_number(false))
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--lr", o.lr, "learning rate of LoRA, SoRA and AdaLoRA")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_number(false))
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--rank", o.rank, "adapter rank r (SoRA's r_max, AdaLoRA's initial rank)")
@@ -254,7 +287,7 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--alpha", o.alpha, "adapter alpha (scale alpha / r)")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_number(false))
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--targets", o.targets, "comma-separated adapted modules (PEFT suffix rule)")
@@ -263,11 +296,11 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
 
   auto* g_sora = "SoRA";
   app.add_option("--xi", o.xi, "gate sparsity threshold xi (per step)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_sora);
   app.add_option("--gate-lr", o.gate_lr, "gate learning rate (default: --lr)")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_number(false))
       ->group(g_sora);
   app.add_flag("--scale-xi-by-lr", o.scale_xi_by_lr,
                "threshold xi * lr (proximal-gradient form) instead of xi")
@@ -293,7 +326,7 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_ada);
   app.add_option("--adalora-orth", o.adalora_orth, "orthogonal regularizer weight")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_ada);
 
@@ -303,11 +336,11 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_sched);
   app.add_option("--xi0", o.xi0, "first xi")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_sched);
   app.add_option("--xi-max", o.xi_max, "last xi")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_sched);
   app.add_option("--stages", o.stages, "number of xi values (sparse stages)")
@@ -354,6 +387,31 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       return fail("--task: '" + o.task +
                   "' is not a GLUE task (expected sst2, cola, mrpc, rte, stsb, qnli, qqp or mnli)");
   }
+  // A NaN passes CLI11's range checks (every comparison with it is false) and an infinity
+  // passes the one-sided ones: every real-valued flag must be a finite number.
+  const std::pair<const char*, double> reals[] = {{"--dropout", o.dropout},
+                                                  {"--pretrain-lr", o.pretrain_lr},
+                                                  {"--max-grad-norm", o.max_grad_norm},
+                                                  {"--warmup", o.warmup},
+                                                  {"--weight-decay", o.weight_decay},
+                                                  {"--full-lr", o.full_lr},
+                                                  {"--lr", o.lr},
+                                                  {"--alpha", o.alpha},
+                                                  {"--xi", o.xi},
+                                                  {"--gate-lr", o.gate_lr},
+                                                  {"--adalora-tinit", o.adalora_tinit},
+                                                  {"--adalora-tfinal", o.adalora_tfinal},
+                                                  {"--adalora-orth", o.adalora_orth},
+                                                  {"--xi0", o.xi0},
+                                                  {"--xi-max", o.xi_max}};
+  for (const auto& [flag, value] : reals)
+    if (!std::isfinite(value)) return fail(std::string(flag) + ": must be a finite number");
+  // The adapter's scale alpha / r is a float: an alpha beyond float's range is infinite.
+  if (o.alpha > 1e6)
+    return fail(sora::detail::concat("--alpha: ", o.alpha, " is absurdly large (at most 1e6)"));
+  if (o.rank > o.width)
+    return fail("--rank " + std::to_string(o.rank) + " exceeds --width " + std::to_string(o.width) +
+                " (a rank-r update needs r <= the layer's width)");
   if (o.width % o.heads != 0)
     return fail("--heads: " + std::to_string(o.heads) + " does not divide --width " +
                 std::to_string(o.width));
@@ -366,6 +424,19 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   if (o.adalora_tinit + o.adalora_tfinal >= 1.0)
     return fail("--adalora-tinit + --adalora-tfinal must be < 1");
   if (o.targets.empty()) return fail("--targets: give at least one module name");
+  // Every pattern must adapt something, or a typo would silently train fewer modules.
+  const char* kinds[] = {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj"};
+  for (const std::string& pattern : split_target_list(o.targets)) {
+    bool matched = false;
+    for (int l = 0; l < o.layers && !matched; ++l)
+      for (const char* kind : kinds)
+        matched = matched ||
+                  sora::model::matches_target("blocks." + std::to_string(l) + "." + kind, pattern);
+    if (!matched)
+      return fail("--targets: '" + pattern +
+                  "' matches no module (modules: blocks.<layer>.attn.q|k|v|o, "
+                  "blocks.<layer>.mlp.fc|proj)");
+  }
   return std::nullopt;
 }
 

@@ -9,9 +9,34 @@
 
 namespace sora {
 
+namespace detail {
+
+// Control bytes in a message (a NUL or an escape sequence from a file's contents, say) would
+// cut it short or garble the terminal: each is shown as \xNN. Newlines stay (messages that
+// list several problems put one per line).
+inline std::string escape_control_bytes(const std::string& text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if ((byte < 0x20 && c != '\n') || byte == 0x7f) {
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace detail
+
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& message) : std::runtime_error(message) {}
+  explicit Error(const std::string& message)
+      : std::runtime_error(detail::escape_control_bytes(message)) {}
 };
 
 namespace detail {

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -26,6 +27,15 @@ inline std::string errno_text(int err) {
   return std::strerror(err);
 }
 }  // namespace atomic_detail
+
+// Fault injection for tests: when set, called with the target of every atomic write (a file
+// or, from AtomicDirWriter, a folder) after its data is complete and just before it replaces
+// the target; throwing there is a failure at the last possible moment, and the tests check
+// that nothing was replaced. Empty (no cost beyond one test) in normal use.
+inline std::function<void(const std::filesystem::path&)>& before_atomic_commit() {
+  static std::function<void(const std::filesystem::path&)> hook;
+  return hook;
+}
 
 // Writes a file through a temporary: write() as often as needed, then commit(). Destroying
 // the writer without commit() (an exception on the way, say) removes the temporary and
@@ -83,6 +93,14 @@ class AtomicFileWriter {
   void commit() {
     SORA_CHECK(fd_ >= 0, "cannot write '", target_.string(), "': the writer is closed");
     if (::fsync(fd_) != 0) fail("cannot flush");
+    if (before_atomic_commit()) {
+      try {
+        before_atomic_commit()(target_);
+      } catch (...) {
+        abandon();
+        throw;
+      }
+    }
     const int fd = std::exchange(fd_, -1);
     if (::close(fd) != 0) fail("cannot close");
     if (::rename(temp_.c_str(), target_.c_str()) != 0) fail("cannot rename the temporary file");

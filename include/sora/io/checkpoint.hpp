@@ -16,7 +16,8 @@
 // %a (hexadecimal floating point), which strtod reads back exactly.
 //
 // The file is written through SafetensorsWriter::write (temporary file, fsync, rename): a
-// crash or a failed save leaves the earlier checkpoint as it was.
+// crash or a failed save leaves the earlier checkpoint as it was, and so does a model or
+// optimizer state holding a NaN or an infinity: such a save is refused before any file exists.
 //
 // Loading validates everything first (the reader's checks, then every tensor's presence and
 // shape, every metadata field, the optimizer kind, the adapters) and throws one sora::Error
@@ -327,6 +328,7 @@ void save_checkpoint(const std::filesystem::path& path, Model& model, Optimizer&
   cd::Layout<T> layout = cd::layout_of<T>(model, parts);
 
   SafetensorsWriter writer;
+  writer.require_finite();  // a diverged run keeps its last good checkpoint
   writer.set_metadata("format", std::string(kCheckpointFormat));
   writer.set_metadata("version", std::string(kCheckpointVersion));
   writer.set_metadata("dtype", std::string(dtype_name(native_dtype<T>())));

@@ -18,7 +18,6 @@
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <optional>
 #include <span>
@@ -30,6 +29,7 @@
 
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
+#include "sora/io/input_file.hpp"
 
 namespace sora::io {
 
@@ -285,11 +285,7 @@ inline GlueDataset parse_glue_tsv(std::string_view text, GlueTask task,
 
 inline GlueDataset read_glue_tsv(const std::filesystem::path& path, GlueTask task,
                                  GlueSplit split = GlueSplit::labeled) {
-  std::ifstream in(path, std::ios::binary);
-  SORA_CHECK(in.good(), "cannot open '", path.string(), "'");
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  SORA_CHECK(!in.bad(), "cannot read '", path.string(), "'");
-  return parse_glue_tsv(text, task, split, path.string());
+  return parse_glue_tsv(read_input_file(path), task, split, path.string());
 }
 
 // Byte-level vocabulary: ids 0..255 are the bytes, then the special tokens.

@@ -12,32 +12,26 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <span>
 #include <string>
 #include <utility>
 
 #include "sora/core/error.hpp"
+#include "sora/io/input_file.hpp"
 
 namespace sora::io {
 
 class MappedFile {
  public:
   explicit MappedFile(const std::filesystem::path& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    SORA_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      detail::throw_error("cannot read '", path.string(), "': ", std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      detail::throw_error("cannot read '", path.string(), "': not a regular file");
-    }
-    size_ = static_cast<std::size_t>(st.st_size);
+    // Only a regular file is mapped; opened non-blocking, a FIFO cannot hang the open.
+    std::uint64_t bytes = 0;
+    const int fd = open_regular_file(path, std::numeric_limits<std::uint64_t>::max(), &bytes);
+    size_ = static_cast<std::size_t>(bytes);
     if (size_ > 0) {  // mmap refuses a zero length; an empty file is simply empty
       void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
       const int err = errno;

@@ -121,12 +121,14 @@ LoadReport load_into(const SafetensorsFile& file, const std::vector<TensorSlot<T
   return report;
 }
 
-// Writes every slot (vectors 1-D) as `dtype`, atomically, with optional metadata.
+// Writes every slot (vectors 1-D) as `dtype`, atomically, with optional metadata. A NaN or an
+// infinity in any slot is an error and writes nothing (SafetensorsWriter::require_finite).
 template <class T>
 void save_tensors(const std::filesystem::path& path, const std::vector<TensorSlot<T>>& slots,
                   Dtype dtype = native_dtype<T>(),
                   const std::map<std::string, std::string>& metadata = {}) {
   SafetensorsWriter writer;
+  writer.require_finite();
   for (const auto& [key, value] : metadata) writer.set_metadata(key, value);
   for (const TensorSlot<T>& s : slots) {
     SORA_CHECK(s.value != nullptr, "save_tensors: slot '", s.name, "' has no source");

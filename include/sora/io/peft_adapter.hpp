@@ -8,7 +8,14 @@
 //
 // Export prunes on the way out (prune::to_lora): a SoRA or AdaLoRA module keeps the ranks with
 // a non-zero gate and folds the gate into B; a module left with no rank is not written at all
-// (PEFT never sees a zero-sized tensor); a LoRA module is written whole.
+// (PEFT never sees a zero-sized tensor); a LoRA module is written whole. A model pruned to
+// nothing has no adapter to write (PEFT refuses an empty target_modules): export throws
+// NothingToExport and writes nothing.
+//
+// The folder is written as one transaction (AtomicDirWriter): the config and the weights are
+// written into a temporary sibling folder that then replaces the old one, so a crash or a
+// failed write never leaves a config that describes other weights. Weights that are not
+// finite (a diverged run) are refused before anything is written.
 //
 // The scale. PEFT computes scaling = alpha_m / r_m per module, with r_m from rank_pattern and
 // alpha_m from alpha_pattern (else r and lora_alpha). Ours is s = alpha / r_max, fixed for the
@@ -30,7 +37,6 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -41,7 +47,9 @@
 
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
+#include "sora/io/atomic_dir.hpp"
 #include "sora/io/atomic_file.hpp"
+#include "sora/io/input_file.hpp"
 #include "sora/io/safetensors.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
@@ -66,6 +74,12 @@ struct PeftModuleInfo {
   Index in = 0, out = 0;
 };
 
+// Every adapted module was pruned to rank 0: there is nothing PEFT could load.
+class NothingToExport : public Error {
+ public:
+  using Error::Error;
+};
+
 struct PeftExportReport {
   std::vector<PeftModuleInfo> modules;  // every adapted module, in model order, rank 0 included
   Index max_rank = 0;                   // the config's r
@@ -83,10 +97,10 @@ inline std::string key(const std::string& module, const char* which) {
 }
 
 inline nlohmann::json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  SORA_CHECK(in.good(), "cannot open '", path.string(), "'");
+  constexpr std::uint64_t kMaxConfigBytes = 64 << 20;  // a PEFT config is a few KiB
+  const std::string text = read_input_file(path, kMaxConfigBytes);
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     detail::throw_error(path.string(), ": not valid JSON: ", e.what());
   }
@@ -133,9 +147,9 @@ inline std::map<std::string, PeftModuleTensors> group_peft_tensors(
   return modules;
 }
 
-// Writes the model's adapters, pruned, as a PEFT LoRA adapter folder `dir` (created if
-// needed; both files written atomically). The model must offer visit_linears(fn(name, layer))
-// (model::Transformer). The model itself is not changed.
+// Writes the model's adapters, pruned, as a PEFT LoRA adapter folder `dir` (its parent created
+// if needed; the folder replaced as a whole). The model must offer
+// visit_linears(fn(name, layer)) (model::Transformer). The model itself is not changed.
 template <class Model>
 PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& dir,
                                      const PeftExportOptions& options = {}) {
@@ -143,6 +157,7 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
   using T = typename Model::Scalar;
   PeftExportReport report;
   SafetensorsWriter writer;
+  writer.require_finite();
   nlohmann::ordered_json targets = nlohmann::ordered_json::array();
   nlohmann::ordered_json ranks = nlohmann::ordered_json::object();
   double alpha = 0.0, dropout = 0.0;
@@ -175,6 +190,12 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
     report.modules.push_back(std::move(info));
   });
   SORA_CHECK(any, "export_peft_adapter: the model has no adapter to export");
+  if (report.max_rank == 0) {
+    throw NothingToExport(detail::concat(
+        "export_peft_adapter: every rank of all ", report.modules.size(),
+        " adapted modules was pruned; PEFT cannot load an adapter without target modules, so '",
+        dir.string(), "' is not written"));
+  }
 
   nlohmann::ordered_json config;
   config["peft_type"] = "LORA";
@@ -184,8 +205,7 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
                                           ? nlohmann::ordered_json(nullptr)
                                           : nlohmann::ordered_json(options.base_model_name_or_path);
   config["inference_mode"] = true;
-  // A model pruned to nothing still gets a loadable (empty) adapter: PEFT requires r >= 1.
-  const Index r = std::max<Index>(report.max_rank, 1);
+  const Index r = report.max_rank;
   config["r"] = r;
   config["lora_alpha"] = r;  // scaling = lora_alpha / r = 1: s is folded into lora_B
   config["lora_dropout"] = dropout;
@@ -208,9 +228,18 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
   writer.set_metadata("sora.scale_folded_into_lora_B", "true");
   for (const auto& [k, v] : options.metadata) writer.set_metadata(k, v);
 
-  std::filesystem::create_directories(dir);
-  writer.write(dir / kPeftWeightsFile);
-  write_file_atomic(dir / kPeftConfigFile, config.dump(2) + "\n");
+  std::string config_text;
+  try {
+    config_text = config.dump(2) + "\n";
+  } catch (const nlohmann::json::exception& e) {
+    detail::throw_error("cannot write '", (dir / kPeftConfigFile).string(),
+                        "': cannot encode the config: ", e.what());
+  }
+  if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path());
+  AtomicDirWriter folder(dir);
+  writer.write(folder.path() / kPeftWeightsFile);
+  write_file_atomic(folder.path() / kPeftConfigFile, config_text);
+  folder.commit();
   return report;
 }
 

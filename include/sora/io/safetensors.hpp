@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -499,6 +500,11 @@ class SafetensorsWriter {
     metadata_.insert_or_assign(std::move(key), std::move(value));
   }
 
+  // Model files (checkpoints, adapters, caches) must never hold a NaN or an infinity: a
+  // diverged run would otherwise replace a good file with a useless one. With this on, write()
+  // refuses, naming the first such value, before it creates any file.
+  void require_finite(bool on = true) { require_finite_ = on; }
+
   // A matrix-like value with an explicit shape (row-major order of its elements).
   template <class Derived>
   void add(std::string name, const Eigen::MatrixBase<Derived>& values, Dtype dtype, Shape shape) {
@@ -516,7 +522,13 @@ class SafetensorsWriter {
     // Row by row whatever the storage order, so column-major inputs come out right too.
     for (Index i = 0; i < values.rows(); ++i) {
       for (Index j = 0; j < values.cols(); ++j) {
-        encode_value(dtype, values.derived().coeff(i, j), bytes.data() + width * k++);
+        const auto v = values.derived().coeff(i, j);
+        if (require_finite_ && first_non_finite_.empty() &&
+            !std::isfinite(static_cast<double>(v))) {
+          first_non_finite_ = detail::concat("tensor '", name, "' holds ", static_cast<double>(v),
+                                             " at (", i, ", ", j, ")");
+        }
+        encode_value(dtype, v, bytes.data() + width * k++);
       }
     }
     add_raw(std::move(name), dtype, std::move(shape), std::move(bytes));
@@ -606,6 +618,8 @@ class SafetensorsWriter {
 
   // Writes the file atomically (temporary file + rename): never a torn file at `path`.
   void write(const std::filesystem::path& path) const {
+    SORA_CHECK(first_non_finite_.empty(), "refusing to write '", path.string(),
+               "': ", first_non_finite_, ", not a finite number (did training diverge?)");
     const std::string head = header();
     const std::uint64_t n = head.size();
     AtomicFileWriter out(path);
@@ -635,6 +649,8 @@ class SafetensorsWriter {
 
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
+  bool require_finite_ = false;
+  std::string first_non_finite_;  // the first value require_finite() refuses, described
 };
 
 }  // namespace sora::io

@@ -193,6 +193,9 @@ class Transformer {
   // Returns the number of adapted modules. Throws when the patterns match no module (PEFT's
   // "target modules not found"), rather than silently training nothing.
   Index apply_peft(const PeftConfig& peft) {
+    // Checked before the model is touched (the adapters check again, too late to keep it).
+    SORA_CHECK(peft.method == Method::full || (std::isfinite(peft.alpha) && peft.alpha > 0.0),
+               "apply_peft: alpha must be a finite number > 0, got ", peft.alpha);
     visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
     if (peft.method == Method::full) {
       visit_params([](ParamT& p) { p.set_trainable(true); });

@@ -14,6 +14,7 @@
 // Backward contract: parameter gradients accumulate (+=); the returned input gradient is
 // overwritten (=) on every call.
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -62,6 +63,8 @@ class LowRankAdapter {
                " out=", out, " rank=", R);
     SORA_CHECK(config.dropout >= 0.0 && config.dropout < 1.0, "LowRankAdapter: dropout ",
                config.dropout, " is not in [0, 1)");
+    SORA_CHECK(std::isfinite(config.alpha) && config.alpha > 0.0,
+               "LowRankAdapter: alpha must be a finite number > 0, got ", config.alpha);
     Rng rng(config.seed, 0);
     Matrix<T> A(R, in), B(out, R);
     if (kind_ == AdapterKind::adalora) {
@@ -76,6 +79,9 @@ class LowRankAdapter {
       B.setZero();
       scale_ = static_cast<T>(config.alpha / static_cast<double>(R));
     }
+    SORA_CHECK(std::isfinite(static_cast<double>(scale_)) && scale_ > T(0),
+               "LowRankAdapter: ", "the scale alpha / rank = ", config.alpha, " / ", R,
+               " is not a finite number > 0 ", "in this scalar type");
     lora_A = Param<T, Backend>("lora_A", std::move(A), true);
     lora_B = Param<T, Backend>("lora_B", std::move(B), true);
     if (kind_ != AdapterKind::lora) {

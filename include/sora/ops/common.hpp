@@ -1,6 +1,6 @@
 #pragma once
-// Shared pieces of ops/: "absent" optional arguments and the shape
-// checks every public entry runs.
+// Shared pieces of ops/: "absent" optional arguments, the shape checks every public entry
+// runs, and the aliasing check of the outputs that must not share memory with an input.
 //
 // Calling convention (llm.c's): outputs, saved values, inputs, weights, sizes. Every op takes
 // Eigen::Ref arguments so that blocks and maps of row-major matrices pass without copies; a
@@ -8,7 +8,9 @@
 // An optional argument (a bias, a gate, a gradient nobody wants) is passed as absent<T>(), a
 // 0 x 0 map: "no bias" and "no gradient wanted" then need no extra overloads or flags.
 
+#include <functional>
 #include <string>
+#include <utility>
 
 #include "sora/core/backend.hpp"
 #include "sora/core/error.hpp"
@@ -48,6 +50,29 @@ template <class Derived>
 void check_optional(const char* op, const char* what, const Eigen::EigenBase<Derived>& m,
                     Index rows, Index cols) {
   if (present(m)) check_shape(op, what, m, rows, cols);
+}
+
+// The addresses a matrix view spans, [first, last): its storage with the outer stride.
+template <class M>
+std::pair<const void*, const void*> span_of(const M& m) {
+  if (m.size() == 0) return {nullptr, nullptr};
+  const auto* first = m.data();
+  return {first, first + m.outerStride() * (m.outerSize() - 1) + m.innerSize()};
+}
+
+// Throws "<op>: <out> must not alias <in>" when the two views share memory. Ops whose
+// output is written while an input is still being read (matrix products, for one) call it;
+// ops that may be called in place say so in their comment instead.
+template <class Out, class In>
+void check_no_alias(const char* op, const char* out_name, const Out& out, const char* in_name,
+                    const In& in) {
+  if (!present(out) || !present(in)) return;
+  const auto [a0, a1] = span_of(out);
+  const auto [b0, b1] = span_of(in);
+  const auto lt = std::less<const void*>();
+  if (lt(a0, b1) && lt(b0, a1)) [[unlikely]]
+    ::sora::detail::throw_error(op, ": ", out_name, " must not alias ", in_name,
+                                " (they share memory); pass a separate output");
 }
 
 }  // namespace detail

@@ -7,6 +7,9 @@
 // input gradient is added onto the base layer's.
 //
 // Sizes: N tokens, C input channels, OC output channels, R rank.
+//
+// Aliasing: no output of these ops may share memory with an input (each is a matrix product
+// that reads its inputs while writing); the ops check and throw.
 
 #include "sora/ops/common.hpp"
 
@@ -22,6 +25,9 @@ void linear_forward(MatrixRef<T> out,          // (N, OC)
   detail::check_shape("linear_forward", "weight", weight, OC, C);
   detail::check_shape("linear_forward", "out", out, N, OC);
   detail::check_optional("linear_forward", "bias", bias, 1, OC);
+  detail::check_no_alias("linear_forward", "out", out, "inp", inp);
+  detail::check_no_alias("linear_forward", "out", out, "weight", weight);
+  detail::check_no_alias("linear_forward", "out", out, "bias", bias);
   out.noalias() = inp * weight.transpose();
   if (present(bias)) out.rowwise() += bias.row(0);
 }
@@ -47,6 +53,11 @@ void linear_backward(MatrixRef<T> dinp,           // (N, C) or absent
   detail::check_optional("linear_backward", "dinp", dinp, N, C);
   detail::check_optional("linear_backward", "dweight", dweight, OC, C);
   detail::check_optional("linear_backward", "dbias", dbias, 1, OC);
+  detail::check_no_alias("linear_backward", "dinp", dinp, "dout", dout);
+  detail::check_no_alias("linear_backward", "dinp", dinp, "inp", inp);
+  detail::check_no_alias("linear_backward", "dinp", dinp, "weight", weight);
+  detail::check_no_alias("linear_backward", "dweight", dweight, "inp", inp);
+  detail::check_no_alias("linear_backward", "dweight", dweight, "dout", dout);
   if (present(dinp)) dinp.noalias() = dout * weight;
   if (present(dweight)) dweight.noalias() += dout.transpose() * inp;
   if (present(dbias)) dbias.row(0) += dout.colwise().sum();
@@ -74,6 +85,9 @@ void lowrank_forward(MatrixRef<T> out,       // (N, OC)  accumulated into
   detail::check_shape("lowrank_forward", "h", h, N, R);
   detail::check_shape("lowrank_forward", "u", u, N, R);
   detail::check_optional("lowrank_forward", "g", g, 1, R);
+  detail::check_no_alias("lowrank_forward", "out", out, "inp", inp);
+  detail::check_no_alias("lowrank_forward", "h", h, "inp", inp);
+  detail::check_no_alias("lowrank_forward", "u", u, "inp", inp);
   h.noalias() = inp * A.transpose();
   if (present(g)) {
     u.array() = (h.array().rowwise() * g.row(0).array()) * scale;

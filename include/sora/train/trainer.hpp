@@ -13,6 +13,10 @@
 // gradients (the GPU optimizers do, on the device, without reading anything back); otherwise
 // optim::clip_grad_norm does, on the host. On a device backend the step reads back one value,
 // the loss, and the L1 gate term's sum when that term is on (cuda/gate_l1.cuh).
+//
+// A run that diverges stops at once: a loss that is not finite (and, where the host clips, a
+// gradient norm that is not finite) throws NonFiniteError before the optimizer takes the step,
+// so no NaN reaches the parameters through it and the caller writes nothing from the run.
 
 #include <cmath>
 #include <cstddef>
@@ -62,6 +66,24 @@ double add_gate_l1(const std::vector<Param<T>*>& gates, double lambda) {
   }
   return weight * sum;
 }
+
+// Training diverged: the loss or the gradient norm of `step` is `value` (NaN or infinite).
+// Callers that know which flag set the learning rate or the scale add it to the message.
+class NonFiniteError : public Error {
+ public:
+  NonFiniteError(long step, const char* quantity, double value)
+      : Error(sora::detail::concat("fit: step ", step, ": the ", quantity, " is ", value,
+                                   " (not finite): training diverged; a smaller learning rate or "
+                                   "adapter alpha, or gradient clipping, may help")),
+        step_(step),
+        value_(value) {}
+  long step() const { return step_; }
+  double value() const { return value_; }
+
+ private:
+  long step_;
+  double value_;
+};
 
 struct TrainerOptions {
   long max_steps = 1000;  // the step to stop at (global: a resumed run counts from 0 too)
@@ -151,13 +173,16 @@ TrainResult fit(Model& model, Optimizer& optimizer,
     model.backward();
     // Unqualified: a device backend's add_gate_l1 is found by argument-dependent lookup.
     if (options.gate_l1 > 0.0) loss += add_gate_l1(gates, options.gate_l1);
+    if (!std::isfinite(loss)) throw NonFiniteError(step, "loss", loss);
     if (options.max_grad_norm > 0.0) {
       if constexpr (requires { optimizer.clip_grad_norm(options.max_grad_norm); }) {
         optimizer.clip_grad_norm(options.max_grad_norm);
       } else {
         static_assert(std::is_same_v<Backend, Cpu>,
                       "fit: on a device backend the optimizer must offer clip_grad_norm");
-        optim::clip_grad_norm(params, options.max_grad_norm);
+        // The norm is computed for clipping anyway: checking it costs nothing.
+        const double norm = optim::clip_grad_norm(params, options.max_grad_norm);
+        if (!std::isfinite(norm)) throw NonFiniteError(step, "gradient norm", norm);
       }
     }
     optimizer.set_lr_multiplier(options.schedule.multiplier(step));
