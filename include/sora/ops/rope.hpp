@@ -47,9 +47,13 @@ struct RopeTable {
     const Index half = head_dim / 2;
     cos.resize(max_positions, half);
     sin.resize(max_positions, half);
-    // The frequencies and the angle are rounded to T as transformers rounds them to float32
-    // (inv_freq = 1 / theta^(arange(0, D, 2) / D) in float, freqs = pos * inv_freq in float), so
-    // that a float model rotates by the same angles as HF's; only cos/sin go through double.
+    // The frequencies and the angle are rounded to T at the steps where transformers rounds
+    // them to float32 (inv_freq = 1 / theta^(arange(0, D, 2) / D) in float, freqs = pos *
+    // inv_freq in float), so that a float model's angles at large positions carry HF's rounding
+    // (pos * inv_freq in float is off by up to pos ulps) instead of differing from it; cos and
+    // sin go through double. torch's pow and cos are within an ulp but not correctly rounded,
+    // so the tables agree with HF's to about 6e-8, not bit for bit. (HF also uses float32
+    // tables for a float64 model; in double this table is accurate to double.)
     for (Index i = 0; i < half; ++i) {
       const T inv_freq = T(1) / std::pow(T(theta), T(2 * i) / T(head_dim));
       for (Index p = 0; p < max_positions; ++p) {
