@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <complex>
+#include <numbers>
 #include <sora/ops.hpp>
 #include <vector>
 
@@ -582,6 +583,38 @@ TEST_CASE("rope: HF half-rotation layout against a complex rotation; backward in
       doctest::Contains("rope_backward: position id -1"), Error);
   CHECK_THROWS_WITH_AS(ops::RopeTable<double>(7, 16), doctest::Contains("positive and even, got 7"),
                        Error);
+
+  // LLaMA 3.1's rope_scaling (factor 8, low 1, high 4, 8192 original positions, D = 128,
+  // theta 500000) against the formula written out: short wavelengths kept, long ones divided
+  // by 8, the band in between interpolated.
+  const std::vector<double> base = ops::rope_inv_freq<double>(128, 500000.0);
+  const std::vector<double> scaled = ops::rope_llama3_inv_freq(base, ops::RopeLlama3Scaling{});
+  int kept = 0, divided = 0, smoothed = 0;
+  for (std::size_t i = 0; i < base.size(); ++i) {
+    const double f = std::pow(500000.0, -2.0 * double(i) / 128.0);
+    CHECK(base[i] == doctest::Approx(f).epsilon(1e-14));
+    const double wavelen = 2 * std::numbers::pi / f;
+    double want = f;  // wavelength below 8192 / 4: kept
+    if (wavelen > 8192.0) {
+      want = f / 8;
+      ++divided;
+    } else if (wavelen >= 2048.0) {
+      const double smooth = (8192.0 / wavelen - 1.0) / 3.0;
+      want = (1 - smooth) * f / 8 + smooth * f;
+      ++smoothed;
+    } else {
+      ++kept;
+    }
+    CHECK(scaled[i] == doctest::Approx(want).epsilon(1e-14));
+  }
+  CHECK(kept > 0);
+  CHECK(divided > 0);
+  CHECK(smoothed > 0);
+  const ops::RopeTable<double> llama3(scaled, 100);
+  CHECK(llama3.head_dim == 128);
+  CHECK(llama3.cos(99, 40) == doctest::Approx(std::cos(99 * scaled[40])).epsilon(1e-14));
+  CHECK(llama3.sin(99, 63) == doctest::Approx(std::sin(99 * scaled[63])).epsilon(1e-14));
+  CHECK_THROWS_AS(ops::rope_llama3_inv_freq(base, ops::RopeLlama3Scaling{8, 4, 1, 8192}), Error);
 }
 
 TEST_CASE("swiglu: forward matches silu(gate) * up; gate and up gradients match") {
@@ -610,17 +643,22 @@ TEST_CASE("swiglu: forward matches silu(gate) * up; gate and up gradients match"
   CHECK(dgate_only.isApprox(dgate, 0.0));
   CHECK(dup_alias.isApprox(dup, 0.0));
 
-  // Saturated gates in float: silu(-200) is -0, its gradient 0, never NaN.
-  MatrixF gf(1, 3), uf = MatrixF::Ones(1, 3), of(1, 3), dgf(1, 3), duf(1, 3);
-  gf << -200.0f, 200.0f, 0.0f;
-  ops::swiglu_forward<float>(of, gf, uf);
-  ops::swiglu_backward<float>(dgf, duf, uf, gf, uf);
-  CHECK(of.allFinite());
-  CHECK(dgf.allFinite());
-  CHECK(of(0, 0) == 0.0f);
-  CHECK(of(0, 1) == 200.0f);
-  CHECK(dgf(0, 1) == 1.0f);
-  CHECK(dgf(0, 2) == 0.5f);
+  // Saturated gates in float, through Eigen's packet exp (a row of 16) and the scalar one (a row
+  // of 3, less than a packet): silu(-200) is (close to) -0, its gradient 0, never NaN.
+  for (Index cols : {Index(16), Index(3)}) {
+    MatrixF gf = MatrixF::Zero(1, cols), uf = MatrixF::Ones(1, cols), of(1, cols), dgf(1, cols),
+            duf(1, cols);
+    gf(0, 0) = -200.0f;
+    gf(0, 1) = 200.0f;
+    ops::swiglu_forward<float>(of, gf, uf);
+    ops::swiglu_backward<float>(dgf, duf, uf, gf, uf);
+    CHECK(of.allFinite());
+    CHECK(dgf.allFinite());
+    CHECK(std::abs(of(0, 0)) < 1e-30f);
+    CHECK(of(0, 1) == 200.0f);
+    CHECK(dgf(0, 1) == 1.0f);
+    CHECK(dgf(0, 2) == 0.5f);
+  }
 
   MatrixD bad(N, F + 1);
   CHECK_THROWS_WITH_AS(ops::swiglu_forward<double>(out, gate, bad),

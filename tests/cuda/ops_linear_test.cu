@@ -5,7 +5,8 @@
 // sides and overwritten (=) ones start from noise on the device; absent arguments (no bias, no
 // input gradient, frozen weights, LoRA's missing gate); strided views (blocks of wider tensors,
 // whose margins must stay untouched); causal and bidirectional attention with key padding,
-// including queries that see no key at all; and shape errors.
+// including queries that see no key at all; grouped-query attention (fewer key/value heads);
+// and shape errors.
 //
 // Compiled into sora_test_cuda (main() in cuda_test.cu skips the program without a GPU).
 
@@ -233,7 +234,8 @@ namespace {
 struct AttentionCase {
   Index B, T, H, C;
   bool causal;
-  int padding;  // 0: no mask; 1: right and left padding; 2: also a sequence with no key at all
+  int padding;    // 0: no mask; 1: right and left padding; 2: also a sequence with no key at all
+  Index Hkv = 0;  // key/value heads (grouped-query attention); 0: H
 };
 
 // A (B, T) key mask, or empty. Sequence 0 is right-padded (its last two keys); sequence 1 is
@@ -253,16 +255,17 @@ Matrix<T> make_mask(const AttentionCase& ac) {
 template <class T>
 void check_attention(const AttentionCase& ac, bool strided) {
   const Index N = ac.B * ac.T, C = ac.C, BHT = ac.B * ac.H * ac.T;
-  INFO("B ", ac.B, " T ", ac.T, " H ", ac.H, " C ", C, " causal ", ac.causal, " padding ",
-       ac.padding, " strided ", strided);
-  const Matrix<T> q = random_matrix<T>(N, C, 101, 1.5), k = random_matrix<T>(N, C, 102, 1.5),
-                  v = random_matrix<T>(N, C, 103), G = random_matrix<T>(N, C, 104);
+  const Index Hkv = ac.Hkv > 0 ? ac.Hkv : ac.H, Ckv = C / ac.H * Hkv;
+  INFO("B ", ac.B, " T ", ac.T, " H ", ac.H, " Hkv ", Hkv, " C ", C, " causal ", ac.causal,
+       " padding ", ac.padding, " strided ", strided);
+  const Matrix<T> q = random_matrix<T>(N, C, 101, 1.5), k = random_matrix<T>(N, Ckv, 102, 1.5),
+                  v = random_matrix<T>(N, Ckv, 103), G = random_matrix<T>(N, C, 104);
   const Matrix<T> mask = make_mask<T>(ac);
 
   Matrix<T> out(N, C), att(BHT, ac.T);
-  ops::attention_forward<T>(out, att, q, k, v, mask, ac.B, ac.T, ac.H, ac.causal);
-  Matrix<T> dq(N, C), dk(N, C), dv(N, C), datt(BHT, ac.T);
-  ops::attention_backward<T>(dq, dk, dv, datt, G, q, k, v, att, ac.B, ac.T, ac.H);
+  ops::attention_forward<T>(out, att, q, k, v, mask, ac.B, ac.T, ac.H, Hkv, ac.causal);
+  Matrix<T> dq(N, C), dk(N, Ckv), dv(N, Ckv), datt(BHT, ac.T);
+  ops::attention_backward<T>(dq, dk, dv, datt, G, q, k, v, att, ac.B, ac.T, ac.H, Hkv);
 
   Dev<T> q_d(q, strided, 110), k_d(k, strided, 111), v_d(v, strided, 112), G_d(G, strided, 113);
   Dev<T> out_d(random_matrix<T>(N, C, 114), strided, 115);
@@ -274,7 +277,7 @@ void check_attention(const AttentionCase& ac, bool strided) {
     mask_v = mask_t.view();
   }
   cu::attention_forward<T>(out_d.view, att_d.view, q_d.view, k_d.view, v_d.view, mask_v, ac.B, ac.T,
-                           ac.H, ac.causal);
+                           ac.H, Hkv, ac.causal);
   const Matrix<T> out_got = out_d.get(), att_got = att_d.get();
   CHECK_TWIN(out_got, out, tol<T>());
   CHECK_TWIN(att_got, att, tol<T>());
@@ -286,11 +289,11 @@ void check_attention(const AttentionCase& ac, bool strided) {
   // The backward from the CPU's probabilities, so that it is compared on the same inputs.
   Dev<T> attin_d(att, strided, 120);
   Dev<T> dq_d(random_matrix<T>(N, C, 121), strided, 122),
-      dk_d(random_matrix<T>(N, C, 123), strided, 124);
-  Dev<T> dv_d(random_matrix<T>(N, C, 125), strided, 126);
+      dk_d(random_matrix<T>(N, Ckv, 123), strided, 124);
+  Dev<T> dv_d(random_matrix<T>(N, Ckv, 125), strided, 126);
   Dev<T> datt_d(random_matrix<T>(BHT, ac.T, 127), strided, 128);
   cu::attention_backward<T>(dq_d.view, dk_d.view, dv_d.view, datt_d.view, G_d.view, q_d.view,
-                            k_d.view, v_d.view, attin_d.view, ac.B, ac.T, ac.H);
+                            k_d.view, v_d.view, attin_d.view, ac.B, ac.T, ac.H, Hkv);
   const Matrix<T> dq_got = dq_d.get(), dk_got = dk_d.get(), dv_got = dv_d.get(),
                   datt_got = datt_d.get();
   CHECK_TWIN(dq_got, dq, tol<T>());
@@ -318,6 +321,31 @@ TEST_CASE_TEMPLATE("cuda ops/attention against CPU", T, float, double) {
       }
     }
   }
+}
+
+TEST_CASE_TEMPLATE("cuda ops/grouped-query attention against CPU", T, float, double) {
+  // H = 4 query heads over Hkv = 2 and Hkv = 1 key/value heads (D = 6); T = 7 and T = 45.
+  const AttentionCase sizes[] = {{2, 7, 4, 24, false, 0, 2}, {3, 45, 4, 24, false, 0, 1}};
+  for (const AttentionCase& size : sizes) {
+    for (bool causal : {true, false}) {
+      for (int padding : {0, 1}) {
+        AttentionCase ac = size;
+        ac.causal = causal;
+        ac.padding = padding;
+        check_attention<T>(ac, /*strided=*/false);
+        check_attention<T>(ac, /*strided=*/true);
+      }
+    }
+  }
+  using D = T;
+  cu::DeviceTensor<D> q(8, 24), kv3(8, 18), out(8, 24), att(2 * 4 * 4, 4);
+  CHECK_THROWS_WITH_AS(
+      cu::attention_forward<D>(out, att, q, kv3, kv3, cu::ConstView<D>(), 2, 4, 4, 3, false),
+      doctest::Contains("H=4 query heads are not a multiple of Hkv=3 key/value heads"),
+      sora::Error);
+  CHECK_THROWS_WITH_AS(
+      cu::attention_forward<D>(out, att, q, kv3, kv3, cu::ConstView<D>(), 2, 4, 4, 2, false),
+      doctest::Contains("attention_forward: k has shape (8, 18), expected (8, 12)"), sora::Error);
 }
 
 TEST_CASE("cuda ops/attention: queries that see no key get zero probabilities and output") {

@@ -20,7 +20,9 @@
 // default arange(T) per sequence.
 
 #include <cmath>
+#include <numbers>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "sora/core/threading.hpp"
@@ -28,32 +30,90 @@
 
 namespace sora::ops {
 
+// transformers' default RoPE frequencies (_compute_default_rope_parameters):
+// inv_freq[i] = 1 / theta^(2i / D), i < D/2, computed in T at the steps where transformers
+// computes in float32 (see RopeTable).
+template <class T>
+std::vector<T> rope_inv_freq(Index head_dim, double theta = 10000.0) {
+  SORA_CHECK(head_dim > 0 && head_dim % 2 == 0,
+             "rope_inv_freq: head_dim must be positive and even, got ", head_dim);
+  SORA_CHECK(theta > 0, "rope_inv_freq: theta must be positive, got ", theta);
+  std::vector<T> inv_freq(static_cast<std::size_t>(head_dim / 2));
+  for (std::size_t i = 0; i < inv_freq.size(); ++i)
+    inv_freq[i] = T(1) / std::pow(T(theta), T(2 * i) / T(head_dim));
+  return inv_freq;
+}
+
+// config.json's "rope_scaling" of LLaMA 3.1 and later ({"rope_type": "llama3", ...}).
+struct RopeLlama3Scaling {
+  double factor = 8;
+  double low_freq_factor = 1;
+  double high_freq_factor = 4;
+  double original_max_position_embeddings = 8192;
+};
+
+// transformers' _compute_llama3_parameters: with wavelen = 2 pi / inv_freq, frequencies whose
+// wavelength is shorter than old_len / high_freq_factor are kept, those longer than
+// old_len / low_freq_factor are divided by factor, and those in between interpolate with
+// smooth = (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor):
+//   inv_freq' = (1 - smooth) inv_freq / factor + smooth inv_freq.
+// (The attention scaling of this rope type is 1: cos and sin are not rescaled.)
+template <class T>
+std::vector<T> rope_llama3_inv_freq(std::vector<T> inv_freq, const RopeLlama3Scaling& s) {
+  SORA_CHECK(s.factor > 0 && s.high_freq_factor > s.low_freq_factor && s.low_freq_factor > 0 &&
+                 s.original_max_position_embeddings > 0,
+             "rope_llama3_inv_freq: bad rope_scaling (factor ", s.factor, ", low_freq_factor ",
+             s.low_freq_factor, ", high_freq_factor ", s.high_freq_factor,
+             ", original_max_position_embeddings ", s.original_max_position_embeddings, ")");
+  const double low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+  const double high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+  for (T& f : inv_freq) {
+    const T wavelen = T(2 * std::numbers::pi) / f;
+    if (wavelen > T(low_freq_wavelen)) {
+      f = f / T(s.factor);
+    } else if (!(wavelen < T(high_freq_wavelen))) {
+      const T smooth = (T(s.original_max_position_embeddings) / wavelen - T(s.low_freq_factor)) /
+                       T(s.high_freq_factor - s.low_freq_factor);
+      f = (T(1) - smooth) * f / T(s.factor) + smooth * f;
+    }
+  }
+  return inv_freq;
+}
+
 // cos and sin of pos * inv_freq[i] for every position in [0, max_positions) and i < D/2,
 // computed once so that forward and backward only multiply.
 template <class T>
 struct RopeTable {
   Index head_dim = 0;
   Index max_positions = 0;
-  double theta = 10000.0;
-  Matrix<T> cos, sin;  // (max_positions, head_dim / 2)
+  std::vector<T> inv_freq;  // (D / 2)
+  Matrix<T> cos, sin;       // (max_positions, D / 2)
 
   RopeTable() = default;
-  RopeTable(Index head_dim_, Index max_positions_, double theta_ = 10000.0)
-      : head_dim(head_dim_), max_positions(max_positions_), theta(theta_) {
-    SORA_CHECK(head_dim > 0 && head_dim % 2 == 0,
-               "RopeTable: head_dim must be positive and even, got ", head_dim);
+  // The default rope type: inv_freq from theta (config.json's rope_theta).
+  RopeTable(Index head_dim_, Index max_positions_, double theta = 10000.0)
+      : RopeTable(rope_inv_freq<T>(head_dim_, theta), max_positions_) {}
+  // Any frequencies (rope_llama3_inv_freq, ...); D = 2 * inv_freq.size().
+  RopeTable(std::vector<T> inv_freq_, Index max_positions_)
+      : head_dim(2 * static_cast<Index>(inv_freq_.size())),
+        max_positions(max_positions_),
+        inv_freq(std::move(inv_freq_)) {
+    SORA_CHECK(head_dim > 0, "RopeTable: no frequencies");
     SORA_CHECK(max_positions > 0, "RopeTable: max_positions must be positive, got ", max_positions);
-    SORA_CHECK(theta > 0, "RopeTable: theta must be positive, got ", theta);
     const Index half = head_dim / 2;
     cos.resize(max_positions, half);
     sin.resize(max_positions, half);
-    // The frequencies and the angle are rounded to T as transformers rounds them to float32
-    // (inv_freq = 1 / theta^(arange(0, D, 2) / D) in float, freqs = pos * inv_freq in float), so
-    // that a float model rotates by the same angles as HF's; only cos/sin go through double.
+    // The frequencies and the angle are rounded to T at the steps where transformers rounds
+    // them to float32 (inv_freq in float, freqs = pos * inv_freq in float), so that a float
+    // model's angles at large positions carry HF's rounding (pos * inv_freq in float is off by
+    // up to pos ulps) instead of differing from it; cos and sin go through double. torch's pow
+    // and cos are within an ulp but not correctly rounded, so the tables agree with HF's to
+    // about 6e-8, not bit for bit. (HF also uses float32 tables for a float64 model; in double
+    // this table is accurate to double.)
     for (Index i = 0; i < half; ++i) {
-      const T inv_freq = T(1) / std::pow(T(theta), T(2 * i) / T(head_dim));
+      const T f = inv_freq[static_cast<std::size_t>(i)];
       for (Index p = 0; p < max_positions; ++p) {
-        const T angle = T(p) * inv_freq;
+        const T angle = T(p) * f;
         cos(p, i) = T(std::cos(double(angle)));
         sin(p, i) = T(std::sin(double(angle)));
       }

@@ -15,7 +15,8 @@
 namespace sora::ops {
 
 // out = silu(gate) ⊙ up, silu(g) = g * sigmoid(g) = g / (1 + exp(-g)). For a very negative g
-// (below about -88 in float), exp(-g) overflows to inf and the quotient is -0, not NaN.
+// (below about -88 in float), exp(-g) overflows to inf (std::exp) or saturates near FLT_MAX
+// (Eigen's vectorized exp), and the quotient is -0 or a denormal-sized number: never NaN.
 template <class T>
 void swiglu_forward(MatrixRef<T> out,        // (N, F)
                     ConstMatrixRef<T> gate,  // (N, F)

@@ -6,9 +6,10 @@
 // Backward contract: input gradients (dq, dk, dv) overwrite (=); no parameters.
 //
 // Sizes: B sequences of length T, N = B * T tokens, C channels, H heads of D = C / H channels.
-// q, k, v and out are (N, C) with head h in columns [h D, (h + 1) D); the attention
-// probabilities are saved as (B * H * T, T): rows [(b H + h) T, (b H + h + 1) T) hold the
-// (T, T) matrix of sequence b, head h. (The scalar type is `Scalar` here: T is the length.)
+// q and out are (N, C), k and v (N, Hkv D) with Hkv <= H key/value heads (Hkv = H unless
+// grouped-query attention), head h in columns [h D, (h + 1) D); the attention probabilities are
+// saved as (B * H * T, T): rows [(b H + h) T, (b H + h + 1) T) hold the (T, T) matrix of sequence
+// b, head h. (The scalar type is `Scalar` here: T is the length.)
 //
 // The products are cuBLAS GEMMs, batched over the H heads of one sequence (the heads of a
 // sequence are D columns apart in q, k, v and T rows apart in att: one stride each; the
@@ -92,6 +93,67 @@ __global__ void __launch_bounds__(detail::kThreads)
 // out = softmax(q k^T / sqrt(D) + mask) v per sequence and head. Key j is visible to query t
 // when key_mask(b, j) != 0 (absent: all keys) and, if causal, j <= t. A query that sees no key
 // at all (possible with left padding) gets zero probabilities and a zero output.
+//
+// Grouped-query attention: k and v have Hkv heads, query head h reads kv head h / G with
+// G = H / Hkv (transformers' repeat_kv). The GEMMs are then batched over the Hkv groups, one
+// batch per member r < G of a group: query head g G + r starts at column (g G + r) D, so the
+// members r are a base offset r D and the groups a stride G D apart in q (G T rows in att),
+// while kv head g is D columns from g - 1. With Hkv == H (G = 1) this is one batch of all heads.
+template <class Scalar>
+void attention_forward(DeviceView<Scalar> out,      // (N, H * D)
+                       DeviceView<Scalar> att,      // (B * H * T, T) saved
+                       ConstView<Scalar> q,         // (N, H * D)
+                       ConstView<Scalar> k,         // (N, Hkv * D)
+                       ConstView<Scalar> v,         // (N, Hkv * D)
+                       ConstView<Scalar> key_mask,  // (B, T) or absent
+                       Index B, Index T, Index H, Index Hkv, bool causal) {
+  const Index N = q.rows, C = q.cols;
+  ops::detail::check_attention_sizes("attention_forward", N, C, B, T, H);
+  ops::detail::check_kv_heads("attention_forward", H, Hkv);
+  const Index D = C / H, Ckv = Hkv * D, G = H / Hkv;
+  ops_detail::check_shape("attention_forward", "k", k, N, Ckv);
+  ops_detail::check_shape("attention_forward", "v", v, N, Ckv);
+  ops_detail::check_shape("attention_forward", "out", out, N, C);
+  ops_detail::check_shape("attention_forward", "att", att, B * H * T, T);
+  ops_detail::check_optional("attention_forward", "key_mask", key_mask, B, T);
+  attention_detail::check_channels("attention_forward", C);
+  const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
+  // The kernel tells an absent mask by its null data: an empty view with data is absent too.
+  const ConstView<Scalar> mask = ops_detail::present(key_mask) ? key_mask : ConstView<Scalar>();
+
+  // S_bh (T, T) = q_bh (T, D) k_bg^T, h = g G + r; head h of sequence b starts at row b T,
+  // column h D of q, kv head g at column g D of k, and S_bh at row (b H + h) T of att.
+  for (Index b = 0; b < B; ++b) {
+    for (Index r = 0; r < G; ++r) {
+      gemm_strided_batched<Scalar>(false, true, T, T, D, Scalar(1),                      //
+                                   q.data + b * T * q.stride + r * D, q.stride, G * D,   // A_g
+                                   k.data + b * T * k.stride, k.stride, D,               // B_g
+                                   Scalar(0),                                            //
+                                   att.data + (b * H + r) * T * att.stride, att.stride,  // C_g
+                                   G * T * att.stride, Hkv);
+    }
+  }
+
+  attention_detail::softmax_kernel<Scalar>
+      <<<attention_detail::row_grid(att.rows), detail::kThreads, 0, context().stream()>>>(
+          att, mask, T, H, causal, scale);
+  SORA_CUDA_CHECK_LAUNCH("softmax_kernel");
+
+  // out_bh (T, D) = P_bh (T, T) v_bg (T, D).
+  for (Index b = 0; b < B; ++b) {
+    for (Index r = 0; r < G; ++r) {
+      gemm_strided_batched<Scalar>(false, false, T, D, T, Scalar(1),                     //
+                                   att.data + (b * H + r) * T * att.stride, att.stride,  // A_g
+                                   G * T * att.stride,                                   //
+                                   v.data + b * T * v.stride, v.stride, D,               // B_g
+                                   Scalar(0),                                            //
+                                   out.data + b * T * out.stride + r * D, out.stride,    // C_g
+                                   G * D, Hkv);
+    }
+  }
+}
+
+// Multi-head attention: k and v have the H heads of q.
 template <class Scalar>
 void attention_forward(DeviceView<Scalar> out,      // (N, C)
                        DeviceView<Scalar> att,      // (B * H * T, T) saved
@@ -100,44 +162,7 @@ void attention_forward(DeviceView<Scalar> out,      // (N, C)
                        ConstView<Scalar> v,         // (N, C)
                        ConstView<Scalar> key_mask,  // (B, T) or absent
                        Index B, Index T, Index H, bool causal) {
-  const Index N = q.rows, C = q.cols;
-  ops::detail::check_attention_sizes("attention_forward", N, C, B, T, H);
-  ops_detail::check_shape("attention_forward", "k", k, N, C);
-  ops_detail::check_shape("attention_forward", "v", v, N, C);
-  ops_detail::check_shape("attention_forward", "out", out, N, C);
-  ops_detail::check_shape("attention_forward", "att", att, B * H * T, T);
-  ops_detail::check_optional("attention_forward", "key_mask", key_mask, B, T);
-  attention_detail::check_channels("attention_forward", C);
-  const Index D = C / H;
-  const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
-  // The kernel tells an absent mask by its null data: an empty view with data is absent too.
-  const ConstView<Scalar> mask = ops_detail::present(key_mask) ? key_mask : ConstView<Scalar>();
-
-  // S_bh (T, T) = q_bh (T, D) k_bh^T; head h of sequence b starts at row b T, column h D of
-  // q and k, and at row (b H + h) T of att.
-  for (Index b = 0; b < B; ++b) {
-    gemm_strided_batched<Scalar>(false, true, T, T, D, Scalar(1),                //
-                                 q.data + b * T * q.stride, q.stride, D,         // A_h
-                                 k.data + b * T * k.stride, k.stride, D,         // B_h
-                                 Scalar(0),                                      //
-                                 att.data + b * H * T * att.stride, att.stride,  // C_h
-                                 T * att.stride, H);
-  }
-
-  attention_detail::softmax_kernel<Scalar>
-      <<<attention_detail::row_grid(att.rows), detail::kThreads, 0, context().stream()>>>(
-          att, mask, T, H, causal, scale);
-  SORA_CUDA_CHECK_LAUNCH("softmax_kernel");
-
-  // out_bh (T, D) = P_bh (T, T) v_bh (T, D).
-  for (Index b = 0; b < B; ++b) {
-    gemm_strided_batched<Scalar>(false, false, T, D, T, Scalar(1),                  //
-                                 att.data + b * H * T * att.stride, att.stride,     // A_h
-                                 T * att.stride,                                    //
-                                 v.data + b * T * v.stride, v.stride, D,            // B_h
-                                 Scalar(0),                                         //
-                                 out.data + b * T * out.stride, out.stride, D, H);  // C_h
-  }
+  attention_forward<Scalar>(out, att, q, k, v, key_mask, B, T, H, H, causal);
 }
 
 // Per sequence and head, with S = q k^T / sqrt(D), P = softmax(S), O = P v:
@@ -145,6 +170,87 @@ void attention_forward(DeviceView<Scalar> out,      // (N, C)
 //   dq = dS k,  dk = dS^T q.
 // Masked entries have P = 0 and so dS = 0: the masks need not be passed again. datt is the
 // workspace (written; it holds dS afterwards).
+//
+// With groups (G = H / Hkv > 1), dk and dv of kv head g sum the G query heads of its group: the
+// member r = 0 writes them (beta 0), the members r > 0 add (beta 1), in order on one stream
+// (deterministic; no zeroing pass). Batching as in the forward.
+template <class Scalar>
+void attention_backward(DeviceView<Scalar> dq,    // (N, H * D)
+                        DeviceView<Scalar> dk,    // (N, Hkv * D)
+                        DeviceView<Scalar> dv,    // (N, Hkv * D)
+                        DeviceView<Scalar> datt,  // (B * H * T, T) written
+                        ConstView<Scalar> dout,   // (N, H * D)
+                        ConstView<Scalar> q,      // (N, H * D)
+                        ConstView<Scalar> k,      // (N, Hkv * D)
+                        ConstView<Scalar> v,      // (N, Hkv * D)
+                        ConstView<Scalar> att,    // (B * H * T, T)
+                        Index B, Index T, Index H, Index Hkv) {
+  const Index N = q.rows, C = q.cols;
+  ops::detail::check_attention_sizes("attention_backward", N, C, B, T, H);
+  ops::detail::check_kv_heads("attention_backward", H, Hkv);
+  const Index D = C / H, Ckv = Hkv * D, G = H / Hkv;
+  ops_detail::check_shape("attention_backward", "k", k, N, Ckv);
+  ops_detail::check_shape("attention_backward", "v", v, N, Ckv);
+  ops_detail::check_shape("attention_backward", "dout", dout, N, C);
+  ops_detail::check_shape("attention_backward", "dq", dq, N, C);
+  ops_detail::check_shape("attention_backward", "dk", dk, N, Ckv);
+  ops_detail::check_shape("attention_backward", "dv", dv, N, Ckv);
+  ops_detail::check_shape("attention_backward", "att", att, B * H * T, T);
+  ops_detail::check_shape("attention_backward", "datt", datt, B * H * T, T);
+  attention_detail::check_channels("attention_backward", C);
+  const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
+
+  // Member r of the groups of sequence b: P / dS from row (b H + r) T of att / datt (batch
+  // stride G T rows), dO / q / dq from column r D (batch stride G D), k / v / dk / dv from
+  // column 0 (batch stride D).
+  for (Index b = 0; b < B; ++b) {
+    for (Index r = 0; r < G; ++r) {
+      const Scalar* P = att.data + (b * H + r) * T * att.stride;
+      Scalar* dS = datt.data + (b * H + r) * T * datt.stride;
+      const Scalar* dO = dout.data + b * T * dout.stride + r * D;
+      const Scalar beta = r == 0 ? Scalar(0) : Scalar(1);
+      // dv_bg (T, D) (+)= P_bh^T (T, T) dO_bh (T, D)
+      gemm_strided_batched<Scalar>(true, false, T, D, T, Scalar(1),                  //
+                                   P, att.stride, G * T * att.stride,                // A_g
+                                   dO, dout.stride, G * D,                           // B_g
+                                   beta,                                             //
+                                   dv.data + b * T * dv.stride, dv.stride, D, Hkv);  // C_g
+      // dP_bh (T, T) = dO_bh (T, D) v_bg^T
+      gemm_strided_batched<Scalar>(false, true, T, T, D, Scalar(1),             //
+                                   dO, dout.stride, G * D,                      // A_g
+                                   v.data + b * T * v.stride, v.stride, D,      // B_g
+                                   Scalar(0),                                   //
+                                   dS, datt.stride, G * T * datt.stride, Hkv);  // C_g
+    }
+  }
+
+  attention_detail::softmax_backward_kernel<Scalar>
+      <<<attention_detail::row_grid(datt.rows), detail::kThreads, 0, context().stream()>>>(
+          datt, att, scale);
+  SORA_CUDA_CHECK_LAUNCH("softmax_backward_kernel");
+
+  for (Index b = 0; b < B; ++b) {
+    for (Index r = 0; r < G; ++r) {
+      const Scalar* dS = datt.data + (b * H + r) * T * datt.stride;
+      const Scalar beta = r == 0 ? Scalar(0) : Scalar(1);
+      // dq_bh (T, D) = dS_bh (T, T) k_bg (T, D)
+      gemm_strided_batched<Scalar>(false, false, T, D, T, Scalar(1),                       //
+                                   dS, datt.stride, G * T * datt.stride,                   // A_g
+                                   k.data + b * T * k.stride, k.stride, D,                 // B_g
+                                   Scalar(0),                                              //
+                                   dq.data + b * T * dq.stride + r * D, dq.stride, G * D,  // C_g
+                                   Hkv);
+      // dk_bg (T, D) (+)= dS_bh^T (T, T) q_bh (T, D)
+      gemm_strided_batched<Scalar>(true, false, T, D, T, Scalar(1),                     //
+                                   dS, datt.stride, G * T * datt.stride,                // A_g
+                                   q.data + b * T * q.stride + r * D, q.stride, G * D,  // B_g
+                                   beta,                                                //
+                                   dk.data + b * T * dk.stride, dk.stride, D, Hkv);     // C_g
+    }
+  }
+}
+
+// Multi-head attention: k and v have the H heads of q.
 template <class Scalar>
 void attention_backward(DeviceView<Scalar> dq,    // (N, C)
                         DeviceView<Scalar> dk,    // (N, C)
@@ -156,60 +262,7 @@ void attention_backward(DeviceView<Scalar> dq,    // (N, C)
                         ConstView<Scalar> v,      // (N, C)
                         ConstView<Scalar> att,    // (B * H * T, T)
                         Index B, Index T, Index H) {
-  const Index N = q.rows, C = q.cols;
-  ops::detail::check_attention_sizes("attention_backward", N, C, B, T, H);
-  ops_detail::check_shape("attention_backward", "k", k, N, C);
-  ops_detail::check_shape("attention_backward", "v", v, N, C);
-  ops_detail::check_shape("attention_backward", "dout", dout, N, C);
-  ops_detail::check_shape("attention_backward", "dq", dq, N, C);
-  ops_detail::check_shape("attention_backward", "dk", dk, N, C);
-  ops_detail::check_shape("attention_backward", "dv", dv, N, C);
-  ops_detail::check_shape("attention_backward", "att", att, B * H * T, T);
-  ops_detail::check_shape("attention_backward", "datt", datt, B * H * T, T);
-  attention_detail::check_channels("attention_backward", C);
-  const Index D = C / H;
-  const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
-
-  // Head h of sequence b: row b T, column h D of the (N, C) tensors (batch stride D); row
-  // (b H + h) T of att and datt (batch stride T rows).
-  for (Index b = 0; b < B; ++b) {
-    const Scalar* P = att.data + b * H * T * att.stride;
-    Scalar* dS = datt.data + b * H * T * datt.stride;
-    const Scalar* dO = dout.data + b * T * dout.stride;
-    // dv_bh (T, D) = P_bh^T (T, T) dO_bh (T, D)
-    gemm_strided_batched<Scalar>(true, false, T, D, T, Scalar(1),                //
-                                 P, att.stride, T * att.stride,                  // A_h
-                                 dO, dout.stride, D,                             // B_h
-                                 Scalar(0),                                      //
-                                 dv.data + b * T * dv.stride, dv.stride, D, H);  // C_h
-    // dP_bh (T, T) = dO_bh (T, D) v_bh^T
-    gemm_strided_batched<Scalar>(false, true, T, T, D, Scalar(1),         //
-                                 dO, dout.stride, D,                      // A_h
-                                 v.data + b * T * v.stride, v.stride, D,  // B_h
-                                 Scalar(0),                               //
-                                 dS, datt.stride, T * datt.stride, H);    // C_h
-  }
-
-  attention_detail::softmax_backward_kernel<Scalar>
-      <<<attention_detail::row_grid(datt.rows), detail::kThreads, 0, context().stream()>>>(
-          datt, att, scale);
-  SORA_CUDA_CHECK_LAUNCH("softmax_backward_kernel");
-
-  for (Index b = 0; b < B; ++b) {
-    const Scalar* dS = datt.data + b * H * T * datt.stride;
-    // dq_bh (T, D) = dS_bh (T, T) k_bh (T, D)
-    gemm_strided_batched<Scalar>(false, false, T, D, T, Scalar(1),               //
-                                 dS, datt.stride, T * datt.stride,               // A_h
-                                 k.data + b * T * k.stride, k.stride, D,         // B_h
-                                 Scalar(0),                                      //
-                                 dq.data + b * T * dq.stride, dq.stride, D, H);  // C_h
-    // dk_bh (T, D) = dS_bh^T (T, T) q_bh (T, D)
-    gemm_strided_batched<Scalar>(true, false, T, D, T, Scalar(1),                //
-                                 dS, datt.stride, T * datt.stride,               // A_h
-                                 q.data + b * T * q.stride, q.stride, D,         // B_h
-                                 Scalar(0),                                      //
-                                 dk.data + b * T * dk.stride, dk.stride, D, H);  // C_h
-  }
+  attention_backward<Scalar>(dq, dk, dv, datt, dout, q, k, v, att, B, T, H, H);
 }
 
 }  // namespace sora::cuda
