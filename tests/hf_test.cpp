@@ -492,7 +492,7 @@ TEST_CASE("transformers parity: GPT-2 causal LM with tied embeddings, full fine-
   check_parity_case<Gpt2Model>("gpt2_lm");
 }
 
-TEST_CASE("transformers parity: LLaMA classification, grouped-query attention, full") {
+TEST_CASE("transformers parity: LLaMA classification, grouped-query attention, llama3 RoPE, full") {
   check_parity_case<LlamaModel>("llama_full");
 }
 TEST_CASE("transformers parity: LLaMA with SoRA gates on PEFT's q_proj/v_proj LoRA") {

@@ -242,7 +242,11 @@ def main():
                                      num_hidden_layers=2, num_attention_heads=4,
                                      num_key_value_heads=2, max_position_embeddings=32,
                                      rope_theta=500.0, rms_norm_eps=1e-6, num_labels=3,
-                                     pad_token_id=0)
+                                     pad_token_id=0,
+                                     rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                   "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0,
+                                                   "original_max_position_embeddings": 8})
     llama._attn_implementation = "eager"
     write_case(out_dir, "llama_full", transformers.LlamaForSequenceClassification, llama, "full")
     write_case(out_dir, "llama_sora", transformers.LlamaForSequenceClassification, llama, "sora",

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "sora/core/param.hpp"
 #include "sora/core/tensor.hpp"
 #include "sora/ops/activation.hpp"
+#include "sora/ops/rope.hpp"
 
 namespace sora::model::hf {
 
@@ -79,6 +81,8 @@ struct HfConfig {
   bool o_bias = false;
   bool mlp_bias = false;
   Index sliding_window = 0;  // Mistral: longer sequences are refused (0: none)
+  // rope_scaling {"rope_type": "llama3", ...} (LLaMA 3.1 and later); absent: plain RoPE.
+  std::optional<ops::RopeLlama3Scaling> rope_llama3;
   Index kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
   Index dim_per_head() const { return head_dim > 0 ? head_dim : hidden_size / num_heads; }
   Index num_labels = 2;  // from id2label when present, as transformers counts them
@@ -263,8 +267,27 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
     bool sliding = false;
     flag("use_sliding_window", sliding);
     if (c.model_type == "qwen2" && sliding) f.optional("sliding_window", c.sliding_window);
-    if (const auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
-      f.problems.push_back("rope_scaling is not supported (plain rotary positions only)");
+    if (const auto it = j.find("rope_scaling"); it != j.end() && !it->is_null()) {
+      std::string type;
+      if (it->is_object()) {
+        config_detail::FieldReader r(*it);
+        r.optional("rope_type", type);
+        if (type.empty()) r.optional("type", type);
+        if (type == "llama3") {
+          ops::RopeLlama3Scaling scaling;
+          r.required("factor", scaling.factor);
+          r.required("low_freq_factor", scaling.low_freq_factor);
+          r.required("high_freq_factor", scaling.high_freq_factor);
+          r.required("original_max_position_embeddings", scaling.original_max_position_embeddings);
+          c.rope_llama3 = scaling;
+        }
+        for (const std::string& problem : r.problems)
+          f.problems.push_back("rope_scaling: " + problem);
+      }
+      if (type != "llama3" && type != "default")
+        f.problems.push_back(detail::concat("rope_scaling of type '", type,
+                                            "' is not supported (sora has default and llama3)"));
+    }
   } else if (!c.model_type.empty()) {
     f.problems.push_back(detail::concat("unsupported model_type '", c.model_type,
                                         "' (sora loads bert, roberta, gpt2, llama, mistral and "

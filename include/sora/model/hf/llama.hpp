@@ -11,7 +11,8 @@
 //
 // Grouped-query attention: H query heads of D channels, Hkv key/value heads, query head h
 // reading kv head h / (H / Hkv) (transformers' repeat_kv). Rotary positions in transformers'
-// half-rotation layout, positions 0..T-1 (right padding), base rope_theta. Causal, with the
+// half-rotation layout, positions 0..T-1 (right padding), base rope_theta, and LLaMA 3's
+// frequency scaling when config.json asks for it (rope_scaling type llama3). Causal, with the
 // padding mask on keys. No dropout (LLaMA's default attention_dropout is 0; a config with
 // another value is trained without it).
 //
@@ -188,7 +189,7 @@ class LlamaModel {
         task_(task),
         seed_(seed),
         dropout_rng_(seed, 2),
-        rope_(config.dim_per_head(), config.max_position_embeddings, config.rope_theta) {
+        rope_(rope_frequencies(config), config.max_position_embeddings) {
     const auto& c = config_;
     SORA_CHECK(c.family == Family::llama, "LlamaModel: a ", family_name(c.family), " config");
     const std::uint64_t base = seed * 1000003ULL;
@@ -434,6 +435,10 @@ class LlamaModel {
  private:
   std::string layer_name(std::size_t l) const {
     return nn::join_name(prefix(), "layers." + std::to_string(l));
+  }
+  static std::vector<T> rope_frequencies(const HfConfig& c) {
+    std::vector<T> f = ops::rope_inv_freq<T>(c.dim_per_head(), c.rope_theta);
+    return c.rope_llama3 ? ops::rope_llama3_inv_freq<T>(std::move(f), *c.rope_llama3) : f;
   }
 
   HfConfig config_;
