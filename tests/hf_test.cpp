@@ -18,6 +18,7 @@
 #include <sora/io/safetensors.hpp>
 #include <sora/model/hf.hpp>
 #include <sora/optim/param_groups.hpp>
+#include <sora/prune/prune.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -286,6 +287,81 @@ void check_parity_case(const std::string& name) {
   });
 }
 
+// Runs tests/hf/peft_roundtrip.py; its output file's tensors.
+io::SafetensorsFile run_peft(const std::vector<std::string>& args, const fs::path& out) {
+  std::string command = std::string(SORA_TEST_PYTHON) + " " +
+                        (fs::path(SORA_TEST_SOURCE_DIR) / "hf" / "peft_roundtrip.py").string();
+  for (const std::string& a : args) command += " " + a;
+  command += " " + out.string() + " > " + out.string() + ".log 2>&1";
+  if (std::system(command.c_str()) != 0) {
+    std::ifstream log(out.string() + ".log");
+    const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    FAIL("peft_roundtrip.py failed: " << text);
+  }
+  return io::SafetensorsFile::open(out);
+}
+
+// sora's adapter in real PEFT and back: (1) a SoRA adapter with pruned ranks and a trained head,
+// exported by sora, loaded by PeftModel.from_pretrained on transformers' model, gives sora's
+// logits, and merge_and_unload() gives sora's merged logits; (2) a LoRA adapter trained by PEFT
+// itself, imported by sora, gives PEFT's logits.
+template <template <class> class Model>
+void check_peft_roundtrip(const std::string& name) {
+  const fs::path dir = reference_dir() / name;
+  const auto ref = io::SafetensorsFile::open(dir / "reference.safetensors");
+  const bool bert_family = name.starts_with("bert") || name.starts_with("roberta");
+  const model::Batch batch = batch_of(ref, bert_family);
+  TempDir tmp;
+  {
+    io::SafetensorsWriter w;
+    w.add("input_ids", ref.matrix<double>("input_ids"), io::Dtype::F64);
+    w.add("attention_mask", ref.matrix<double>("attention_mask"), io::Dtype::F64);
+    w.add("token_type_ids", ref.matrix<double>("token_type_ids"), io::Dtype::F64);
+    w.add("labels", ref.matrix<double>("labels"), io::Dtype::F64);
+    w.write(tmp.path / "batch.safetensors");
+  }
+  const std::string batch_file = (tmp.path / "batch.safetensors").string();
+  const LoadOptions options{Task::sequence_classification, 0, 3};
+
+  auto model = from_pretrained<Model<float>>(dir / "model", options);
+  model::PeftConfig peft;
+  peft.method = model::Method::sora;
+  peft.rank = 4;
+  peft.alpha = 8.0;
+  peft.target_modules = default_targets(model->config().family);
+  peft.train_layernorms = false;
+  model->apply_peft(peft);
+  model->eval();
+  Rng rng(41);
+  model->visit_params([&](Param<float>& p) {
+    if (p.name.ends_with("lora_B")) rng.fill_normal(p.value, 0.0, 0.2);
+    if (p.name.ends_with("lora_gate")) p.value(0, 1) = 0.0f;  // a pruned rank in every module
+    if (model->is_head(p.name)) p.value.array() += 0.05f;     // a head PEFT must get from the file
+  });
+  const Matrix<float> logits = model->forward_logits(batch);
+  io::export_peft_adapter(*model, tmp.path / "sora_adapter", peft_export_options(*model));
+  const auto loaded =
+      run_peft({"load", (dir / "model").string(), (tmp.path / "sora_adapter").string(), batch_file},
+               tmp.path / "loaded.safetensors");
+  CHECK(rel_error(logits, loaded.matrix<double>("logits")) < 1e-5);
+  model->visit_linears([](const std::string&, nn::AdaptedLinear<float>& lin) {
+    prune::prune(lin);
+    prune::merge(lin);
+  });
+  CHECK(rel_error(model->forward_logits(batch), loaded.matrix<double>("merged_logits")) < 1e-5);
+
+  std::string targets;
+  for (const std::string& t : peft.target_modules) targets += (targets.empty() ? "" : ",") + t;
+  const auto trained = run_peft({"train", (dir / "model").string(),
+                                 (tmp.path / "peft_adapter").string(), batch_file, targets},
+                                tmp.path / "trained.safetensors");
+  auto fresh = from_pretrained<Model<float>>(dir / "model", options);
+  const io::PeftImportReport report = io::import_peft_adapter(*fresh, tmp.path / "peft_adapter");
+  CHECK(!report.saved_modules.empty());  // the classifier PEFT trained
+  fresh->eval();
+  CHECK(rel_error(fresh->forward_logits(batch), trained.matrix<double>("logits")) < 1e-5);
+}
+
 }  // namespace
 
 // ---- config.json -------------------------------------------------------------------------------
@@ -519,4 +595,19 @@ TEST_CASE("the real all-MiniLM-L6-v2: hidden states equal transformers' on real 
   model->eval();
   const model::Batch batch = batch_of(ref);
   CHECK(rel_error(model->forward_hidden(batch), ref.matrix<double>("hidden")) < 1e-5);
+}
+
+// ---- adapters through real PEFT --------------------------------------------------------------
+
+TEST_CASE("PEFT round trip: BERT (query, value; classifier in modules_to_save)") {
+  check_peft_roundtrip<BertModel>("bert_lora");
+}
+TEST_CASE("PEFT round trip: RoBERTa regression (classifier.dense and out_proj as one module)") {
+  check_peft_roundtrip<BertModel>("roberta_sora");
+}
+TEST_CASE("PEFT round trip: GPT-2 (the fused c_attn adapter, fan_in_fan_out)") {
+  check_peft_roundtrip<Gpt2Model>("gpt2_lora");
+}
+TEST_CASE("PEFT round trip: LLaMA (q_proj, v_proj; score in modules_to_save)") {
+  check_peft_roundtrip<LlamaModel>("llama_sora");
 }

@@ -64,6 +64,11 @@ inline constexpr const char* kPeftKeyPrefix = "base_model.model.";
 struct PeftExportOptions {
   std::string base_model_name_or_path;  // written as null when empty
   std::string task_type;                // e.g. "SEQ_CLS"; null when empty
+  // PEFT's modules_to_save: modules trained whole beside the adapters (a task head, trained
+  // LayerNorms). The trainable parameters under each are written as base_model.model.<name>,
+  // as PEFT saves them, so that a PEFT user gets the trained head, not a fresh one.
+  std::vector<std::string> modules_to_save;
+  bool fan_in_fan_out = false;  // the base layers are Conv1D (GPT-2): PEFT's flag for them
   Dtype dtype = Dtype::F32;
   std::map<std::string, std::string> metadata;  // extra safetensors metadata
 };
@@ -190,6 +195,25 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
     report.modules.push_back(std::move(info));
   });
   SORA_CHECK(any, "export_peft_adapter: the model has no adapter to export");
+  nlohmann::ordered_json saved_modules = nlohmann::ordered_json::array();
+  for (const std::string& module : options.modules_to_save) {
+    Index written = 0;
+    model.visit_params([&](Param<T>& p) {
+      if (!p.trainable() || p.name.find(".lora_") != std::string::npos) return;
+      if (p.name.size() <= module.size() || !p.name.starts_with(module) ||
+          p.name[module.size()] != '.')
+        return;
+      if (p.is_vector) {
+        writer.add_vector(std::string(kPeftKeyPrefix) + p.name, p.value, options.dtype);
+      } else {
+        writer.add(std::string(kPeftKeyPrefix) + p.name, p.value, options.dtype);
+      }
+      ++written;
+    });
+    SORA_CHECK(written > 0, "export_peft_adapter: modules_to_save names '", module,
+               "', which has no trainable parameter");
+    saved_modules.push_back(module);
+  }
   if (report.max_rank == 0) {
     throw NothingToExport(detail::concat(
         "export_peft_adapter: every rank of all ", report.modules.size(),
@@ -212,11 +236,12 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
   config["target_modules"] = targets;
   config["rank_pattern"] = ranks;
   config["alpha_pattern"] = ranks;  // alpha_m = r_m: scaling 1 on every module
-  config["fan_in_fan_out"] = false;
+  config["fan_in_fan_out"] = options.fan_in_fan_out;
   config["bias"] = "none";
   config["use_rslora"] = false;
   config["use_dora"] = false;
-  config["modules_to_save"] = nullptr;
+  config["modules_to_save"] =
+      saved_modules.empty() ? nlohmann::ordered_json(nullptr) : saved_modules;
   config["init_lora_weights"] = true;
   config["layers_to_transform"] = nullptr;
   config["layers_pattern"] = nullptr;
@@ -244,7 +269,8 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
 }
 
 struct PeftImportReport {
-  std::vector<PeftModuleInfo> modules;  // in model order
+  std::vector<PeftModuleInfo> modules;     // in model order
+  std::vector<std::string> saved_modules;  // parameters read from modules_to_save tensors
   Index parameters = 0;
 };
 
@@ -266,8 +292,9 @@ PeftImportReport import_peft_adapter(Model& model, const std::filesystem::path& 
              config_path.string(), ": 'r' must be a positive integer");
   SORA_CHECK(config.contains("lora_alpha") && config["lora_alpha"].is_number(),
              config_path.string(), ": 'lora_alpha' must be a number");
-  SORA_CHECK(!config.value("fan_in_fan_out", false), config_path.string(),
-             ": fan_in_fan_out adapters (transposed Conv1D weights) are not supported");
+  // fan_in_fan_out says the *base* layer stores its weight (in, out) (GPT-2's Conv1D); PEFT's
+  // lora_A (r, in) and lora_B (out, r) are laid out the same either way, and sora's base layers
+  // are (out, in) whatever the checkpoint stored, so the flag changes nothing here.
   const bool rslora = config.value("use_rslora", false);
   const Index default_r = config["r"].get<Index>();
   const double default_alpha = config["lora_alpha"].get<double>();
@@ -275,8 +302,32 @@ PeftImportReport import_peft_adapter(Model& model, const std::filesystem::path& 
   const SafetensorsFile file = SafetensorsFile::open(dir / kPeftWeightsFile);
   std::vector<std::string> problems, others;
   const auto pairs = group_peft_tensors(file, &others);
-  for (const std::string& name : others)
-    problems.push_back(detail::concat("tensor '", name, "' is not a LoRA weight"));
+  // The other tensors are modules_to_save: base_model.model.<parameter name> of the model.
+  std::map<std::string, Param<T>*> params;
+  model.visit_params([&](Param<T>& p) { params[p.name] = &p; });
+  std::vector<std::pair<Param<T>*, const TensorInfo*>> saved;
+  for (const std::string& name : others) {
+    const std::string prefix = kPeftKeyPrefix;
+    const auto it =
+        name.starts_with(prefix) ? params.find(name.substr(prefix.size())) : params.end();
+    if (it == params.end()) {
+      problems.push_back(detail::concat("tensor '", name,
+                                        "' is neither a LoRA weight nor a parameter of the model"));
+      continue;
+    }
+    const Param<T>& p = *it->second;
+    const Shape expected = p.is_vector ? Shape{static_cast<std::uint64_t>(p.value.size())}
+                                       : Shape{static_cast<std::uint64_t>(p.value.rows()),
+                                               static_cast<std::uint64_t>(p.value.cols())};
+    const TensorInfo& t = file.info(name);
+    if (t.shape != expected) {
+      problems.push_back(detail::concat("tensor '", name, "' has shape ", shape_string(t.shape),
+                                        ", the model's '", p.name, "' is ",
+                                        shape_string(expected)));
+      continue;
+    }
+    saved.emplace_back(it->second, &t);
+  }
 
   std::map<std::string, Linear*> slots;
   model.visit_linears([&](const std::string& name, Linear& lin) { slots[name] = &lin; });
@@ -335,6 +386,12 @@ PeftImportReport import_peft_adapter(Model& model, const std::filesystem::path& 
 
   model.visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
   PeftImportReport report;
+  for (auto& [param, info] : saved) {
+    Matrix<T> value(param->value.rows(), param->value.cols());
+    file.read<T>(*info, std::span<T>(value.data(), static_cast<std::size_t>(value.size())));
+    param->value = std::move(value);
+    report.saved_modules.push_back(param->name);
+  }
   for (auto& [module, plan] : plans) {
     Matrix<T> A(plan.rank, plan.layer->in_features());
     Matrix<T> B(plan.layer->out_features(), plan.rank);

@@ -6,5 +6,6 @@
 #include "sora/model/hf/gpt2.hpp"
 #include "sora/model/hf/llama.hpp"
 #include "sora/model/hf/load.hpp"
+#include "sora/model/hf/peft_files.hpp"
 #include "sora/model/hf/post_ln_layer.hpp"
 #include "sora/model/hf/weights.hpp"
