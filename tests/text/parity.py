@@ -17,6 +17,7 @@ import os
 import random
 import subprocess
 import sys
+import unicodedata
 
 STRESS = [
     "",
@@ -62,8 +63,11 @@ STRESS = [
     "x\u0301\u0301\u0301\u0301\u0301 many marks",
 ]
 
-# Unicode ranges for random strings: assigned, stable blocks (Unicode versions differ between
-# ICU and the crate's tables only at the fringes, which these avoid).
+# Unicode ranges for random strings. The crate's character tables are older than ICU's, so a
+# character assigned recently (U+061D, Po since Unicode 14) is punctuation to sora and
+# unassigned to the crate, and U+302E..302F went from Mn to Mc. Random strings keep to
+# characters whose general category is the same in Unicode 3.2 and now, plus the emoji blocks
+# of Unicode 6-7 (well inside both).
 RANGES = [
     (0x20, 0x7E), (0x20, 0x7E), (0x20, 0x7E), (0x09, 0x09), (0xA0, 0xFF), (0x100, 0x17F),
     (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x5FF), (0x600, 0x6FF),
@@ -79,9 +83,12 @@ def random_strings(n, seed):
     for _ in range(n):
         length = rng.randint(0, 40)
         chars = []
-        for _ in range(length):
+        while len(chars) < length:
             lo, hi = rng.choice(RANGES)
-            chars.append(chr(rng.randint(lo, hi)))
+            cp = rng.randint(lo, hi)
+            old = unicodedata.ucd_3_2_0.category(chr(cp))
+            if 0x1F300 <= cp <= 0x1F64F or (old != "Cn" and old == unicodedata.category(chr(cp))):
+                chars.append(chr(cp))
         out.append("".join(chars))
     return out
 

@@ -132,14 +132,14 @@ inline bool is_bert_punctuation(char32_t c) {
 
 inline bool is_punctuation(char32_t c) { return u_ispunct(static_cast<UChar32>(c)); }
 
-// General category C* (control, format, surrogate, private use, unassigned).
+// General category Cc, Cf, Cs or Co: BERT's "control" characters. Unassigned code points (Cn)
+// are not among them, as in the tokenizers crate, so they survive clean_text.
 inline bool is_other(char32_t c) {
   switch (category(c)) {
     case U_CONTROL_CHAR:
     case U_FORMAT_CHAR:
     case U_SURROGATE:
     case U_PRIVATE_USE_CHAR:
-    case U_UNASSIGNED:
       return true;
     default:
       return false;
