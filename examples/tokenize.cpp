@@ -58,8 +58,8 @@ void write_encoding(std::string& out, const sora::text::Encoding& e) {
   out += ",\"offsets\":[";
   for (std::size_t i = 0; i < e.offsets.size(); ++i) {
     if (i) out += ',';
-    out += '[' + std::to_string(e.offsets[i].first) + ',' + std::to_string(e.offsets[i].second) +
-           ']';
+    out +=
+        '[' + std::to_string(e.offsets[i].first) + ',' + std::to_string(e.offsets[i].second) + ']';
   }
   out += "]}\n";
 }
@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
       }
       const double s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      std::fprintf(stderr, "sora-tokenize: %zu lines, %zu bytes, %zu tokens in %.3f s: %.0f tokens/s\n",
+      std::fprintf(stderr,
+                   "sora-tokenize: %zu lines, %zu bytes, %zu tokens in %.3f s: %.0f tokens/s\n",
                    lines.size(), bytes, tokens, s, static_cast<double>(tokens) / s);
       std::printf("{\"tokens\":%zu,\"seconds\":%.6f}\n", tokens, s);
       return 0;

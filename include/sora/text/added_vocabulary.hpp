@@ -42,7 +42,9 @@ inline bool is_alphanumeric(char32_t c) {
          (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_N_MASK) != 0;
 }
 
-inline bool is_added_word_char(char32_t c) { return c == '_' || is_alphanumeric(c); }
+inline bool is_added_word_char(char32_t c) {
+  return c == '_' || is_alphanumeric(c);
+}
 
 class AddedMatcher {
  public:

@@ -48,9 +48,9 @@ class WordPieceDecoder final : public Decoder {
   // BERT's detokenization clean-up: no space before punctuation and English contractions.
   static void cleanup(std::string& s) {
     static const std::pair<const char*, const char*> rules[] = {
-        {" .", "."},    {" ?", "?"},     {" !", "!"},          {" ,", ","},
-        {" ' ", "'"},   {" n't", "n't"}, {" 'm", "'m"},        {" do not", " don't"},
-        {" 's", "'s"},  {" 've", "'ve"}, {" 're", "'re"}};
+        {" .", "."},   {" ?", "?"},     {" !", "!"},    {" ,", ","},
+        {" ' ", "'"},  {" n't", "n't"}, {" 'm", "'m"},  {" do not", " don't"},
+        {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
     for (const auto& [from, to] : rules) {
       const std::string f(from), t(to);
       for (std::size_t at = s.find(f); at != std::string::npos; at = s.find(f, at + t.size())) {
@@ -107,8 +107,7 @@ class ByteLevelDecoder final : public Decoder {
 
 class MetaspaceDecoder final : public Decoder {
  public:
-  MetaspaceDecoder(char32_t replacement, bool strip_first)
-      : strip_first_(strip_first) {
+  MetaspaceDecoder(char32_t replacement, bool strip_first) : strip_first_(strip_first) {
     append_utf8(replacement_, replacement);
   }
   void decode(std::vector<std::string>& tokens) const override {
@@ -188,8 +187,7 @@ class FuseDecoder final : public Decoder {
 // Removes `start` leading and `stop` trailing copies of a character from each token.
 class StripDecoder final : public Decoder {
  public:
-  StripDecoder(char32_t content, std::size_t start, std::size_t stop)
-      : start_(start), stop_(stop) {
+  StripDecoder(char32_t content, std::size_t start, std::size_t stop) : start_(start), stop_(stop) {
     append_utf8(content_, content);
   }
   void decode(std::vector<std::string>& tokens) const override {
@@ -210,7 +208,8 @@ class StripDecoder final : public Decoder {
 
 class ReplaceDecoder final : public Decoder {
  public:
-  ReplaceDecoder(Pattern p, std::string content) : pattern_(std::move(p)), content_(std::move(content)) {}
+  ReplaceDecoder(Pattern p, std::string content)
+      : pattern_(std::move(p)), content_(std::move(content)) {}
   void decode(std::vector<std::string>& tokens) const override {
     for (std::string& t : tokens) {
       std::string out;
@@ -246,7 +245,8 @@ class BpeDecoder final : public Decoder {
 
 class SequenceDecoder final : public Decoder {
  public:
-  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps) : steps_(std::move(steps)) {}
+  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps)
+      : steps_(std::move(steps)) {}
   void decode(std::vector<std::string>& tokens) const override {
     for (const auto& s : steps_) s->decode(tokens);
   }
@@ -259,7 +259,8 @@ inline std::unique_ptr<Decoder> decoder_from_json(const json::Json& j, const jso
   const std::string type = json::type_of(j, at);
   if (type == "WordPiece") {
     return std::make_unique<WordPieceDecoder>(
-        json::get_optional_string(j, "prefix", at).value_or("##"), json::get_bool(j, "cleanup", at, true));
+        json::get_optional_string(j, "prefix", at).value_or("##"),
+        json::get_bool(j, "cleanup", at, true));
   }
   if (type == "ByteLevel") return std::make_unique<ByteLevelDecoder>();
   if (type == "Metaspace") {
@@ -282,7 +283,8 @@ inline std::unique_ptr<Decoder> decoder_from_json(const json::Json& j, const jso
         json::get_string(j, "content", at));
   }
   if (type == "BPEDecoder") {
-    return std::make_unique<BpeDecoder>(json::get_optional_string(j, "suffix", at).value_or("</w>"));
+    return std::make_unique<BpeDecoder>(
+        json::get_optional_string(j, "suffix", at).value_or("</w>"));
   }
   if (type == "Sequence") {
     const json::Json& list = json::array(json::field(j, "decoders", at), at / "decoders");

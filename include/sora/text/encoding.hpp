@@ -107,7 +107,7 @@ inline void truncate(Encoding& a, Encoding* b, const Truncation& t) {
 }
 
 struct Padding {
-  std::size_t fixed_length = 0;    // 0: no fixed length (pad a single encoding not at all)
+  std::size_t fixed_length = 0;  // 0: no fixed length (pad a single encoding not at all)
   std::size_t pad_to_multiple_of = 0;
   std::uint32_t pad_id = 0;
   std::uint32_t pad_type_id = 0;
@@ -123,9 +123,7 @@ inline void pad(Encoding& e, std::size_t length, const Padding& p) {
   }
   if (e.size() >= length) return;
   const std::size_t n = length - e.size();
-  const auto fill = [&](auto& v, auto value) {
-    v.insert(p.left ? v.begin() : v.end(), n, value);
-  };
+  const auto fill = [&](auto& v, auto value) { v.insert(p.left ? v.begin() : v.end(), n, value); };
   fill(e.ids, p.pad_id);
   fill(e.type_ids, p.pad_type_id);
   fill(e.attention_mask, std::uint32_t{0});

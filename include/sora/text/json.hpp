@@ -27,7 +27,9 @@ template <class... Parts>
   ::sora::detail::throw_error(at.file, ": ", at.path, ": ", std::forward<Parts>(parts)...);
 }
 
-inline const char* type_name(const Json& j) { return j.type_name(); }
+inline const char* type_name(const Json& j) {
+  return j.type_name();
+}
 
 inline const Json& object(const Json& j, const Where& at) {
   if (!j.is_object()) fail(at, "expected an object, found ", type_name(j));
@@ -103,6 +105,8 @@ inline std::optional<std::string> get_optional_string(const Json& j, const std::
   return as_string(*v, at / key);
 }
 
-inline std::string type_of(const Json& j, const Where& at) { return get_string(j, "type", at); }
+inline std::string type_of(const Json& j, const Where& at) {
+  return get_string(j, "type", at);
+}
 
 }  // namespace sora::text::json

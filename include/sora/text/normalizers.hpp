@@ -39,7 +39,9 @@ inline void decompose_string(NormalizedString& s, bool compat) {
   for (std::size_t i = 0; i < t.size();) {
     const std::size_t len = utf8_length(static_cast<unsigned char>(t[i]));
     const Range r = s.char_range(i, len);
-    decompose(decode_at(t, i), compat, [&](char32_t d) { items.push_back({d, combining_class(d), r}); });
+    decompose(decode_at(t, i), compat, [&](char32_t d) {
+      items.push_back({d, combining_class(d), r});
+    });
     i += len;
   }
   // Stable sort of each run of non-starters by combining class.
@@ -316,7 +318,8 @@ inline std::unique_ptr<Normalizer> normalizer_from_json(const json::Json& j,
     const bool lower = json::get_bool(j, "lowercase", at, true);
     const json::Json* strip = json::optional_field(j, "strip_accents", at);
     return std::make_unique<BertNormalizer>(
-        json::get_bool(j, "clean_text", at, true), json::get_bool(j, "handle_chinese_chars", at, true),
+        json::get_bool(j, "clean_text", at, true),
+        json::get_bool(j, "handle_chinese_chars", at, true),
         strip == nullptr ? lower : json::as_bool(*strip, at / "strip_accents"), lower);
   }
   if (type == "Lowercase") return std::make_unique<LowercaseNormalizer>();
@@ -334,7 +337,8 @@ inline std::unique_ptr<Normalizer> normalizer_from_json(const json::Json& j,
         pattern_from_json(json::field(j, "pattern", at), at / "pattern"),
         json::get_string(j, "content", at));
   }
-  if (type == "Prepend") return std::make_unique<PrependNormalizer>(json::get_string(j, "prepend", at));
+  if (type == "Prepend")
+    return std::make_unique<PrependNormalizer>(json::get_string(j, "prepend", at));
   if (type == "Sequence") {
     const json::Json& list = json::array(json::field(j, "normalizers", at), at / "normalizers");
     std::vector<std::unique_ptr<Normalizer>> steps;

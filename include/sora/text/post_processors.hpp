@@ -76,7 +76,7 @@ class TemplateProcessor final : public PostProcessor {
  public:
   struct Piece {
     bool is_sequence;
-    std::size_t sequence;  // 0 (A) or 1 (B)
+    std::size_t sequence;            // 0 (A) or 1 (B)
     std::vector<std::uint32_t> ids;  // the special token's ids
     std::uint32_t type_id;
   };
@@ -119,9 +119,7 @@ class BertLikeProcessor final : public PostProcessor {
                     bool add_prefix_space)
       : cls_(cls), sep_(sep), roberta_(roberta), trim_(trim_offsets), prefix_(add_prefix_space) {}
 
-  std::size_t added_tokens(bool pair) const override {
-    return pair ? (roberta_ ? 4 : 3) : 2;
-  }
+  std::size_t added_tokens(bool pair) const override { return pair ? (roberta_ ? 4 : 3) : 2; }
 
   void process(std::vector<Encoding>& encodings, bool add_special,
                const TokenOf& token_of) const override {
@@ -188,9 +186,11 @@ inline std::vector<TemplateProcessor::Piece> template_from_json(
     if (const json::Json* s = json::optional_field(j[i], "Sequence", w)) {
       const std::string id = json::get_string(*s, "id", w / "Sequence");
       if (id != "A" && id != "B") json::fail(w / "Sequence" / "id", "expected \"A\" or \"B\"");
-      out.push_back({true, id == "A" ? 0u : 1u, {},
-                     static_cast<std::uint32_t>(json::as_uint(json::field(*s, "type_id", w / "Sequence"),
-                                                              w / "Sequence" / "type_id"))});
+      out.push_back({true,
+                     id == "A" ? 0u : 1u,
+                     {},
+                     static_cast<std::uint32_t>(json::as_uint(
+                         json::field(*s, "type_id", w / "Sequence"), w / "Sequence" / "type_id"))});
     } else if (const json::Json* t = json::optional_field(j[i], "SpecialToken", w)) {
       const std::string id = json::get_string(*t, "id", w / "SpecialToken");
       const auto it = std::find_if(specials.begin(), specials.end(),
@@ -198,10 +198,10 @@ inline std::vector<TemplateProcessor::Piece> template_from_json(
       if (it == specials.end()) {
         json::fail(w / "SpecialToken" / "id", "'", id, "' is not in special_tokens");
       }
-      out.push_back({false, 0, it->second,
-                     static_cast<std::uint32_t>(
-                         json::as_uint(json::field(*t, "type_id", w / "SpecialToken"),
-                                       w / "SpecialToken" / "type_id"))});
+      out.push_back(
+          {false, 0, it->second,
+           static_cast<std::uint32_t>(json::as_uint(json::field(*t, "type_id", w / "SpecialToken"),
+                                                    w / "SpecialToken" / "type_id"))});
     } else {
       json::fail(w, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
     }
@@ -219,11 +219,13 @@ inline std::unique_ptr<PostProcessor> post_processor_from_json(const json::Json&
     return std::make_unique<BertLikeProcessor>(
         detail::token_pair_id(json::field(j, "cls", at), at / "cls"),
         detail::token_pair_id(json::field(j, "sep", at), at / "sep"), roberta,
-        json::get_bool(j, "trim_offsets", at, true), json::get_bool(j, "add_prefix_space", at, true));
+        json::get_bool(j, "trim_offsets", at, true),
+        json::get_bool(j, "add_prefix_space", at, true));
   }
   if (type == "ByteLevel") {
-    return std::make_unique<ByteLevelPostProcessor>(json::get_bool(j, "trim_offsets", at, true),
-                                                    json::get_bool(j, "add_prefix_space", at, true));
+    return std::make_unique<ByteLevelPostProcessor>(
+        json::get_bool(j, "trim_offsets", at, true),
+        json::get_bool(j, "add_prefix_space", at, true));
   }
   if (type == "TemplateProcessing") {
     std::vector<std::pair<std::string, std::vector<std::uint32_t>>> specials;

@@ -322,7 +322,8 @@ class ByteLevelPreTokenizer final : public PreTokenizer {
       for (std::size_t i = 0; i < wt.size();) {
         const std::size_t len = utf8_length(static_cast<unsigned char>(wt[i]));
         const Range r = w.char_range(i, len);
-        for (std::size_t k = 0; k < len; ++k) b.push(table[static_cast<unsigned char>(wt[i + k])], r);
+        for (std::size_t k = 0; k < len; ++k)
+          b.push(table[static_cast<unsigned char>(wt[i + k])], r);
         i += len;
       }
       out.push_back(std::move(b));
@@ -408,7 +409,8 @@ inline std::unique_ptr<PreTokenizer> pre_tokenizer_from_json(const json::Json& j
     } else if (!json::get_bool(j, "add_prefix_space", at, true)) {
       scheme = MetaspacePreTokenizer::Prepend::never;  // files older than prepend_scheme
     }
-    return std::make_unique<MetaspacePreTokenizer>(rep, scheme, json::get_bool(j, "split", at, true));
+    return std::make_unique<MetaspacePreTokenizer>(rep, scheme,
+                                                   json::get_bool(j, "split", at, true));
   }
   if (type == "ByteLevel") {
     return std::make_unique<ByteLevelPreTokenizer>(json::get_bool(j, "add_prefix_space", at, true),

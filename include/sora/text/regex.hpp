@@ -43,7 +43,7 @@ class Pattern {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(err, msg, sizeof msg);
       ::sora::detail::throw_error("regex '", source, "': ", reinterpret_cast<const char*>(msg),
-                          " at offset ", at);
+                                  " at offset ", at);
     }
     p.code_ = std::shared_ptr<pcre2_code>(code, pcre2_code_free);
     (void)pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter

@@ -63,11 +63,10 @@ class Tokenizer {
     Tokenizer t;
     const json::Json& model = json::field(j, "model", root);
     const json::Where mw = root / "model";
-    const std::string type = json::optional_field(model, "type", mw) != nullptr
-                                 ? json::type_of(model, mw)
-                                 : (json::optional_field(model, "continuing_subword_prefix", mw)
-                                        ? "WordPiece"
-                                        : "");
+    const std::string type =
+        json::optional_field(model, "type", mw) != nullptr
+            ? json::type_of(model, mw)
+            : (json::optional_field(model, "continuing_subword_prefix", mw) ? "WordPiece" : "");
     if (type == "WordPiece") {
       t.model_ = std::make_unique<WordPiece>(WordPiece::from_json(model, mw));
     } else {
@@ -240,7 +239,8 @@ class Tokenizer {
         json::fail(at / "strategy", "expected \"BatchLongest\" or {\"Fixed\": n}");
       }
     } else {
-      p.fixed_length = json::as_uint(json::field(s, "Fixed", at / "strategy"), at / "strategy" / "Fixed");
+      p.fixed_length =
+          json::as_uint(json::field(s, "Fixed", at / "strategy"), at / "strategy" / "Fixed");
     }
     const std::string d = json::get_optional_string(j, "direction", at).value_or("Right");
     if (d != "Right" && d != "Left") json::fail(at / "direction", "expected Right or Left");
@@ -281,8 +281,7 @@ class Tokenizer {
   }
 
   // One sequence through added tokens, normalizer, pre-tokenizer and model.
-  Encoding encode_sequence(std::string_view text, std::uint32_t type_id,
-                           const char* what) const {
+  Encoding encode_sequence(std::string_view text, std::uint32_t type_id, const char* what) const {
     check_utf8(text, what);
     Encoding out;
     std::vector<NormalizedString> words;
@@ -298,7 +297,8 @@ class Tokenizer {
         if (w.empty()) continue;
         tokens.clear();
         model_->tokenize(w, tokens);
-        for (const Token& t : tokens) out.push(t.id, type_id, {t.offsets.begin, t.offsets.end}, false);
+        for (const Token& t : tokens)
+          out.push(t.id, type_id, {t.offsets.begin, t.offsets.end}, false);
       }
     };
     const auto normalized_piece = [&](std::size_t b, std::size_t e) {

@@ -33,8 +33,8 @@ inline char32_t decode_at(std::string_view s, std::size_t i) {
   if (c < 0x80) return c;
   if (c < 0xE0) return (char32_t(c & 0x1F) << 6) | (b(1) & 0x3F);
   if (c < 0xF0) return (char32_t(c & 0x0F) << 12) | (char32_t(b(1) & 0x3F) << 6) | (b(2) & 0x3F);
-  return (char32_t(c & 0x07) << 18) | (char32_t(b(1) & 0x3F) << 12) |
-         (char32_t(b(2) & 0x3F) << 6) | (b(3) & 0x3F);
+  return (char32_t(c & 0x07) << 18) | (char32_t(b(1) & 0x3F) << 12) | (char32_t(b(2) & 0x3F) << 6) |
+         (b(3) & 0x3F);
 }
 
 inline void append_utf8(std::string& out, char32_t c) {
@@ -102,8 +102,7 @@ inline std::size_t find_invalid_utf8(std::string_view s, std::size_t* seq_start 
 inline void check_utf8(std::string_view s, std::string_view what) {
   const std::size_t bad = find_invalid_utf8(s);
   SORA_CHECK(bad == std::string_view::npos, what, ": invalid UTF-8 at byte offset ", bad,
-             " (byte 0x", std::hex, static_cast<unsigned>(static_cast<unsigned char>(s[bad])),
-             ")");
+             " (byte 0x", std::hex, static_cast<unsigned>(static_cast<unsigned char>(s[bad])), ")");
 }
 
 inline std::size_t count_chars(std::string_view s) {
@@ -120,17 +119,22 @@ inline bool is_whitespace(char32_t c) {
   return u_isUWhiteSpace(static_cast<UChar32>(c));
 }
 
-inline int category(char32_t c) { return u_charType(static_cast<UChar32>(c)); }
+inline int category(char32_t c) {
+  return u_charType(static_cast<UChar32>(c));
+}
 
 // General category P* (Pc Pd Ps Pe Pi Pf Po) or ASCII punctuation (which adds the symbols
 // $ + < = > ^ ` | ~ to P*), as the BERT pre-tokenizer defines punctuation.
 inline bool is_bert_punctuation(char32_t c) {
-  if (c < 0x80) return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
-                       (c >= 123 && c <= 126);
+  if (c < 0x80)
+    return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
+           (c >= 123 && c <= 126);
   return u_ispunct(static_cast<UChar32>(c));
 }
 
-inline bool is_punctuation(char32_t c) { return u_ispunct(static_cast<UChar32>(c)); }
+inline bool is_punctuation(char32_t c) {
+  return u_ispunct(static_cast<UChar32>(c));
+}
 
 // General category Cc, Cf, Cs or Co: BERT's "control" characters. Unassigned code points (Cn)
 // are not among them, as in the tokenizers crate, so they survive clean_text.

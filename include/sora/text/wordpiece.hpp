@@ -21,14 +21,14 @@ class WordPiece final : public Model {
   }
 
   static WordPiece from_json(const json::Json& j, const json::Where& at) {
-    return WordPiece(Vocab::from_json(json::field(j, "vocab", at), at / "vocab"),
-                     json::get_string(j, "unk_token", at),
-                     json::get_optional_string(j, "continuing_subword_prefix", at).value_or("##"),
-                     json::optional_field(j, "max_input_chars_per_word", at) == nullptr
-                         ? 100
-                         : json::as_uint(j["max_input_chars_per_word"],
-                                         at / "max_input_chars_per_word"),
-                     at);
+    return WordPiece(
+        Vocab::from_json(json::field(j, "vocab", at), at / "vocab"),
+        json::get_string(j, "unk_token", at),
+        json::get_optional_string(j, "continuing_subword_prefix", at).value_or("##"),
+        json::optional_field(j, "max_input_chars_per_word", at) == nullptr
+            ? 100
+            : json::as_uint(j["max_input_chars_per_word"], at / "max_input_chars_per_word"),
+        at);
   }
 
   // BERT's vocab.txt: one token per line, the line number is its id.
