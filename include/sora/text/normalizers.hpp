@@ -184,13 +184,14 @@ class LowercaseNormalizer final : public Normalizer {
   }
 };
 
-// NFD followed by dropping nonspacing marks is "StripAccents" only when run after NFD, as the
-// tokenizers crate documents; alone it drops the marks that are already separate.
+// StripAccents drops every combining mark (Mn, Mc, Me), unlike BERT's normalizer, which drops
+// the nonspacing ones only (so Devanagari vowel signs survive there and vanish here). It is
+// meant to run after NFD, which separates the marks from their letters.
 class StripAccentsNormalizer final : public Normalizer {
  public:
   void normalize(NormalizedString& s) const override {
     s.transform([](char32_t c, auto&& emit) {
-      if (!is_nonspacing_mark(c)) emit(c);
+      if (!is_mark(c)) emit(c);
     });
   }
 };

@@ -196,12 +196,13 @@ class PunctuationPreTokenizer final : public PreTokenizer {
   SplitBehavior behavior_;
 };
 
-// ASCII digits, each one a word (individual_digits) or in runs.
+// Numeric characters (N*: ٣, ², ½ as well as 0-9), each one a word (individual_digits) or in
+// runs.
 class DigitsPreTokenizer final : public PreTokenizer {
  public:
   explicit DigitsPreTokenizer(bool individual) : individual_(individual) {}
   void split(const NormalizedString& s, bool, std::vector<NormalizedString>& out) const override {
-    split_pieces(s, char_matches(s.text(), [](char32_t c) { return c >= '0' && c <= '9'; }),
+    split_pieces(s, char_matches(s.text(), is_numeric),
                  individual_ ? SplitBehavior::isolated : SplitBehavior::contiguous, out);
   }
 

@@ -154,6 +154,17 @@ inline bool is_nonspacing_mark(char32_t c) {
   return c >= 0x80 && category(c) == U_NON_SPACING_MARK;
 }
 
+// General category M* (Mn, Mc, Me).
+inline bool is_mark(char32_t c) {
+  return c >= 0x300 && (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_M_MASK) != 0;
+}
+
+// General category N* (Nd, Nl, No): Rust's char::is_numeric.
+inline bool is_numeric(char32_t c) {
+  if (c < 0x80) return c >= '0' && c <= '9';
+  return (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_N_MASK) != 0;
+}
+
 // Decimal digit (general category Nd).
 inline bool is_digit(char32_t c) {
   if (c < 0x80) return c >= '0' && c <= '9';
