@@ -6,8 +6,9 @@ Each case names a tokenizer: MiniLM's real tokenizer.json or vocab.txt, or one t
 the library's own trainers on a small corpus. Both sides encode the same lines (stress texts
 and seeded random strings from many Unicode ranges), single and as pairs, with the file's
 truncation and padding, with none, and with short max lengths under each truncation
-strategy; ids, type ids, attention masks and offsets (bytes, converted from Python's
-character offsets) must be identical, and inputs one side rejects the other must reject too.
+strategy; ids, type ids, attention masks and offsets must be identical, and inputs one side
+rejects the other must reject too. sora's offsets are bytes; they are compared after the
+byte -> character mapping the Python binding applies to the crate's byte offsets.
 Exit status 0 only with zero mismatches.
 """
 
@@ -114,7 +115,7 @@ CORPUS = [
 def train(kind, work):
     """Trains a tokenizer of the given kind with the library's own trainers; returns its path."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import AddedToken, trainers
 
     if kind == "trained-wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=12))
@@ -131,6 +132,41 @@ def train(kind, work):
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
         tok.decoder = decoders.WordPiece()
+    elif kind in ("trained-byte-level-bpe", "trained-gpt2-files"):
+        # RoBERTa's layout: byte-level BPE, <s> A </s></s> B </s>, <mask> taking the space
+        # before it (lstrip).
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(CORPUS, trainer)
+        tok.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")),
+            trim_offsets=True, add_prefix_space=True)
+        if kind == "trained-gpt2-files":
+            folder = os.path.join(work, kind)
+            os.makedirs(folder, exist_ok=True)
+            tok.model.save(folder)
+            return folder
+    elif kind == "trained-byte-fallback-bpe":
+        # LLaMA's layout: spaces become ▁ in the normalizer, no pre-tokenizer, characters
+        # outside the vocabulary fall back to <0xAB> byte tokens.
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+             decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(
+            vocab_size=700, special_tokens=["<unk>", "<s>", "</s>"]
+            + [f"<0x{b:02X}>" for b in range(256)])
+        tok.train_from_iterator(CORPUS, trainer)
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s>:1 $B:1", special_tokens=[("<s>", bos)])
     else:
         raise SystemExit(f"parity.py: unknown case {kind}")
     path = os.path.join(work, kind + ".json")
@@ -138,12 +174,16 @@ def train(kind, work):
     return path
 
 
-def byte_offsets(text, offsets):
-    # Python reports character offsets; sora reports bytes of the UTF-8 text.
-    prefix = [0]
-    for ch in text:
-        prefix.append(prefix[-1] + len(ch.encode("utf-8")))
-    return [[prefix[b], prefix[e]] for b, e in offsets]
+def char_offsets(text, offsets):
+    """sora's byte offsets in characters, as the Python binding reports them. Every sora offset
+    must fall on a character boundary; one inside a character is reported as -1 (a mismatch)."""
+    at = {}
+    pos = 0
+    for i, ch in enumerate(text):
+        at[pos] = i
+        pos += len(ch.encode("utf-8"))
+    at[pos] = len(text)
+    return [[at.get(b, -1), at.get(e, -1)] for b, e in offsets]
 
 
 def reference(tok, line, pair):
@@ -151,20 +191,20 @@ def reference(tok, line, pair):
         if pair:
             a, _, b = line.partition("\t")
             enc = tok.encode(a, b)
-            texts = (a, b)
         else:
             enc = tok.encode(line)
-            texts = (line,)
     except Exception as e:  # the library rejects the input (e.g. truncation impossible)
         return {"error": str(e)}
-    offsets = []
-    for (b, e), seq in zip(enc.offsets, enc.sequence_ids):
-        if seq is None:
-            offsets.append([b, e])
-        else:
-            offsets.append(byte_offsets(texts[seq], [(b, e)])[0])
     return {"ids": enc.ids, "type_ids": enc.type_ids, "attention_mask": enc.attention_mask,
-            "offsets": offsets}
+            "offsets": [list(o) for o in enc.offsets], "sequence_ids": enc.sequence_ids}
+
+
+def to_python_offsets(mine, line, pair, sequence_ids):
+    texts = line.partition("\t")[::2] if pair else (line,)
+    out = []
+    for (b, e), seq in zip(mine["offsets"], sequence_ids):
+        out.append([b, e] if seq is None else char_offsets(texts[seq], [(b, e)])[0])
+    return out
 
 
 def run_sora(exe, path, lines, flags):
@@ -206,6 +246,11 @@ def main():
     elif args.case == "minilm-vocab":
         path = os.path.join(minilm_dir(), "vocab.txt")
         make = lambda: BertWordPieceTokenizer(path)._tokenizer  # noqa: E731
+    elif args.case == "trained-gpt2-files":
+        from tokenizers import ByteLevelBPETokenizer
+        path = train(args.case, args.work)
+        make = lambda: ByteLevelBPETokenizer(  # noqa: E731
+            os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))._tokenizer
     else:
         path = train(args.case, args.work)
         make = lambda: Tokenizer.from_file(path)  # noqa: E731
@@ -246,6 +291,11 @@ def main():
             for line, mine in zip(lines, got):
                 want = reference(tok, line, is_pair)
                 total += 1
+                if "error" not in want and "error" not in mine:
+                    if len(mine["offsets"]) == len(want["sequence_ids"]):
+                        mine["offsets"] = to_python_offsets(mine, line, is_pair,
+                                                            want["sequence_ids"])
+                    del want["sequence_ids"]
                 same = ("error" in want) == ("error" in mine) and (
                     "error" in want or all(want[k] == mine[k] for k in want))
                 if not same:
@@ -254,7 +304,11 @@ def main():
                         print(f"MISMATCH {flags} pair={is_pair} {line!r}")
                         for k in want:
                             if k in mine and want[k] != mine[k]:
-                                print(f"  {k}: python {want[k][:40]}\n  {k}: sora   {mine[k][:40]}")
+                                d = next((i for i, (x, y) in enumerate(zip(want[k], mine[k]))
+                                          if x != y), min(len(want[k]), len(mine[k])))
+                                print(f"  {k} from index {d}: python {want[k][d:d + 8]}"
+                                      f" sora {mine[k][d:d + 8]} (lengths {len(want[k])},"
+                                      f" {len(mine[k])})")
                         if ("error" in want) != ("error" in mine):
                             print(f"  python: {str(want)[:200]}\n  sora: {str(mine)[:200]}")
     print(f"parity {args.case}: {total} encodings, {mismatches} mismatches "

@@ -18,11 +18,13 @@ struct Encoding {
   std::vector<std::uint32_t> attention_mask;
   std::vector<std::uint32_t> special_tokens_mask;
   std::vector<std::pair<std::size_t, std::size_t>> offsets;
+  std::vector<std::string> tokens;  // the token strings (an added token: the text it matched)
 
   std::size_t size() const { return ids.size(); }
 
   void push(std::uint32_t id, std::uint32_t type_id, std::pair<std::size_t, std::size_t> off,
-            bool special) {
+            bool special, std::string token) {
+    tokens.push_back(std::move(token));
     ids.push_back(id);
     type_ids.push_back(type_id);
     attention_mask.push_back(1);
@@ -37,6 +39,7 @@ struct Encoding {
     cat(attention_mask, o.attention_mask);
     cat(special_tokens_mask, o.special_tokens_mask);
     cat(offsets, o.offsets);
+    cat(tokens, o.tokens);
   }
 
   // Keeps n tokens: the first n (from the right end removed) or the last n.
@@ -54,6 +57,7 @@ struct Encoding {
     cut(attention_mask);
     cut(special_tokens_mask);
     cut(offsets);
+    cut(tokens);
   }
 };
 
@@ -129,6 +133,7 @@ inline void pad(Encoding& e, std::size_t length, const Padding& p) {
   fill(e.attention_mask, std::uint32_t{0});
   fill(e.special_tokens_mask, std::uint32_t{1});
   fill(e.offsets, std::pair<std::size_t, std::size_t>{0, 0});
+  fill(e.tokens, p.pad_token);
 }
 
 }  // namespace sora::text

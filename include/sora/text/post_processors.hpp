@@ -15,25 +15,36 @@
 
 namespace sora::text {
 
-// The token string of an id (for the offset trimming of byte-level tokens).
-using TokenOf = std::function<std::string(std::uint32_t)>;
-
 class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
   // Number of special tokens added to a single sequence or to a pair.
   virtual std::size_t added_tokens(bool pair) const = 0;
+  // texts[k]: the text encodings[k] was made from (byte offsets point into it).
   virtual void process(std::vector<Encoding>& encodings, bool add_special,
-                       const TokenOf& token_of) const = 0;
+                       const std::vector<std::string_view>& texts) const = 0;
 };
 
 // Byte-level offsets cover the spaces a token starts with ("Ġword" covers " word"); trimming
 // moves them to the word itself, except the space that add_prefix_space put in front of the
-// first token (which has no original byte to cover anyway).
-inline void trim_byte_level_offsets(Encoding& e, bool add_prefix_space, const TokenOf& token_of) {
+// first token. The crate counts the trimmed spaces in characters (its Python binding works on
+// character offsets), so the offsets move by whole characters of `text`, never into one.
+inline void trim_byte_level_offsets(Encoding& e, bool add_prefix_space, std::string_view text) {
   const char32_t space = U'\u0120';  // what byte 0x20 becomes
+  const auto forward = [&](std::size_t b, std::size_t n) {
+    while (n-- > 0 && b < text.size()) b += utf8_length(static_cast<unsigned char>(text[b]));
+    return std::min(b, text.size());
+  };
+  const auto chars_before = [&](std::size_t b) { return count_chars(text.substr(0, b)); };
+  const auto backward = [&](std::size_t b, std::size_t n) {
+    while (n-- > 0 && b > 0) {
+      --b;
+      while (b > 0 && (static_cast<unsigned char>(text[b]) & 0xC0) == 0x80) --b;
+    }
+    return b;
+  };
   for (std::size_t i = 0; i < e.size(); ++i) {
-    const std::string tok = token_of(e.ids[i]);
+    const std::string& tok = e.tokens[i];
     std::vector<char32_t> chars;
     for (std::size_t k = 0; k < tok.size(); k += utf8_length(static_cast<unsigned char>(tok[k])))
       chars.push_back(decode_at(tok, k));
@@ -45,9 +56,9 @@ inline void trim_byte_level_offsets(Encoding& e, bool add_prefix_space, const To
     if (lead > 0) {
       const bool is_first = i == 0 || b == 0;
       if (is_first && add_prefix_space && lead == 1) lead = 0;
-      b = std::min(b + lead, en);
+      b = std::min(forward(b, lead), en);
     }
-    if (trail > 0 && en >= trail) en = std::max(en - trail, b);
+    if (trail > 0 && chars_before(en) >= trail) en = std::max(backward(en, trail), b);
   }
 }
 
@@ -56,18 +67,21 @@ class ByteLevelPostProcessor final : public PostProcessor {
   ByteLevelPostProcessor(bool trim_offsets, bool add_prefix_space)
       : trim_(trim_offsets), prefix_(add_prefix_space) {}
   std::size_t added_tokens(bool) const override { return 0; }
-  void process(std::vector<Encoding>& encodings, bool, const TokenOf& token_of) const override {
+  void process(std::vector<Encoding>& encodings, bool,
+               const std::vector<std::string_view>& texts) const override {
     if (!trim_) return;
-    for (Encoding& e : encodings) trim_byte_level_offsets(e, prefix_, token_of);
+    for (std::size_t k = 0; k < encodings.size(); ++k)
+      trim_byte_level_offsets(encodings[k], prefix_, texts[k]);
   }
 
  private:
   bool trim_, prefix_;
 };
 
+// A special token of TemplateProcessing: one or more ids with their strings.
 struct SpecialToken {
-  std::string name;
   std::vector<std::uint32_t> ids;
+  std::vector<std::string> tokens;
 };
 
 // TemplateProcessing: the single and pair templates are lists of pieces, each a sequence (A
@@ -76,8 +90,9 @@ class TemplateProcessor final : public PostProcessor {
  public:
   struct Piece {
     bool is_sequence;
-    std::size_t sequence;            // 0 (A) or 1 (B)
-    std::vector<std::uint32_t> ids;  // the special token's ids
+    std::size_t sequence;             // 0 (A) or 1 (B)
+    std::vector<std::uint32_t> ids;   // the special token's ids
+    std::vector<std::string> tokens;  // and their strings
     std::uint32_t type_id;
   };
 
@@ -90,7 +105,8 @@ class TemplateProcessor final : public PostProcessor {
     return n;
   }
 
-  void process(std::vector<Encoding>& encodings, bool add_special, const TokenOf&) const override {
+  void process(std::vector<Encoding>& encodings, bool add_special,
+               const std::vector<std::string_view>&) const override {
     const auto& pieces = encodings.size() > 1 ? pair_ : single_;
     Encoding out;
     for (const Piece& p : pieces) {
@@ -101,7 +117,9 @@ class TemplateProcessor final : public PostProcessor {
         std::fill(e.type_ids.begin(), e.type_ids.end(), p.type_id);
         out.append(e);
       } else if (add_special) {
-        for (std::uint32_t id : p.ids) out.push(id, p.type_id, {0, 0}, true);
+        for (std::size_t k = 0; k < p.ids.size(); ++k) {
+          out.push(p.ids[k], p.type_id, {0, 0}, true, k < p.tokens.size() ? p.tokens[k] : "");
+        }
       }
     }
     encodings.assign(1, std::move(out));
@@ -111,40 +129,47 @@ class TemplateProcessor final : public PostProcessor {
   std::vector<Piece> single_, pair_;
 };
 
-// BertProcessing and RobertaProcessing are fixed templates: [CLS] A [SEP] (B [SEP]) and
-// <s> A </s> (</s> B </s>); RoBERTa also trims byte-level offsets.
+// BertProcessing and RobertaProcessing are fixed templates: [CLS] A [SEP] (B [SEP]), with type
+// id 1 on the second part, and <s> A </s> (</s> B </s>), all type 0; RoBERTa also trims
+// byte-level offsets.
 class BertLikeProcessor final : public PostProcessor {
  public:
-  BertLikeProcessor(std::uint32_t cls, std::uint32_t sep, bool roberta, bool trim_offsets,
+  BertLikeProcessor(std::pair<std::string, std::uint32_t> cls,
+                    std::pair<std::string, std::uint32_t> sep, bool roberta, bool trim_offsets,
                     bool add_prefix_space)
-      : cls_(cls), sep_(sep), roberta_(roberta), trim_(trim_offsets), prefix_(add_prefix_space) {}
+      : cls_(std::move(cls)),
+        sep_(std::move(sep)),
+        roberta_(roberta),
+        trim_(trim_offsets),
+        prefix_(add_prefix_space) {}
 
   std::size_t added_tokens(bool pair) const override { return pair ? (roberta_ ? 4 : 3) : 2; }
 
   void process(std::vector<Encoding>& encodings, bool add_special,
-               const TokenOf& token_of) const override {
+               const std::vector<std::string_view>& texts) const override {
     if (roberta_ && trim_) {
-      for (Encoding& e : encodings) trim_byte_level_offsets(e, prefix_, token_of);
+      for (std::size_t k = 0; k < encodings.size(); ++k)
+        trim_byte_level_offsets(encodings[k], prefix_, texts[k]);
     }
     Encoding out;
-    if (add_special) out.push(cls_, 0, {0, 0}, true);
+    if (add_special) out.push(cls_.second, 0, {0, 0}, true, cls_.first);
     Encoding a = encodings[0];
     std::fill(a.type_ids.begin(), a.type_ids.end(), 0);
     out.append(a);
-    if (add_special) out.push(sep_, 0, {0, 0}, true);
+    if (add_special) out.push(sep_.second, 0, {0, 0}, true, sep_.first);
     if (encodings.size() > 1) {
-      const std::uint32_t type = 1;
-      if (add_special && roberta_) out.push(sep_, type, {0, 0}, true);
+      const std::uint32_t type = roberta_ ? 0 : 1;  // RoBERTa has no segment embeddings
+      if (add_special && roberta_) out.push(sep_.second, type, {0, 0}, true, sep_.first);
       Encoding b = encodings[1];
       std::fill(b.type_ids.begin(), b.type_ids.end(), type);
       out.append(b);
-      if (add_special) out.push(sep_, type, {0, 0}, true);
+      if (add_special) out.push(sep_.second, type, {0, 0}, true, sep_.first);
     }
     encodings.assign(1, std::move(out));
   }
 
  private:
-  std::uint32_t cls_, sep_;
+  std::pair<std::string, std::uint32_t> cls_, sep_;
   bool roberta_, trim_, prefix_;
 };
 
@@ -158,8 +183,8 @@ class SequencePostProcessor final : public PostProcessor {
     return n;
   }
   void process(std::vector<Encoding>& encodings, bool add_special,
-               const TokenOf& token_of) const override {
-    for (const auto& s : steps_) s->process(encodings, add_special, token_of);
+               const std::vector<std::string_view>& texts) const override {
+    for (const auto& s : steps_) s->process(encodings, add_special, texts);
   }
 
  private:
@@ -169,16 +194,16 @@ class SequencePostProcessor final : public PostProcessor {
 namespace detail {
 
 // ["[CLS]", 101] in BertProcessing / RobertaProcessing.
-inline std::uint32_t token_pair_id(const json::Json& j, const json::Where& at) {
+inline std::pair<std::string, std::uint32_t> token_pair_id(const json::Json& j,
+                                                           const json::Where& at) {
   json::array(j, at);
   if (j.size() != 2) json::fail(at, "expected [token, id]");
-  (void)json::as_string(j[0], at[0]);
-  return static_cast<std::uint32_t>(json::as_uint(j[1], at[1]));
+  return {json::as_string(j[0], at[0]), static_cast<std::uint32_t>(json::as_uint(j[1], at[1]))};
 }
 
 inline std::vector<TemplateProcessor::Piece> template_from_json(
     const json::Json& j, const json::Where& at,
-    const std::vector<std::pair<std::string, std::vector<std::uint32_t>>>& specials) {
+    const std::vector<std::pair<std::string, SpecialToken>>& specials) {
   json::array(j, at);
   std::vector<TemplateProcessor::Piece> out;
   for (std::size_t i = 0; i < j.size(); ++i) {
@@ -188,6 +213,7 @@ inline std::vector<TemplateProcessor::Piece> template_from_json(
       if (id != "A" && id != "B") json::fail(w / "Sequence" / "id", "expected \"A\" or \"B\"");
       out.push_back({true,
                      id == "A" ? 0u : 1u,
+                     {},
                      {},
                      static_cast<std::uint32_t>(json::as_uint(
                          json::field(*s, "type_id", w / "Sequence"), w / "Sequence" / "type_id"))});
@@ -199,7 +225,7 @@ inline std::vector<TemplateProcessor::Piece> template_from_json(
         json::fail(w / "SpecialToken" / "id", "'", id, "' is not in special_tokens");
       }
       out.push_back(
-          {false, 0, it->second,
+          {false, 0, it->second.ids, it->second.tokens,
            static_cast<std::uint32_t>(json::as_uint(json::field(*t, "type_id", w / "SpecialToken"),
                                                     w / "SpecialToken" / "type_id"))});
     } else {
@@ -228,15 +254,21 @@ inline std::unique_ptr<PostProcessor> post_processor_from_json(const json::Json&
         json::get_bool(j, "add_prefix_space", at, true));
   }
   if (type == "TemplateProcessing") {
-    std::vector<std::pair<std::string, std::vector<std::uint32_t>>> specials;
+    std::vector<std::pair<std::string, SpecialToken>> specials;
     const json::Where sw = at / "special_tokens";
     const json::Json& st = json::object(json::field(j, "special_tokens", at), sw);
     for (auto it = st.begin(); it != st.end(); ++it) {
       const json::Where w = sw / it.key();
       const json::Json& ids = json::array(json::field(it.value(), "ids", w), w / "ids");
-      std::vector<std::uint32_t> v;
+      SpecialToken v;
       for (std::size_t i = 0; i < ids.size(); ++i) {
-        v.push_back(static_cast<std::uint32_t>(json::as_uint(ids[i], (w / "ids")[i])));
+        v.ids.push_back(static_cast<std::uint32_t>(json::as_uint(ids[i], (w / "ids")[i])));
+      }
+      if (const json::Json* toks = json::optional_field(it.value(), "tokens", w)) {
+        json::array(*toks, w / "tokens");
+        for (std::size_t i = 0; i < toks->size(); ++i) {
+          v.tokens.push_back(json::as_string((*toks)[i], (w / "tokens")[i]));
+        }
       }
       specials.emplace_back(it.key(), std::move(v));
     }

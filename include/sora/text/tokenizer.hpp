@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <sora/text/added_vocabulary.hpp>
+#include <sora/text/bpe.hpp>
 #include <sora/text/decoders.hpp>
 #include <sora/text/encoding.hpp>
 #include <sora/text/json.hpp>
@@ -38,7 +39,12 @@ class Tokenizer {
       const fs::path dir(path);
       if (fs::exists(dir / "tokenizer.json")) return from_file((dir / "tokenizer.json").string());
       if (fs::exists(dir / "vocab.txt")) return from_vocab_txt((dir / "vocab.txt").string());
-      ::sora::detail::throw_error(path, ": no tokenizer.json or vocab.txt in this folder");
+      if (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) {
+        return from_gpt2_files((dir / "vocab.json").string(), (dir / "merges.txt").string());
+      }
+      ::sora::detail::throw_error(path,
+                                  ": no tokenizer.json, vocab.txt or vocab.json + merges.txt in "
+                                  "this folder");
     }
     if (path.size() >= 4 && path.compare(path.size() - 4, 4, ".txt") == 0) {
       return from_vocab_txt(path);
@@ -69,6 +75,10 @@ class Tokenizer {
             : (json::optional_field(model, "continuing_subword_prefix", mw) ? "WordPiece" : "");
     if (type == "WordPiece") {
       t.model_ = std::make_unique<WordPiece>(WordPiece::from_json(model, mw));
+    } else if (type == "BPE") {
+      t.model_ = Bpe::from_json(model, mw);
+    } else if (type == "WordLevel") {
+      t.model_ = std::make_unique<WordLevel>(WordLevel::from_json(model, mw));
     } else {
       json::fail(mw / "type", "unsupported model '", type, "'");
     }
@@ -102,7 +112,9 @@ class Tokenizer {
     SORA_CHECK(cls && sep, path, ": the vocabulary has no [CLS] or no [SEP] token");
     t.normalizer_ = std::make_unique<BertNormalizer>(true, true, lowercase, lowercase);
     t.pre_tokenizer_ = std::make_unique<BertPreTokenizer>();
-    t.post_processor_ = std::make_unique<BertLikeProcessor>(*cls, *sep, false, false, false);
+    t.post_processor_ = std::make_unique<BertLikeProcessor>(
+        std::pair<std::string, std::uint32_t>{"[CLS]", *cls},
+        std::pair<std::string, std::uint32_t>{"[SEP]", *sep}, false, false, false);
     t.decoder_ = std::make_unique<WordPieceDecoder>("##", true);
     std::vector<AddedToken> added;
     for (const char* s : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
@@ -120,10 +132,32 @@ class Tokenizer {
     return t;
   }
 
+  // GPT-2's vocab.json + merges.txt with GPT-2's byte-level pipeline (no prefix space, offsets
+  // not trimmed), as ByteLevelBPETokenizer builds it; <|endoftext|> is a special token when
+  // the vocabulary has it.
+  static Tokenizer from_gpt2_files(const std::string& vocab_json, const std::string& merges_txt) {
+    Tokenizer t;
+    t.model_ = Bpe::from_files(vocab_json, merges_txt);
+    t.pre_tokenizer_ = std::make_unique<ByteLevelPreTokenizer>(false, true);
+    t.post_processor_ = std::make_unique<ByteLevelPostProcessor>(false, false);
+    t.decoder_ = std::make_unique<ByteLevelDecoder>();
+    std::vector<AddedToken> added;
+    if (const auto id = t.model_->vocab().find("<|endoftext|>")) {
+      AddedToken a;
+      a.id = *id;
+      a.content = "<|endoftext|>";
+      a.normalized = false;
+      a.special = true;
+      added.push_back(a);
+    }
+    t.set_added_tokens(std::move(added));
+    return t;
+  }
+
   Encoding encode(std::string_view text, bool add_special_tokens = true) const {
     std::vector<Encoding> parts;
     parts.push_back(encode_sequence(text, 0, "text"));
-    return post_process(std::move(parts), add_special_tokens);
+    return post_process(std::move(parts), {text}, add_special_tokens);
   }
 
   Encoding encode_pair(std::string_view a, std::string_view b,
@@ -131,7 +165,7 @@ class Tokenizer {
     std::vector<Encoding> parts;
     parts.push_back(encode_sequence(a, 0, "first text"));
     parts.push_back(encode_sequence(b, 1, "second text"));
-    return post_process(std::move(parts), add_special_tokens);
+    return post_process(std::move(parts), {a, b}, add_special_tokens);
   }
 
   std::optional<std::uint32_t> token_to_id(std::string_view token) const {
@@ -297,8 +331,11 @@ class Tokenizer {
         if (w.empty()) continue;
         tokens.clear();
         model_->tokenize(w, tokens);
-        for (const Token& t : tokens)
-          out.push(t.id, type_id, {t.offsets.begin, t.offsets.end}, false);
+        for (const Token& t : tokens) {
+          const std::string* value = model_->vocab().token(t.id);
+          out.push(t.id, type_id, {t.offsets.begin, t.offsets.end}, false,
+                   value != nullptr ? *value : std::string());
+        }
       }
     };
     const auto normalized_piece = [&](std::size_t b, std::size_t e) {
@@ -312,7 +349,7 @@ class Tokenizer {
       for (const AddedMatch& m : norm_matcher_.find(n.text())) {
         if (m.begin > prev) run_model(n.slice(prev, m.begin));
         const Range r = n.original(m.begin, m.end);
-        out.push(m.id, type_id, {r.begin, r.end}, false);
+        out.push(m.id, type_id, {r.begin, r.end}, false, n.text().substr(m.begin, m.end - m.begin));
         prev = m.end;
       }
       if (prev < n.size()) run_model(n.slice(prev, n.size()));
@@ -321,7 +358,8 @@ class Tokenizer {
     if (!raw_matcher_.empty()) {
       for (const AddedMatch& m : raw_matcher_.find(text)) {
         if (m.begin > prev) normalized_piece(prev, m.begin);
-        out.push(m.id, type_id, {m.begin, m.end}, false);
+        out.push(m.id, type_id, {m.begin, m.end}, false,
+                 std::string(text.substr(m.begin, m.end - m.begin)));
         prev = m.end;
       }
     }
@@ -329,7 +367,8 @@ class Tokenizer {
     return out;
   }
 
-  Encoding post_process(std::vector<Encoding> parts, bool add_special) const {
+  Encoding post_process(std::vector<Encoding> parts, const std::vector<std::string_view>& texts,
+                        bool add_special) const {
     const bool pair = parts.size() > 1;
     if (truncation) {
       Truncation t = *truncation;
@@ -341,9 +380,7 @@ class Tokenizer {
       truncate(parts[0], pair ? &parts[1] : nullptr, t);
     }
     if (post_processor_) {
-      post_processor_->process(parts, add_special, [this](std::uint32_t id) {
-        return id_to_token(id).value_or(std::string());
-      });
+      post_processor_->process(parts, add_special, texts);
     }
     Encoding out = std::move(parts[0]);
     for (std::size_t k = 1; k < parts.size(); ++k) out.append(parts[k]);
