@@ -115,7 +115,7 @@ CORPUS = [
 def train(kind, work):
     """Trains a tokenizer of the given kind with the library's own trainers; returns its path."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import AddedToken, trainers
+    from tokenizers import AddedToken, Regex, trainers
 
     if kind == "trained-wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=12))
@@ -167,6 +167,40 @@ def train(kind, work):
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s>:1 $B:1", special_tokens=[("<s>", bos)])
+    elif kind == "trained-unigram":
+        # SentencePiece's layout: NFKC, runs of spaces collapsed, Metaspace (▁ prepended to
+        # the first piece only), Viterbi over piece scores.
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
+                                                     prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+        trainer = trainers.UnigramTrainer(
+            vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>")
+        tok.train_from_iterator(CORPUS, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B:1 </s>:1",
+            special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    elif kind == "trained-wordlevel":
+        # The remaining pieces: NFC and NFKD, Lowercase, a Split regex under each behaviour,
+        # Punctuation, WhitespaceSplit, Digits; a WordLevel model.
+        tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFKD(), normalizers.NFC(), normalizers.Lowercase(),
+             normalizers.Strip(left=True, right=False)])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex("[aeiou]+"), "merged_with_previous"),
+            pre_tokenizers.Split(Regex("n+"), "merged_with_next"),
+            pre_tokenizers.Split("-", "removed"),
+            pre_tokenizers.Split(Regex("s+"), "isolated", invert=True),
+            pre_tokenizers.Split(Regex("[lr]"), "contiguous"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=False),
+        ])
+        trainer = trainers.WordLevelTrainer(vocab_size=400, special_tokens=["[UNK]"])
+        tok.train_from_iterator(CORPUS, trainer)
     else:
         raise SystemExit(f"parity.py: unknown case {kind}")
     path = os.path.join(work, kind + ".json")
@@ -301,7 +335,7 @@ def main():
                 if not same:
                     mismatches += 1
                     if mismatches <= 10:
-                        print(f"MISMATCH {flags} pair={is_pair} {line!r}")
+                        print(f"MISMATCH {flags} pair={is_pair} {ascii(line)}")
                         for k in want:
                             if k in mine and want[k] != mine[k]:
                                 d = next((i for i, (x, y) in enumerate(zip(want[k], mine[k]))

@@ -24,27 +24,62 @@ class Normalizer {
 
 namespace detail {
 
-// Canonical (or compatibility) decomposition of the whole string, with the canonical
-// reordering of combining marks; each character keeps the alignment of the character it came
-// from, wherever reordering moves it.
-inline void decompose_string(NormalizedString& s, bool compat) {
-  struct Item {
-    char32_t c;
-    std::uint8_t ccc;
-    Range r;
-  };
-  std::vector<Item> items;
-  items.reserve(s.size());
+// A character of a rewritten string and how it relates to the input, as the tokenizers crate
+// records it: 0 takes the place of the next input character, +1 is inserted after the
+// previous one, -N takes the place of the next input character and of the N after it.
+struct Change {
+  char32_t c;
+  int change;
+};
+
+// Rebuilds s from the changes, giving each character the alignment of the input character at
+// its position (an inserted one: that of the input character before it). Alignment follows
+// position, not identity: a mark moved by canonical reordering takes the alignment of the
+// mark whose place it took, exactly as in the crate.
+inline void apply_changes(NormalizedString& s, const std::vector<Change>& changes) {
   const std::string& t = s.text();
+  std::vector<Range> in;  // alignment of each input character
+  in.reserve(t.size());
   for (std::size_t i = 0; i < t.size();) {
     const std::size_t len = utf8_length(static_cast<unsigned char>(t[i]));
-    const Range r = s.char_range(i, len);
+    in.push_back(s.char_range(i, len));
+    i += len;
+  }
+  NormalizedString out;
+  out.reserve(t.size());
+  std::size_t at = 0;  // next input character
+  for (const Change& ch : changes) {
+    Range r{};
+    if (ch.change > 0) {
+      if (at > 0) r = in[at - 1];
+    } else {
+      if (at < in.size()) r = in[at];
+      at += 1 + static_cast<std::size_t>(-ch.change);
+    }
+    out.push(ch.c, r);
+  }
+  s = std::move(out);
+}
+
+// Decomposition (canonical or compatibility) with the canonical reordering of marks: the first
+// character of a decomposition replaces its source (0), the others are inserted (+1); the
+// stable sort of each run of marks by combining class carries the changes along.
+inline std::vector<Change> decomposition_changes(const std::string& t, bool compat) {
+  struct Item {
+    Change ch;
+    std::uint8_t ccc;
+  };
+  std::vector<Item> items;
+  items.reserve(t.size());
+  for (std::size_t i = 0; i < t.size();) {
+    const std::size_t len = utf8_length(static_cast<unsigned char>(t[i]));
+    int change = 0;
     decompose(decode_at(t, i), compat, [&](char32_t d) {
-      items.push_back({d, combining_class(d), r});
+      items.push_back({{d, change}, combining_class(d)});
+      change = 1;
     });
     i += len;
   }
-  // Stable sort of each run of non-starters by combining class.
   for (std::size_t i = 0; i < items.size();) {
     if (items[i].ccc == 0) {
       ++i;
@@ -54,13 +89,13 @@ inline void decompose_string(NormalizedString& s, bool compat) {
     while (j < items.size() && items[j].ccc != 0) ++j;
     std::stable_sort(items.begin() + static_cast<std::ptrdiff_t>(i),
                      items.begin() + static_cast<std::ptrdiff_t>(j),
-                     [](const Item& a, const Item& b) { return a.ccc < b.ccc; });
+                     [](const Item& x, const Item& y) { return x.ccc < y.ccc; });
     i = j;
   }
-  NormalizedString out;
-  out.reserve(t.size());
-  for (const Item& it : items) out.push(it.c, it.r);
-  s = std::move(out);
+  std::vector<Change> out;
+  out.reserve(items.size());
+  for (const Item& it : items) out.push_back(it.ch);
+  return out;
 }
 
 inline const UNormalizer2* nfc_instance() {
@@ -73,55 +108,50 @@ inline const UNormalizer2* nfc_instance() {
   return n;
 }
 
-// NFC / NFKC: decomposition, then canonical composition; a composed character keeps the
-// alignment of its starter (the marks folded into it give theirs up).
-inline void compose_string(NormalizedString& s, bool compat) {
-  decompose_string(s, compat);
-  const std::string& t = s.text();
-  struct Item {
-    char32_t c;
-    std::uint8_t ccc;
-    Range r;
-    bool gone;
-  };
-  std::vector<Item> items;
-  items.reserve(t.size());
-  for (std::size_t i = 0; i < t.size();) {
-    const std::size_t len = utf8_length(static_cast<unsigned char>(t[i]));
-    const char32_t c = decode_at(t, i);
-    items.push_back({c, combining_class(c), s.char_range(i, len), false});
-    i += len;
-  }
+// Canonical composition of a decomposed sequence: a mark folded into its starter gives up its
+// place, so the starter's change drops by one for each absorbed mark that had taken an input
+// character's place (an absorbed inserted mark cancels its insertion).
+inline std::vector<Change> composition_changes(std::vector<Change> d) {
   const UNormalizer2* nfc = nfc_instance();
+  std::vector<bool> gone(d.size(), false);
   std::size_t starter = std::size_t(-1);
   int last_ccc = -1;  // combining class of the last character kept after the starter
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    Item& it = items[i];
+  for (std::size_t i = 0; i < d.size(); ++i) {
+    const int ccc = combining_class(d[i].c);
     if (starter != std::size_t(-1)) {
-      const bool blocked = last_ccc != -1 && (last_ccc == 0 || last_ccc >= it.ccc);
+      const bool blocked = last_ccc != -1 && (last_ccc == 0 || last_ccc >= ccc);
       if (!blocked) {
-        const UChar32 composed = unorm2_composePair(nfc, static_cast<UChar32>(items[starter].c),
-                                                    static_cast<UChar32>(it.c));
+        const UChar32 composed = unorm2_composePair(nfc, static_cast<UChar32>(d[starter].c),
+                                                    static_cast<UChar32>(d[i].c));
         if (composed >= 0) {
-          items[starter].c = static_cast<char32_t>(composed);
-          it.gone = true;
+          d[starter].c = static_cast<char32_t>(composed);
+          d[starter].change += d[i].change - 1;
+          gone[i] = true;
           continue;
         }
       }
     }
-    if (it.ccc == 0) {
+    if (ccc == 0) {
       starter = i;
       last_ccc = -1;
     } else {
-      last_ccc = it.ccc;
+      last_ccc = ccc;
     }
   }
-  NormalizedString out;
-  out.reserve(t.size());
-  for (const Item& it : items) {
-    if (!it.gone) out.push(it.c, it.r);
+  std::vector<Change> out;
+  out.reserve(d.size());
+  for (std::size_t i = 0; i < d.size(); ++i) {
+    if (!gone[i]) out.push_back(d[i]);
   }
-  s = std::move(out);
+  return out;
+}
+
+inline void decompose_string(NormalizedString& s, bool compat) {
+  apply_changes(s, decomposition_changes(s.text(), compat));
+}
+
+inline void compose_string(NormalizedString& s, bool compat) {
+  apply_changes(s, composition_changes(decomposition_changes(s.text(), compat)));
 }
 
 }  // namespace detail

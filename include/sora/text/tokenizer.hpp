@@ -20,6 +20,7 @@
 #include <sora/text/normalizers.hpp>
 #include <sora/text/post_processors.hpp>
 #include <sora/text/pre_tokenizers.hpp>
+#include <sora/text/unigram.hpp>
 #include <sora/text/wordpiece.hpp>
 #include <sstream>
 #include <string>
@@ -77,6 +78,8 @@ class Tokenizer {
       t.model_ = std::make_unique<WordPiece>(WordPiece::from_json(model, mw));
     } else if (type == "BPE") {
       t.model_ = Bpe::from_json(model, mw);
+    } else if (type == "Unigram") {
+      t.model_ = Unigram::from_json(model, mw);
     } else if (type == "WordLevel") {
       t.model_ = std::make_unique<WordLevel>(WordLevel::from_json(model, mw));
     } else {
