@@ -268,6 +268,9 @@ class Tokenizer {
     return t;
   }
 
+  // Padding lengths past this are taken for corrupt files, not allocated.
+  static constexpr std::uint64_t max_padding = 1u << 20;
+
   static Padding read_padding(const json::Json& j, const json::Where& at) {
     Padding p;
     const json::Json& s = json::field(j, "strategy", at);
@@ -276,14 +279,14 @@ class Tokenizer {
         json::fail(at / "strategy", "expected \"BatchLongest\" or {\"Fixed\": n}");
       }
     } else {
-      p.fixed_length =
-          json::as_uint(json::field(s, "Fixed", at / "strategy"), at / "strategy" / "Fixed");
+      p.fixed_length = json::as_uint(json::field(s, "Fixed", at / "strategy"),
+                                     at / "strategy" / "Fixed", max_padding);
     }
     const std::string d = json::get_optional_string(j, "direction", at).value_or("Right");
     if (d != "Right" && d != "Left") json::fail(at / "direction", "expected Right or Left");
     p.left = d == "Left";
     if (const json::Json* m = json::optional_field(j, "pad_to_multiple_of", at))
-      p.pad_to_multiple_of = json::as_uint(*m, at / "pad_to_multiple_of");
+      p.pad_to_multiple_of = json::as_uint(*m, at / "pad_to_multiple_of", max_padding);
     if (const json::Json* v = json::optional_field(j, "pad_id", at))
       p.pad_id = static_cast<std::uint32_t>(json::as_uint(*v, at / "pad_id"));
     if (const json::Json* v = json::optional_field(j, "pad_type_id", at))
