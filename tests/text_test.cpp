@@ -208,3 +208,101 @@ TEST_CASE("tokenizer.json: errors name the JSON path and the problem") {
           .find("t.json: $.normalizer.normalizers[1].pattern.Regex: regex '(': missing closing "
                 "parenthesis") == 0);
 }
+
+namespace {
+
+Tokenizer from_model(const std::string& model, const std::string& rest = "") {
+  return Tokenizer::from_json(R"({"model": )" + model + rest + "}");
+}
+
+std::vector<std::string> words_of(const PreTokenizer& p, const std::string& text) {
+  std::vector<NormalizedString> words;
+  p.split(NormalizedString(text, 0), true, words);
+  std::vector<std::string> out;
+  for (const auto& w : words) out.push_back(w.text());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("BPE: the lowest-ranked pair merges first, whatever its position") {
+  const std::string vocab = R"("vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4, "abc": 5})";
+  // Rank 0 is b+c, so "abc" becomes a, bc, then a+bc (rank 2).
+  const Tokenizer t1 =
+      from_model(R"({"type": "BPE", )" + vocab + R"(, "merges": ["b c", "a b", "a bc"]})");
+  CHECK(t1.encode("abc").ids == std::vector<std::uint32_t>{5});
+  // With a+b first, "cab" is c, ab (no merge joins c and ab).
+  const Tokenizer t2 = from_model(R"({"type": "BPE", )" + vocab +
+                                  R"(, "merges": [["a", "b"], ["b", "c"], ["ab", "c"]]})");
+  const Encoding e = t2.encode("cab");
+  CHECK(e.ids == std::vector<std::uint32_t>{2, 3});
+  CHECK(e.offsets == Offsets{{0, 1}, {1, 3}});
+}
+
+TEST_CASE("BPE: byte fallback gives one token per byte, unknowns fuse") {
+  const Tokenizer fb = from_model(
+      R"({"type": "BPE", "byte_fallback": true, "unk_token": "<unk>", "merges": [],
+          "vocab": {"<unk>": 0, "a": 1, "<0xC3>": 2, "<0xA9>": 3}})");
+  const Encoding e = fb.encode("a\xC3\xA9");  // "aé": é is not in the vocabulary
+  CHECK(e.ids == std::vector<std::uint32_t>{1, 2, 3});
+  // Offsets map through the character alignment: both byte tokens cover the whole é.
+  CHECK(e.offsets == Offsets{{0, 1}, {1, 3}, {1, 3}});
+  const Tokenizer fuse = from_model(
+      R"({"type": "BPE", "fuse_unk": true, "unk_token": "<unk>", "merges": [],
+          "vocab": {"<unk>": 0, "a": 1}})");
+  CHECK(fuse.encode("x\xC3\xA9"
+                    "a")
+            .ids == std::vector<std::uint32_t>{0, 1});
+  CHECK(fuse.encode("x\xC3\xA9"
+                    "a")
+            .offsets == Offsets{{0, 3}, {3, 4}});
+}
+
+TEST_CASE("Unigram: the best-scoring segmentation, unknown characters fused") {
+  const Tokenizer t = from_model(
+      R"({"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a", -1.0], ["b", -1.0],
+          ["ab", -1.5], ["abc", -5.0], ["c", -2.0]]})");
+  // a+b+c = -4, ab+c = -3.5, abc = -5: ab, c.
+  CHECK(t.encode("abc").ids == std::vector<std::uint32_t>{3, 5});
+  // x and y have no piece: one unknown token over both.
+  const Encoding e = t.encode("xyab");
+  CHECK(e.ids == std::vector<std::uint32_t>{0, 3});
+  CHECK(e.offsets == Offsets{{0, 2}, {2, 4}});
+}
+
+TEST_CASE("pre-tokenizers: byte-level GPT-2 split, Metaspace, Split behaviours") {
+  // GPT-2's regex: of two spaces before a word, the first stands alone (\s+(?!\S)) and the
+  // second starts the word; every byte becomes a character (space -> U+0120).
+  CHECK(words_of(ByteLevelPreTokenizer(false, true), "Hi  there") ==
+        std::vector<std::string>{"Hi", "\xC4\xA0", "\xC4\xA0there"});
+  CHECK(words_of(ByteLevelPreTokenizer(true, true), "Hi") ==
+        std::vector<std::string>{"\xC4\xA0Hi"});
+  CHECK(words_of(MetaspacePreTokenizer(U'\u2581', MetaspacePreTokenizer::Prepend::always, true),
+                 "a b") == std::vector<std::string>{"\xE2\x96\x81"
+                                                    "a",
+                                                    "\xE2\x96\x81"
+                                                    "b"});
+  // "the-final--countdown" on "-": the crate's documented examples.
+  const auto split = [](SplitBehavior b) {
+    return words_of(SplitPreTokenizer(Pattern::literal("-"), b, false), "the-final--countdown");
+  };
+  CHECK(split(SplitBehavior::removed) == std::vector<std::string>{"the", "final", "countdown"});
+  CHECK(split(SplitBehavior::merged_with_previous) ==
+        std::vector<std::string>{"the-", "final-", "-", "countdown"});
+  CHECK(split(SplitBehavior::merged_with_next) ==
+        std::vector<std::string>{"the", "-final", "-", "-countdown"});
+  CHECK(split(SplitBehavior::contiguous) ==
+        std::vector<std::string>{"the", "-", "final", "--", "countdown"});
+}
+
+TEST_CASE("NFC: a composed character keeps its starter's alignment") {
+  NormalizedString s("A\xCC\x81x", 0);  // A + U+0301, x
+  UnicodeNormalizer(true, false).normalize(s);
+  CHECK(s.text() == "\xC3\x81x");  // Á x
+  CHECK(s.original(0, 2) == Range{0, 1});
+  CHECK(s.original(2, 3) == Range{3, 4});
+  NormalizedString d("\xC3\xA9", 0);  // é
+  UnicodeNormalizer(false, false).normalize(d);
+  CHECK(d.text() == "e\xCC\x81");
+  CHECK(d.original(0, 3) == Range{0, 2});
+}
