@@ -306,3 +306,47 @@ TEST_CASE("NFC: a composed character keeps its starter's alignment") {
   CHECK(d.text() == "e\xCC\x81");
   CHECK(d.original(0, 3) == Range{0, 2});
 }
+
+#ifdef SORA_TEXT_WITH_SENTENCEPIECE
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <filesystem>
+#include <fstream>
+
+TEST_CASE("SentencePiece: a .model file trained here encodes like the library, with offsets") {
+  const auto dir = std::filesystem::temp_directory_path() / "sora_text_sp_test";
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream corpus(dir / "corpus.txt");
+    for (int i = 0; i < 50; ++i) {
+      corpus << "the quick brown fox jumps over the lazy dog\n"
+             << "caf\xC3\xA9 na\xC3\xAFve r\xC3\xA9sum\xC3\xA9 and more words here\n";
+    }
+  }
+  const std::string prefix = (dir / "m").string();
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + (dir / "corpus.txt").string() + " --model_prefix=" + prefix +
+      " --vocab_size=36 --model_type=unigram --minloglevel=2");
+  REQUIRE_MESSAGE(status.ok(), status.ToString());
+  const Tokenizer tok = Tokenizer::from_file(prefix + ".model");
+  sentencepiece::SentencePieceProcessor sp;
+  REQUIRE(sp.Load(prefix + ".model").ok());
+  const std::string text = "the  caf\xC3\xA9 fox";
+  std::vector<int> want;
+  REQUIRE(sp.Encode(text, &want).ok());
+  const Encoding e = tok.encode(text);
+  CHECK(std::vector<int>(e.ids.begin(), e.ids.end()) == want);
+  // Offsets never go backwards, stay inside the text, and the last one ends at its end.
+  std::size_t prev = 0;
+  for (const auto& [b, en] : e.offsets) {
+    CHECK(b >= prev);
+    CHECK(b <= en);
+    CHECK(en <= text.size());
+    prev = b;
+  }
+  CHECK(e.offsets.back().second == text.size());
+  CHECK(tok.decode(e.ids) == "the caf\xC3\xA9 fox");  // the model folds the double space
+  std::filesystem::remove_all(dir);
+}
+#endif

@@ -20,6 +20,7 @@
 #include <sora/text/normalizers.hpp>
 #include <sora/text/post_processors.hpp>
 #include <sora/text/pre_tokenizers.hpp>
+#include <sora/text/sentencepiece.hpp>
 #include <sora/text/unigram.hpp>
 #include <sora/text/wordpiece.hpp>
 #include <sstream>
@@ -43,12 +44,18 @@ class Tokenizer {
       if (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) {
         return from_gpt2_files((dir / "vocab.json").string(), (dir / "merges.txt").string());
       }
+      if (fs::exists(dir / "tokenizer.model")) {
+        return from_sentencepiece((dir / "tokenizer.model").string());
+      }
       ::sora::detail::throw_error(path,
-                                  ": no tokenizer.json, vocab.txt or vocab.json + merges.txt in "
-                                  "this folder");
+                                  ": no tokenizer.json, vocab.txt, vocab.json + merges.txt or "
+                                  "tokenizer.model in this folder");
     }
     if (path.size() >= 4 && path.compare(path.size() - 4, 4, ".txt") == 0) {
       return from_vocab_txt(path);
+    }
+    if (path.size() >= 6 && path.compare(path.size() - 6, 6, ".model") == 0) {
+      return from_sentencepiece(path);
     }
     std::ifstream in(path, std::ios::binary);
     SORA_CHECK(in, path, ": cannot open");
@@ -157,6 +164,23 @@ class Tokenizer {
     return t;
   }
 
+  // A SentencePiece .model file: the library normalizes and segments; no special tokens are
+  // added (set a post-processor-free template yourself if the model wants <s> / </s>).
+  static Tokenizer from_sentencepiece(const std::string& path) {
+#ifdef SORA_TEXT_WITH_SENTENCEPIECE
+    Tokenizer t;
+    auto m = SentencePieceModel::load(path);
+    t.decoder_ = std::make_unique<SentencePieceDecoder>(m->processor());
+    t.model_ = std::move(m);
+    t.set_added_tokens({});
+    return t;
+#else
+    ::sora::detail::throw_error(path,
+                                ": SentencePiece models need libsentencepiece, which this "
+                                "build did not find (Debian: libsentencepiece-dev)");
+#endif
+  }
+
   Encoding encode(std::string_view text, bool add_special_tokens = true) const {
     std::vector<Encoding> parts;
     parts.push_back(encode_sequence(text, 0, "text"));
@@ -215,7 +239,9 @@ class Tokenizer {
     return out;
   }
 
-  const std::vector<AddedToken>& added_tokens() const { return added_; }
+  const std::vector<AddedToken>& added_tokens() const {
+    return added_;
+  }
 
   // Applied by encode() / encode_pair(); as read from tokenizer.json, and free to change.
   std::optional<Truncation> truncation;
