@@ -172,8 +172,11 @@ TEST_CASE("tokenizer: invalid UTF-8 in the text is an error naming the byte offs
   const Tokenizer tok = Tokenizer::from_json(tiny_bert());
   CHECK_THROWS_WITH_AS(tok.encode("abc\xFFxyz"),
                        doctest::Contains("text: invalid UTF-8 at byte offset 3"), sora::Error);
-  CHECK_THROWS_WITH_AS(tok.encode_pair("ok", "h\xC3"),
-                       doctest::Contains("second text: invalid UTF-8 at byte offset 2"),
+  // Cut short by the end: the offset is the text's size, and no byte past the end is read
+  // (scripts/fuzz-tokenizer found the read past the end of this message under ASan).
+  CHECK_THROWS_WITH_AS(tok.encode_pair("ok", std::string_view("h\xC3\x80", 2)),
+                       "second text: invalid UTF-8 at byte offset 2 (a sequence cut short by "
+                       "the end of the text)",
                        sora::Error);
 }
 

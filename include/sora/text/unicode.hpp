@@ -98,11 +98,18 @@ inline std::size_t find_invalid_utf8(std::string_view s, std::size_t* seq_start 
   return std::string_view::npos;
 }
 
-// Throws sora::Error naming `what` and the byte offset of the first invalid byte.
+// Throws sora::Error naming `what` and the byte offset of the first invalid byte (which is the
+// text's size when a sequence is cut short by its end; that byte is not read).
 inline void check_utf8(std::string_view s, std::string_view what) {
   const std::size_t bad = find_invalid_utf8(s);
-  SORA_CHECK(bad == std::string_view::npos, what, ": invalid UTF-8 at byte offset ", bad,
-             " (byte 0x", std::hex, static_cast<unsigned>(static_cast<unsigned char>(s[bad])), ")");
+  if (bad == std::string_view::npos) [[likely]]
+    return;
+  if (bad >= s.size()) {
+    ::sora::detail::throw_error(what, ": invalid UTF-8 at byte offset ", bad,
+                                " (a sequence cut short by the end of the text)");
+  }
+  ::sora::detail::throw_error(what, ": invalid UTF-8 at byte offset ", bad, " (byte 0x", std::hex,
+                              static_cast<unsigned>(static_cast<unsigned char>(s[bad])), ")");
 }
 
 inline std::size_t count_chars(std::string_view s) {
