@@ -4,7 +4,8 @@
 //   sora-tokenize --tokenizer model/ --pair --max-length 64 < pairs.tsv   (a pair: "a\tb")
 //
 // Each output line is {"ids":[...],"type_ids":[...],"attention_mask":[...],"offsets":[[b,e],..]}
-// with byte offsets into the line (for a pair, into its own field). A line the tokenizer
+// with byte offsets into the line (for a pair, into its own field), and with --decode also
+// "decoded": the ids decoded back to text. A line the tokenizer
 // rejects (invalid UTF-8) prints {"error": "..."} and the program exits with status 1 at the
 // end. Truncation and padding are those of tokenizer.json unless the flags change them.
 // --benchmark encodes the whole input in memory, prints nothing per line and reports tokens/s
@@ -48,7 +49,7 @@ void write_list(std::string& out, const char* name, const std::vector<std::uint3
   out += ']';
 }
 
-void write_encoding(std::string& out, const sora::text::Encoding& e) {
+void write_encoding(std::string& out, const sora::text::Encoding& e, const std::string* decoded) {
   out += '{';
   write_list(out, "ids", e.ids);
   out += ',';
@@ -61,7 +62,12 @@ void write_encoding(std::string& out, const sora::text::Encoding& e) {
     out +=
         '[' + std::to_string(e.offsets[i].first) + ',' + std::to_string(e.offsets[i].second) + ']';
   }
-  out += "]}\n";
+  out += ']';
+  if (decoded != nullptr) {
+    out += ",\"decoded\":";
+    write_json_string(out, *decoded);
+  }
+  out += "}\n";
 }
 
 }  // namespace
@@ -70,7 +76,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Encodes lines of text with a Hugging Face tokenizer (tokenizer.json, vocab.txt)"};
   std::string path;
   bool pair = false, no_padding = false, no_truncation = false, no_special = false,
-       benchmark = false;
+       benchmark = false, decode = false;
   std::size_t max_length = 0;
   std::string strategy = "longest_first";
   app.add_option("--tokenizer", path, "tokenizer.json, vocab.txt, or a folder holding one")
@@ -82,6 +88,7 @@ int main(int argc, char** argv) {
   app.add_flag("--no-truncation", no_truncation, "ignore tokenizer.json's truncation");
   app.add_flag("--no-padding", no_padding, "ignore tokenizer.json's padding");
   app.add_flag("--no-special-tokens", no_special, "do not add the post-processor's tokens");
+  app.add_flag("--decode", decode, "add \"decoded\": decode(ids) (special tokens skipped)");
   app.add_flag("--benchmark", benchmark, "report tokens/s on stderr instead of the encodings");
   CLI11_PARSE(app, argc, argv);
 
@@ -128,7 +135,13 @@ int main(int argc, char** argv) {
     std::string out;
     for (const std::string& line : lines) {
       try {
-        write_encoding(out, encode(line));
+        const sora::text::Encoding e = encode(line);
+        if (decode) {
+          const std::string text = tok.decode(e.ids);
+          write_encoding(out, e, &text);
+        } else {
+          write_encoding(out, e, nullptr);
+        }
       } catch (const sora::Error& e) {
         out += "{\"error\":";
         write_json_string(out, e.what());

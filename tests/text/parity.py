@@ -6,8 +6,8 @@ Each case names a tokenizer: MiniLM's real tokenizer.json or vocab.txt, or one t
 the library's own trainers on a small corpus. Both sides encode the same lines (stress texts
 and seeded random strings from many Unicode ranges), single and as pairs, with the file's
 truncation and padding, with none, and with short max lengths under each truncation
-strategy; ids, type ids, attention masks and offsets must be identical, and inputs one side
-rejects the other must reject too. sora's offsets are bytes; they are compared after the
+strategy; ids, type ids, attention masks and offsets must be identical (and, untruncated, the
+text decoded from the ids), and inputs one side rejects the other must reject too. sora's offsets are bytes; they are compared after the
 byte -> character mapping the Python binding applies to the crate's byte offsets.
 Exit status 0 only with zero mismatches.
 """
@@ -220,7 +220,7 @@ def char_offsets(text, offsets):
     return [[at.get(b, -1), at.get(e, -1)] for b, e in offsets]
 
 
-def reference(tok, line, pair):
+def reference(tok, line, pair, decode=False):
     try:
         if pair:
             a, _, b = line.partition("\t")
@@ -229,8 +229,11 @@ def reference(tok, line, pair):
             enc = tok.encode(line)
     except Exception as e:  # the library rejects the input (e.g. truncation impossible)
         return {"error": str(e)}
-    return {"ids": enc.ids, "type_ids": enc.type_ids, "attention_mask": enc.attention_mask,
-            "offsets": [list(o) for o in enc.offsets], "sequence_ids": enc.sequence_ids}
+    out = {"ids": enc.ids, "type_ids": enc.type_ids, "attention_mask": enc.attention_mask,
+           "offsets": [list(o) for o in enc.offsets], "sequence_ids": enc.sequence_ids}
+    if decode:
+        out["decoded"] = tok.decode(enc.ids)
+    return out
 
 
 def to_python_offsets(mine, line, pair, sequence_ids):
@@ -244,7 +247,9 @@ def to_python_offsets(mine, line, pair, sequence_ids):
 def run_sora(exe, path, lines, flags):
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     proc = subprocess.run([exe, "--tokenizer", path] + flags, input=data, capture_output=True)
-    out = proc.stdout.decode("utf-8").splitlines()
+    out = proc.stdout.decode("utf-8").split("\n")  # not splitlines(): U+2028 is not a line end here
+    if out and out[-1] == "":
+        out.pop()
     if len(out) != len(lines):
         raise SystemExit(f"sora-tokenize {' '.join(flags)}: {len(out)} lines for {len(lines)}"
                          f" inputs; stderr: {proc.stderr.decode(errors='replace')}")
@@ -309,7 +314,8 @@ def main():
             return t
         return setup
 
-    configs = [([], as_file), (["--no-truncation", "--no-padding"], bare)]
+    # The bare configuration also decodes the ids back to text on both sides.
+    configs = [([], as_file), (["--no-truncation", "--no-padding", "--decode"], bare)]
     for n in (5, 12):
         for strategy in ("longest_first", "only_first", "only_second"):
             configs.append((["--max-length", str(n), "--truncation", strategy],
@@ -323,7 +329,7 @@ def main():
             tok = setup(make())
             got = run_sora(args.sora_tokenize, path, lines, flags + (["--pair"] if is_pair else []))
             for line, mine in zip(lines, got):
-                want = reference(tok, line, is_pair)
+                want = reference(tok, line, is_pair, decode="--decode" in flags)
                 total += 1
                 if "error" not in want and "error" not in mine:
                     if len(mine["offsets"]) == len(want["sequence_ids"]):
@@ -340,6 +346,9 @@ def main():
                             if k in mine and want[k] != mine[k]:
                                 d = next((i for i, (x, y) in enumerate(zip(want[k], mine[k]))
                                           if x != y), min(len(want[k]), len(mine[k])))
+                                if isinstance(want[k], str):
+                                    print(f"  {k}: python {want[k]!r} sora {mine[k]!r}")
+                                    continue
                                 print(f"  {k} from index {d}: python {want[k][d:d + 8]}"
                                       f" sora {mine[k][d:d + 8]} (lengths {len(want[k])},"
                                       f" {len(mine[k])})")
