@@ -30,6 +30,7 @@
 
 #include "sora/core/rng.hpp"
 #include "sora/model/config.hpp"
+#include "sora/model/hf/common.hpp"
 #include "sora/model/hf/config.hpp"
 #include "sora/model/hf/post_ln_layer.hpp"
 #include "sora/model/peft.hpp"
@@ -161,51 +162,15 @@ class BertModel {
 
   // ---- fine-tuning method --------------------------------------------------------------------
 
-  // As model::Transformer::apply_peft, with the family's names: adapters on the linear layers
-  // matching peft.target_modules (PEFT's rule; "all-linear" selects every linear layer but the
-  // classifier, as PEFT does), the head trainable when peft.train_head (PEFT's modules_to_save),
-  // LayerNorms when peft.train_layernorms, the embeddings when peft.train_embeddings.
-  // Throws when the patterns match nothing.
+  // Adapters by PEFT's rules (hf/common.hpp); the LayerNorms are the norms, the embedding
+  // tables (not their LayerNorm) the embeddings.
   Index apply_peft(const PeftConfig& peft) {
-    visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
-    if (peft.method == Method::full) {
-      visit_params([](ParamT& p) { p.set_trainable(true); });
-      return 0;
-    }
-    const bool all_linear =
-        peft.target_modules.size() == 1 && peft.target_modules.front() == "all-linear";
-    visit_params([](ParamT& p) { p.set_trainable(false); });
-    Index adapted = 0;
-    visit_linears([&](const std::string& name, Linear& lin) {
-      const bool wanted = all_linear ? !is_head(name) : matches_any(name, peft.target_modules);
-      if (!wanted) return;
-      nn::AdapterConfig ac;
-      ac.kind = adapter_kind(peft.method);
-      ac.rank = peft.rank;
-      ac.alpha = peft.alpha;
-      ac.dropout = peft.dropout;
-      ac.gate_init = peft.gate_init;
-      ac.seed = peft.seed + static_cast<std::uint64_t>(adapted);
-      lin.attach(ac);
-      lin.train(training_);
-      ++adapted;
-    });
-    SORA_CHECK(adapted > 0, "apply_peft: no module matches the target patterns ",
-               patterns_string(peft.target_modules), " (modules are named like ", layer_name(0),
-               ".attention.self.query)");
-    visit_params([&](ParamT& p) {
-      if (p.name.find(".lora_") != std::string::npos) return;
-      if (p.name.find("LayerNorm.") != std::string::npos) p.set_trainable(peft.train_layernorms);
-      if (p.name.find("embeddings.") != std::string::npos &&
-          p.name.find("LayerNorm") == std::string::npos)
-        p.set_trainable(peft.train_embeddings);
-    });
-    visit_heads([&](const std::string& name, Linear& lin) {
-      // A head with an adapter of its own keeps its base frozen; BERT's pooler belongs to the
-      // base model (PEFT keeps it frozen too).
-      if (!lin.adapter && is_head(name)) lin.base.set_trainable(peft.train_head);
-    });
-    return adapted;
+    return apply_peft_by_name(*this, peft, layer_name(0) + ".attention.self.query");
+  }
+  ParamKind param_kind(std::string_view name) const {
+    if (name.find("LayerNorm.") != std::string_view::npos) return ParamKind::norm;
+    if (name.find("embeddings.") != std::string_view::npos) return ParamKind::embedding;
+    return ParamKind::other;
   }
 
   // ---- forward / backward ------------------------------------------------------------------
@@ -383,16 +348,7 @@ class BertModel {
   }
   T loss() const { return loss_; }
 
-  std::vector<int> predictions() const {
-    const auto& z = Backend::to_host(logits());
-    std::vector<int> ids(static_cast<std::size_t>(z.rows()));
-    for (Index i = 0; i < z.rows(); ++i) {
-      Index best = 0;
-      z.row(i).maxCoeff(&best);
-      ids[static_cast<std::size_t>(i)] = static_cast<int>(best);
-    }
-    return ids;
-  }
+  std::vector<int> predictions() const { return argmax_rows(Backend::to_host(logits())); }
 
   // Re-draws a head layer as transformers initialises a fresh one (weights N(0, range), bias 0),
   // from the model's seed and the layer's name (a head missing from a checkpoint).
@@ -414,11 +370,6 @@ class BertModel {
     if (pooler) fn(nn::join_name(prefix(), "pooler.dense"), *pooler);
     if (dense) fn(std::string("classifier.dense"), *dense);
     if (out) fn(std::string(dense ? "classifier.out_proj" : "classifier"), *out);
-  }
-  static std::string patterns_string(const std::vector<std::string>& patterns) {
-    std::string s = "[";
-    for (std::size_t i = 0; i < patterns.size(); ++i) s += (i ? ", " : "") + patterns[i];
-    return s + "]";
   }
 
   void set_positions(const Batch& batch) {

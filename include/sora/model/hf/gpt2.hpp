@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "sora/model/block.hpp"
+#include "sora/model/hf/common.hpp"
 #include "sora/model/hf/config.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/embedding.hpp"
@@ -156,44 +157,15 @@ class Gpt2Model {
     visit_params([](ParamT& p) { p.zero_grad(); });
   }
 
-  // As BertModel::apply_peft; "all-linear" selects every linear layer but the heads.
+  // Adapters by PEFT's rules (hf/common.hpp); ln_* are the norms, wte / wpe the embeddings.
   Index apply_peft(const PeftConfig& peft) {
-    visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
-    if (peft.method == Method::full) {
-      visit_params([](ParamT& p) { p.set_trainable(true); });
-      return 0;
-    }
-    const bool all_linear =
-        peft.target_modules.size() == 1 && peft.target_modules.front() == "all-linear";
-    visit_params([](ParamT& p) { p.set_trainable(false); });
-    Index adapted = 0;
-    visit_linears([&](const std::string& name, Linear& lin) {
-      if (!(all_linear ? !is_head(name) : matches_any(name, peft.target_modules))) return;
-      nn::AdapterConfig ac;
-      ac.kind = adapter_kind(peft.method);
-      ac.rank = peft.rank;
-      ac.alpha = peft.alpha;
-      ac.dropout = peft.dropout;
-      ac.gate_init = peft.gate_init;
-      ac.seed = peft.seed + static_cast<std::uint64_t>(adapted);
-      lin.attach(ac);
-      lin.train(training_);
-      ++adapted;
-    });
-    SORA_CHECK(adapted > 0,
-               "apply_peft: no module of the GPT-2 model matches the target patterns"
-               " (modules are named like ",
-               block_name(0), ".attn.c_attn)");
-    visit_params([&](ParamT& p) {
-      if (p.name.find(".lora_") != std::string::npos) return;
-      if (p.name.find("ln_") != std::string::npos) p.set_trainable(peft.train_layernorms);
-      if (p.name.find("wte.") != std::string::npos || p.name.find("wpe.") != std::string::npos)
-        p.set_trainable(peft.train_embeddings);
-    });
-    visit_linears([&](const std::string& name, Linear& lin) {
-      if (!lin.adapter && is_head(name)) lin.base.set_trainable(peft.train_head);
-    });
-    return adapted;
+    return apply_peft_by_name(*this, peft, block_name(0) + ".attn.c_attn");
+  }
+  ParamKind param_kind(std::string_view name) const {
+    if (name.find("ln_") != std::string_view::npos) return ParamKind::norm;
+    if (name.find("wte.") != std::string_view::npos || name.find("wpe.") != std::string_view::npos)
+      return ParamKind::embedding;
+    return ParamKind::other;
   }
 
   const Tensor& forward_hidden(const Batch& batch) {
@@ -230,76 +202,22 @@ class Gpt2Model {
   const Tensor& forward_logits(const Batch& batch) {
     const Tensor& h = forward_hidden(batch);
     if (task_ == Task::none) return *(logits_ = &h);
-    if (task_ == Task::causal_lm) {
-      if (lm_head) return *(logits_ = &lm_head->forward(h));
-      logits_buf_.resize(h.rows(), config_.vocab_size);
-      linear_forward<T>(logits_buf_, h, wte.weight.value);
-      return *(logits_ = &logits_buf_);
-    }
-    SORA_CHECK(config_.pad_token_id >= 0 || B_ == 1,
-               "Gpt2Model: a batch of several sequences needs a pad_token_id in config.json to "
-               "find each sequence's last token");
-    pool_rows_.resize(static_cast<std::size_t>(B_));
-    for (Index b = 0; b < B_; ++b) {
-      Index first_pad = 0;  // transformers: argmax(ids == pad) - 1, modulo T
-      if (config_.pad_token_id >= 0) {
-        for (Index t = 0; t < T_; ++t)
-          if (batch.tokens[static_cast<std::size_t>(b * T_ + t)] == config_.pad_token_id) {
-            first_pad = t;
-            break;
-          }
-      }
-      pool_rows_[static_cast<std::size_t>(b)] =
-          static_cast<int>(b * T_ + (first_pad + T_ - 1) % T_);
-    }
-    pooled_.resize(B_, h.cols());
-    gather_rows<T>(pooled_, h, pool_rows_);
-    return *(logits_ = &score->forward(pooled_));
+    return *(logits_ =
+                 &head_.forward(task_, h, batch, config_.pad_token_id, score ? &*score : nullptr,
+                                lm_head ? &*lm_head : nullptr, wte.weight));
   }
 
   T forward(const Batch& batch) {
     SORA_CHECK(task_ != Task::none, "Gpt2Model::forward: the bare model has no loss");
-    const Tensor& logits = forward_logits(batch);
-    if (regression()) {
-      SORA_CHECK(static_cast<Index>(batch.values.size()) == B_, "Gpt2Model: ", batch.values.size(),
-                 " regression targets for ", B_, " sequences");
-      target_.resize(B_, 1);
-      for (Index b = 0; b < B_; ++b)
-        target_(b, 0) = static_cast<T>(batch.values[static_cast<std::size_t>(b)]);
-      return loss_ = mse_forward<T>(logits, target_);
-    }
-    const Index expected = task_ == Task::causal_lm ? B_ * T_ : B_;
-    SORA_CHECK(static_cast<Index>(batch.labels.size()) == expected,
-               "Gpt2Model: ", batch.labels.size(), " labels for ", expected,
-               task_ == Task::causal_lm ? " tokens" : " sequences");
-    const Index classes = logits.cols();
-    for (const int label : batch.labels)
-      SORA_CHECK(label == ops::kIgnoreIndex || (label >= 0 && label < classes), "Gpt2Model: label ",
-                 label, " is outside [0, ", classes, ")");
-    labels_.assign(batch.labels.begin(), batch.labels.end());
-    probs_.resize(logits.rows(), logits.cols());
-    return loss_ = cross_entropy_forward<T>(probs_, logits, labels_);
+    forward_logits(batch);
+    return loss_ = head_.loss(task_, regression(), batch);
   }
 
   void backward(T dloss = T(1)) {
     SORA_CHECK(logits_ != nullptr && task_ != Task::none,
                "Gpt2Model::backward needs a forward with a loss first");
-    dlogits_.resize(logits_->rows(), logits_->cols());
-    if (regression()) {
-      mse_backward<T>(dlogits_, *logits_, target_, dloss);
-    } else {
-      cross_entropy_backward<T>(dlogits_, probs_, labels_, ops::kIgnoreIndex, dloss);
-    }
-    dhidden_.resize(hidden_->rows(), hidden_->cols());
-    if (task_ == Task::sequence_classification) {
-      scatter_rows<T>(dhidden_, score->backward(dlogits_), pool_rows_);
-    } else if (lm_head) {
-      dhidden_ = lm_head->backward(dlogits_);
-    } else {
-      // Tied: logits = h wte^T; wte collects dlogits^T h here and its embedding gradient below.
-      linear_backward<T>(dhidden_, nn::detail::grad_or_absent(wte.weight), Cpu::absent<T>(),
-                         dlogits_, *hidden_, wte.weight.value);
-    }
+    head_.backward(task_, dhidden_, *hidden_, score ? &*score : nullptr,
+                   lm_head ? &*lm_head : nullptr, wte.weight, dloss);
     const Tensor* dx = &ln_f.backward(dhidden_);
     const bool embeddings_train = wte.weight.trainable() || wpe.weight.trainable();
     for (std::size_t l = blocks.size(); l-- > 0;)
@@ -324,16 +242,7 @@ class Gpt2Model {
   }
   T loss() const { return loss_; }
 
-  std::vector<int> predictions() const {
-    const Tensor& z = logits();
-    std::vector<int> ids(static_cast<std::size_t>(z.rows()));
-    for (Index i = 0; i < z.rows(); ++i) {
-      Index best = 0;
-      z.row(i).maxCoeff(&best);
-      ids[static_cast<std::size_t>(i)] = static_cast<int>(best);
-    }
-    return ids;
-  }
+  std::vector<int> predictions() const { return argmax_rows(logits()); }
 
   // transformers' initialisation of a fresh layer: N(0, initializer_range), zero bias.
   void init_linear(Linear& lin, const std::string& name) {
@@ -358,13 +267,9 @@ class Gpt2Model {
   Tensor emb_, emb_mask_, demb_;    // (N, C)
   const Tensor* hidden_ = nullptr;  // (N, C)
   Tensor dhidden_;                  // (N, C)
-  Tensor logits_buf_;               // (N, V) tied LM head
-  const Tensor* logits_ = nullptr;  // (N, V), (B, K) or the hidden states
-  Tensor probs_, dlogits_, target_;
-  std::vector<int> labels_;
+  const Tensor* logits_ = nullptr;  // the head's logits, or the hidden states
+  DecoderHead<T> head_;
   T loss_ = T(0);
-  std::vector<int> pool_rows_;  // (B)
-  Tensor pooled_;               // (B, C)
 };
 
 }  // namespace sora::model::hf
