@@ -236,16 +236,24 @@ def probe_sigterm():
     out = fresh("sigterm")
     before = good_run(out)
     args = TINY + ["--method", "lora", "--out", out]
-    args[args.index("--epochs") + 1] = "100000"
-    p = subprocess.Popen([PROGRAM] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.5)
+    # 12000 steps: a plain progress line every 1200 (the first says training has started,
+    # the handlers are installed), and time left to stop the run before it ends.
+    args[args.index("--epochs") + 1] = "2000"
+    p = subprocess.Popen([PROGRAM] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Wait for the first progress line (stderr): training has started, the handlers are in.
+    seen = b""
+    while b"lora seed" not in seen:
+        line = p.stderr.readline()
+        if not line:
+            fail("the run ended before training: %s" % seen.decode())
+        seen += line
     p.send_signal(signal.SIGTERM)
     try:
         rc = p.wait(timeout=30)
     except subprocess.TimeoutExpired:
         p.kill()
         fail("SIGTERM did not stop the run")
-    err = p.stderr.read().decode()
+    err = (seen + p.stderr.read()).decode()
     if rc != 128 + signal.SIGTERM or "SIGTERM" not in err:
         fail("after SIGTERM: exit %d, %s" % (rc, err))
     if temporaries(out):

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -523,4 +524,10 @@ TEST_CASE("finetune cache: metadata and checksum are checked, with named errors"
   write({{"sora.pretrain_key", "k"}});
   CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
                        doctest::Contains("'sora.checksum' is missing"), sora::Error);
+  // A NaN cached by an older version, with a checksum that matches it: refused all the same.
+  w(1, 2) = std::nanf("");
+  write({{"sora.pretrain_key", "k"},
+         {"sora.checksum", tensor_checksum({{"w", std::vector<float>(w.data(), w.data() + 6)}})}});
+  CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
+                       doctest::Contains("tensor 'w' holds a NaN or an infinity"), sora::Error);
 }

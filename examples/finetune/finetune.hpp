@@ -223,6 +223,9 @@ inline std::optional<double> read_cached_pretraining(const fs::path& path, const
     for (const std::uint64_t d : t.shape) count *= static_cast<std::size_t>(d);
     std::vector<float> values(count);
     file.read<float>(t, std::span<float>(values));
+    // An older sora-finetune cached diverged pretrainings: never fine-tune from one.
+    SORA_CHECK(std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); }),
+               path.string(), ": tensor '", t.name, "' holds a NaN or an infinity");
     tensors.emplace_back(t.name, std::move(values));
   }
   SORA_CHECK(tensor_checksum(std::move(tensors)) == sum->second, path.string(),
