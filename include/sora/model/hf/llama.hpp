@@ -29,6 +29,7 @@
 #include "sora/model/config.hpp"
 #include "sora/model/hf/common.hpp"
 #include "sora/model/hf/config.hpp"
+#include "sora/model/hf/decoder.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
 #include "sora/nn/embedding.hpp"
@@ -170,124 +171,45 @@ class LlamaLayer {
 };
 
 template <class T>
-class LlamaModel {
+class LlamaModel : public DecoderModel<LlamaModel<T>, T> {
+  using Base = DecoderModel<LlamaModel<T>, T>;
+  using Base::B_;
+  using Base::config_;
+  using Base::hidden_;
+  using Base::key_mask_;
+  using Base::T_;
+
  public:
-  using Scalar = T;
-  using BackendTag = Cpu;
-  using Tensor = Matrix<T>;
-  using ParamT = Param<T>;
-  using Linear = nn::AdaptedLinear<T>;
-  using Batch = model::Batch;
+  using typename Base::Batch;
+  using typename Base::Linear;
+  using typename Base::Tensor;
 
   nn::Embedding<T> embed_tokens;
   std::vector<LlamaLayer<T>> layers;
   nn::RMSNorm<T> norm;
-  std::optional<Linear> score;    // sequence head (K, C), no bias
-  std::optional<Linear> lm_head;  // causal LM head (V, C), no bias, unless tied
 
   LlamaModel(const HfConfig& config, Task task, std::uint64_t seed = 0, Init init = Init::random)
-      : config_(config),
-        task_(task),
-        seed_(seed),
-        dropout_rng_(seed, 2),
+      : Base(config, task, seed, "model", Family::llama),
         rope_(rope_frequencies(config), config.max_position_embeddings) {
     const auto& c = config_;
-    SORA_CHECK(c.family == Family::llama, "LlamaModel: a ", family_name(c.family), " config");
-    const std::uint64_t base = seed * 1000003ULL;
+    const std::uint64_t base = this->init_seed();
     embed_tokens = make_embedding<nn::Embedding<T>, T>(init, c.vocab_size, c.hidden_size, true,
                                                        base + 1, c.initializer_range);
     layers.reserve(static_cast<std::size_t>(c.num_layers));  // layers keep pointers: never move
     for (Index l = 0; l < c.num_layers; ++l)
       layers.emplace_back(c, base + 16 + static_cast<std::uint64_t>(l));
     norm = nn::RMSNorm<T>(c.hidden_size, true, static_cast<T>(c.layer_norm_eps));
-    if (task_ == Task::sequence_classification)
-      score.emplace(c.hidden_size, c.num_labels, false, base + 4);
-    if (task_ == Task::causal_lm && !c.tie_word_embeddings)
-      lm_head.emplace(c.hidden_size, c.vocab_size, false, base + 3);
-    if (init == Init::random)
-      visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
+    this->initialise(init);
   }
 
-  LlamaModel(const LlamaModel&) = delete;  // layers point into each other's buffers
-  LlamaModel& operator=(const LlamaModel&) = delete;
-
-  const HfConfig& config() const { return config_; }
-  Task task() const { return task_; }
-  bool regression() const {
-    return task_ == Task::sequence_classification && config_.num_labels == 1;
-  }
-  std::string prefix() const { return task_ == Task::none ? "" : "model"; }
-  bool is_head(std::string_view name) const {
-    return name.starts_with("score") || name.starts_with("lm_head");
-  }
-
-  void train(bool on = true) {
-    training_ = on;
-    for (auto& l : layers) l.train(on);
-    visit_linears([&](const std::string&, Linear& lin) { lin.train(on); });
-  }
-  void eval() { train(false); }
-  bool training() const { return training_; }
-  Rng& dropout_rng() { return dropout_rng_; }
-
-  template <class Fn>
-  void visit_params(std::string_view, Fn&& fn) {
-    visit_params(fn);
-  }
-  template <class Fn>
-  void visit_params(Fn&& fn) {
-    embed_tokens.visit_params(nn::join_name(prefix(), "embed_tokens"), fn);
-    for (std::size_t l = 0; l < layers.size(); ++l) {
-      const std::string name = layer_name(l);
-      layers[l].input_layernorm.visit_params(nn::join_name(name, "input_layernorm"), fn);
-      layers[l].post_attention_layernorm.visit_params(
-          nn::join_name(name, "post_attention_layernorm"), fn);
-    }
-    norm.visit_params(nn::join_name(prefix(), "norm"), fn);
-    visit_linears([&](const std::string& name, Linear& lin) { lin.visit_params(name, fn); });
-  }
-
-  template <class Fn>
-  void visit_linears(Fn&& fn) {
-    for (std::size_t l = 0; l < layers.size(); ++l) layers[l].visit_linears(layer_name(l), fn);
-    if (score) fn(std::string("score"), *score);
-    if (lm_head) fn(std::string("lm_head"), *lm_head);
-  }
-
-  void zero_grad() {
-    visit_params([](ParamT& p) { p.zero_grad(); });
-  }
-
-  // Adapters by PEFT's rules (hf/common.hpp); the RMSNorms are the norms.
-  Index apply_peft(const PeftConfig& peft) {
-    return apply_peft_by_name(*this, peft, layer_name(0) + ".self_attn.q_proj");
-  }
-  ParamKind param_kind(std::string_view name) const {
-    if (name.ends_with("norm.weight")) return ParamKind::norm;
-    if (name.find("embed_tokens.") != std::string_view::npos) return ParamKind::embedding;
-    return ParamKind::other;
-  }
+  // ---- the body (see DecoderModel) ----------------------------------------------------------
 
   const Tensor& forward_hidden(const Batch& batch) {
-    const auto& c = config_;
-    batch.validate(c.max_position_embeddings);
-    SORA_CHECK(batch.token_types.empty(), "LlamaModel: the LLaMA family has no token types");
-    SORA_CHECK(c.sliding_window == 0 || batch.seq <= c.sliding_window, "LlamaModel: sequences of ",
-               batch.seq, " tokens are longer than the sliding window ", c.sliding_window,
+    SORA_CHECK(config_.sliding_window == 0 || batch.seq <= config_.sliding_window,
+               "LlamaModel: sequences of ", batch.seq,
+               " tokens are longer than the sliding window ", config_.sliding_window,
                ", which sora does not implement");
-    for (const int id : batch.tokens)
-      SORA_CHECK(id >= 0 && id < c.vocab_size, "LlamaModel: token id ", id, " is outside [0, ",
-                 c.vocab_size, ")");
-    B_ = batch.batch;
-    T_ = batch.seq;
-    const Index N = B_ * T_;
-    if (batch.mask.empty()) {
-      key_mask_.resize(0, 0);
-    } else {
-      key_mask_.resize(B_, T_);
-      for (Index n = 0; n < N; ++n)
-        key_mask_(n / T_, n % T_) = static_cast<T>(batch.mask[static_cast<std::size_t>(n)]);
-    }
+    this->begin_batch(batch);
     positions_ = ops::rope_positions(B_, T_);
     embed_tokens.forward_to(emb_, batch.tokens);  // (N, C)
     const Tensor* x = &emb_;
@@ -296,75 +218,55 @@ class LlamaModel {
     return *hidden_;
   }
 
-  const Tensor& forward_logits(const Batch& batch) {
-    const Tensor& h = forward_hidden(batch);
-    if (task_ == Task::none) return *(logits_ = &h);
-    return *(logits_ =
-                 &head_.forward(task_, h, batch, config_.pad_token_id, score ? &*score : nullptr,
-                                lm_head ? &*lm_head : nullptr, embed_tokens.weight));
-  }
-
-  T forward(const Batch& batch) {
-    SORA_CHECK(task_ != Task::none, "LlamaModel::forward: the bare model has no loss");
-    forward_logits(batch);
-    return loss_ = head_.loss(task_, regression(), batch);
-  }
-
-  void backward(T dloss = T(1)) {
-    SORA_CHECK(logits_ != nullptr && task_ != Task::none,
-               "LlamaModel::backward needs a forward with a loss first");
-    head_.backward(task_, dhidden_, *hidden_, score ? &*score : nullptr,
-                   lm_head ? &*lm_head : nullptr, embed_tokens.weight, dloss);
-    const Tensor* dx = &norm.backward(dhidden_);
+  void backward_hidden(const Tensor& dhidden) {
+    const Tensor* dx = &norm.backward(dhidden);
     const bool embeddings_train = embed_tokens.weight.trainable();
     for (std::size_t l = layers.size(); l-- > 0;)
       dx = &layers[l].backward(*dx, l > 0 || embeddings_train);
     if (embeddings_train) embed_tokens.backward(*dx);
   }
 
-  const Tensor& hidden() const {
-    SORA_CHECK(hidden_ != nullptr, "LlamaModel::hidden called before forward");
-    return *hidden_;
+  template <class Fn>
+  void visit_body_params(Fn&& fn) {
+    embed_tokens.visit_params(nn::join_name(this->prefix(), "embed_tokens"), fn);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      const std::string name = layer_name(l);
+      layers[l].input_layernorm.visit_params(nn::join_name(name, "input_layernorm"), fn);
+      layers[l].post_attention_layernorm.visit_params(
+          nn::join_name(name, "post_attention_layernorm"), fn);
+    }
+    norm.visit_params(nn::join_name(this->prefix(), "norm"), fn);
+    visit_body_linears([&](const std::string& name, Linear& lin) { lin.visit_params(name, fn); });
   }
-  const Tensor& logits() const {
-    SORA_CHECK(logits_ != nullptr, "LlamaModel::logits called before forward");
-    return *logits_;
-  }
-  T loss() const { return loss_; }
 
-  std::vector<int> predictions() const { return argmax_rows(logits()); }
-
-  // transformers' initialisation of a fresh layer: N(0, initializer_range), zero bias.
-  void init_linear(Linear& lin, const std::string& name) {
-    Rng rng(seed_ * 7919ULL + std::hash<std::string>{}(name));
-    rng.fill_normal(lin.base.weight.value, 0.0, config_.initializer_range);
-    if (lin.base.has_bias()) lin.base.bias.value.setZero();
+  template <class Fn>
+  void visit_body_linears(Fn&& fn) {
+    for (std::size_t l = 0; l < layers.size(); ++l) layers[l].visit_linears(layer_name(l), fn);
   }
+
+  void train_body(bool on) {
+    for (auto& l : layers) l.train(on);
+  }
+  Param<T>& token_embedding() { return embed_tokens.weight; }
+  ParamKind param_kind(std::string_view name) const {
+    if (name.ends_with("norm.weight")) return ParamKind::norm;
+    if (name.find("embed_tokens.") != std::string_view::npos) return ParamKind::embedding;
+    return ParamKind::other;
+  }
+  std::string example_module() const { return layer_name(0) + ".self_attn.q_proj"; }
 
  private:
   std::string layer_name(std::size_t l) const {
-    return nn::join_name(prefix(), "layers." + std::to_string(l));
+    return nn::join_name(this->prefix(), "layers." + std::to_string(l));
   }
   static std::vector<T> rope_frequencies(const HfConfig& c) {
     std::vector<T> f = ops::rope_inv_freq<T>(c.dim_per_head(), c.rope_theta);
     return c.rope_llama3 ? ops::rope_llama3_inv_freq<T>(std::move(f), *c.rope_llama3) : f;
   }
 
-  HfConfig config_;
-  Task task_;
-  std::uint64_t seed_;
-  Rng dropout_rng_;
-  ops::RopeTable<T> rope_;  // cos / sin of every position, computed once
-  bool training_ = true;
-  Index B_ = 0, T_ = 0;
-  std::vector<int> positions_;      // (N)
-  Tensor key_mask_;                 // (B, T) or empty
-  Tensor emb_;                      // (N, C)
-  const Tensor* hidden_ = nullptr;  // (N, C)
-  Tensor dhidden_;                  // (N, C)
-  const Tensor* logits_ = nullptr;  // the head's logits, or the hidden states
-  DecoderHead<T> head_;
-  T loss_ = T(0);
+  ops::RopeTable<T> rope_;      // cos / sin of every position, computed once
+  std::vector<int> positions_;  // (N)
+  Tensor emb_;                  // (N, C)
 };
 
 }  // namespace sora::model::hf
