@@ -739,6 +739,62 @@ TEST_CASE("grouped-query attention: equals attention on repeated k/v; gradients 
       doctest::Contains("attention_backward: dk has shape (8, 9), expected (8, 6)"), Error);
 }
 
+TEST_CASE("attention-probability dropout: (P * M) v, gradients match, all-ones M is no dropout") {
+  Rng rng(31);
+  const Index B = 2, T = 5, H = 2, D = 3, N = B * T, C = H * D;
+  MatrixD mask = MatrixD::Ones(B, T);
+  mask(1, 4) = 0;  // right padding
+  for (Index Hkv : {Index(2), Index(1)}) {
+    INFO("Hkv ", Hkv);
+    const Index Ckv = Hkv * D;
+    MatrixD q = random_matrix(rng, N, C), k = random_matrix(rng, N, Ckv),
+            v = random_matrix(rng, N, Ckv);
+    const MatrixD G = random_matrix(rng, N, C);
+    // Dropout factors as a layer draws them: 0 or 1 / (1 - p), p = 0.2.
+    MatrixD drop(B * H * T, T);
+    for (Index i = 0; i < drop.size(); ++i) drop.data()[i] = rng.uniform() < 0.2 ? 0.0 : 1.25;
+    MatrixD out(N, C), att(B * H * T, T);
+    auto loss = [&] {
+      ops::attention_forward<double>(out, att, q, k, v, mask, B, T, H, Hkv, false, drop);
+      return linear_functional(out, G);
+    };
+    loss();
+    // The output is the dropped probabilities times v, head by head; att keeps P undropped.
+    MatrixD plain(N, C), att_plain(B * H * T, T);
+    ops::attention_forward<double>(plain, att_plain, q, k, v, mask, B, T, H, Hkv, false);
+    CHECK(att == att_plain);
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h) {
+        const Index bh = b * H + h, g = h / (H / Hkv);
+        const MatrixD expect =
+            att.block(bh * T, 0, T, T).cwiseProduct(drop.block(bh * T, 0, T, T)) *
+            v.block(b * T, g * D, T, D);
+        CHECK(out.block(b * T, h * D, T, D).isApprox(expect, 1e-14));
+      }
+    MatrixD dq(N, C), dk(N, Ckv), dv(N, Ckv), datt(B * H * T, T);
+    ops::attention_backward<double>(dq, dk, dv, datt, G, q, k, v, att, B, T, H, Hkv, drop);
+    std::vector<GradTarget> targets{{"q", &q, dq}, {"k", &k, dk}, {"v", &v, dv}};
+    SORA_CHECK_GRADS(gradcheck(loss, targets), 1e-6);
+
+    // M = 1 everywhere is no dropout at all, forward and backward.
+    const MatrixD ones = MatrixD::Ones(B * H * T, T);
+    MatrixD out1(N, C), dq1(N, C), dk1(N, Ckv), dv1(N, Ckv), dq0(N, C), dk0(N, Ckv), dv0(N, Ckv);
+    ops::attention_forward<double>(out1, att, q, k, v, mask, B, T, H, Hkv, false, ones);
+    ops::attention_forward<double>(plain, att_plain, q, k, v, mask, B, T, H, Hkv, false);
+    CHECK(out1.isApprox(plain, 1e-14));
+    ops::attention_backward<double>(dq1, dk1, dv1, datt, G, q, k, v, att, B, T, H, Hkv, ones);
+    ops::attention_backward<double>(dq0, dk0, dv0, datt, G, q, k, v, att, B, T, H, Hkv);
+    CHECK(dq1.isApprox(dq0, 1e-14));
+    CHECK(dk1.isApprox(dk0, 1e-14));
+    CHECK(dv1.isApprox(dv0, 1e-14));
+  }
+  MatrixD q(N, C), out(N, C), att(B * H * T, T), bad(3, T);
+  q.setZero();
+  CHECK_THROWS_WITH_AS(
+      ops::attention_forward<double>(out, att, q, q, q, absent<double>(), B, T, H, H, false, bad),
+      doctest::Contains("drop has shape (3, 5), expected (20, 5)"), Error);
+}
+
 TEST_CASE("ops whose outputs must not alias an input check it") {
   // out = inp W^T in place would read rows of inp already overwritten: a silent wrong answer.
   MatrixD x = MatrixD::Random(4, 4), W = MatrixD::Random(4, 4);

@@ -40,6 +40,10 @@ inline void check_kv_heads(const char* op, Index H, Index Hkv) {
 // query head h reads key/value head h / (H / Hkv), as transformers' repeat_kv lays them out
 // (kv head g repeated H / Hkv times in a row). Hkv == H is multi-head attention, Hkv == 1
 // multi-query attention.
+//
+// Attention-probability dropout (BERT's attention_probs_dropout_prob): with `drop` present, the
+// factors (0 or 1 / (1 - p), drawn by the caller) of every probability, the output is
+// (P ⊙ drop) v; att keeps P itself, which backward needs with the same drop.
 template <class Scalar>
 void attention_forward(MatrixRef<Scalar> out,            // (N, H * D)
                        MatrixRef<Scalar> att,            // (B * H * T, T) saved
@@ -47,7 +51,8 @@ void attention_forward(MatrixRef<Scalar> out,            // (N, H * D)
                        ConstMatrixRef<Scalar> k,         // (N, Hkv * D)
                        ConstMatrixRef<Scalar> v,         // (N, Hkv * D)
                        ConstMatrixRef<Scalar> key_mask,  // (B, T) or absent
-                       Index B, Index T, Index H, Index Hkv, bool causal) {
+                       Index B, Index T, Index H, Index Hkv, bool causal,
+                       ConstMatrixRef<Scalar> drop) {  // (B * H * T, T) or absent
   const Index N = q.rows(), C = q.cols();
   detail::check_attention_sizes("attention_forward", N, C, B, T, H);
   detail::check_kv_heads("attention_forward", H, Hkv);
@@ -57,8 +62,10 @@ void attention_forward(MatrixRef<Scalar> out,            // (N, H * D)
   detail::check_shape("attention_forward", "out", out, N, C);
   detail::check_shape("attention_forward", "att", att, B * H * T, T);
   detail::check_optional("attention_forward", "key_mask", key_mask, B, T);
+  detail::check_optional("attention_forward", "drop", drop, B * H * T, T);
   const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
   const bool masked = present(key_mask);
+  const bool dropping = present(drop);
   parallel_for(0, B * H, [&](Index bh) {
     const Index b = bh / H, h = bh % H, g = h / group;
     auto P = att.block(bh * T, 0, T, T);  // (T, T)
@@ -77,8 +84,26 @@ void attention_forward(MatrixRef<Scalar> out,            // (N, H * D)
       }
       if (sum > Scalar(0)) P.row(t) /= sum;
     }
-    out.block(b * T, h * D, T, D).noalias() = P * v.block(b * T, g * D, T, D);
+    if (dropping) {
+      out.block(b * T, h * D, T, D).noalias() =
+          P.cwiseProduct(drop.block(bh * T, 0, T, T)) * v.block(b * T, g * D, T, D);
+    } else {
+      out.block(b * T, h * D, T, D).noalias() = P * v.block(b * T, g * D, T, D);
+    }
   });
+}
+
+// Without attention-probability dropout.
+template <class Scalar>
+void attention_forward(MatrixRef<Scalar> out,            // (N, H * D)
+                       MatrixRef<Scalar> att,            // (B * H * T, T) saved
+                       ConstMatrixRef<Scalar> q,         // (N, H * D)
+                       ConstMatrixRef<Scalar> k,         // (N, Hkv * D)
+                       ConstMatrixRef<Scalar> v,         // (N, Hkv * D)
+                       ConstMatrixRef<Scalar> key_mask,  // (B, T) or absent
+                       Index B, Index T, Index H, Index Hkv, bool causal) {
+  attention_forward<Scalar>(out, att, q, k, v, key_mask, B, T, H, Hkv, causal,
+                            ConstMatrixMap<Scalar>(nullptr, 0, 0));
 }
 
 // Multi-head attention: k and v have the H heads of q.
@@ -113,7 +138,8 @@ void attention_backward(MatrixRef<Scalar> dq,         // (N, H * D)
                         ConstMatrixRef<Scalar> k,     // (N, Hkv * D)
                         ConstMatrixRef<Scalar> v,     // (N, Hkv * D)
                         ConstMatrixRef<Scalar> att,   // (B * H * T, T)
-                        Index B, Index T, Index H, Index Hkv) {
+                        Index B, Index T, Index H, Index Hkv,
+                        ConstMatrixRef<Scalar> drop) {  // (B * H * T, T) or absent
   const Index N = q.rows(), C = q.cols();
   detail::check_attention_sizes("attention_backward", N, C, B, T, H);
   detail::check_kv_heads("attention_backward", H, Hkv);
@@ -126,7 +152,9 @@ void attention_backward(MatrixRef<Scalar> dq,         // (N, H * D)
   detail::check_shape("attention_backward", "dv", dv, N, Ckv);
   detail::check_shape("attention_backward", "att", att, B * H * T, T);
   detail::check_shape("attention_backward", "datt", datt, B * H * T, T);
+  detail::check_optional("attention_backward", "drop", drop, B * H * T, T);
   const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
+  const bool dropping = present(drop);
   parallel_for(0, B * Hkv, [&](Index bg) {
     const Index b = bg / Hkv, g = bg % Hkv;
     auto dK = dk.block(b * T, g * D, T, D);      // (T, D)
@@ -139,12 +167,24 @@ void attention_backward(MatrixRef<Scalar> dq,         // (N, H * D)
       const auto P = att.block(bh * T, 0, T, T);       // (T, T)
       auto dS = datt.block(bh * T, 0, T, T);           // (T, T)
       const auto dO = dout.block(b * T, h * D, T, D);  // (T, D)
-      if (first) {
-        dV.noalias() = P.transpose() * dO;
+      if (dropping) {
+        // O = (P ⊙ M) v: dv = (P ⊙ M)^T dO and dP = (dO v^T) ⊙ M.
+        const auto M = drop.block(bh * T, 0, T, T);  // (T, T)
+        if (first) {
+          dV.noalias() = P.cwiseProduct(M).transpose() * dO;
+        } else {
+          dV.noalias() += P.cwiseProduct(M).transpose() * dO;
+        }
+        dS.noalias() = dO * V.transpose();
+        dS.array() *= M.array();  // dP
       } else {
-        dV.noalias() += P.transpose() * dO;
+        if (first) {
+          dV.noalias() = P.transpose() * dO;
+        } else {
+          dV.noalias() += P.transpose() * dO;
+        }
+        dS.noalias() = dO * V.transpose();  // dP
       }
-      dS.noalias() = dO * V.transpose();  // dP
       for (Index t = 0; t < T; ++t) {
         const Scalar dot = dS.row(t).dot(P.row(t));
         dS.row(t).array() = P.row(t).array() * (dS.row(t).array() - dot) * scale;
@@ -157,6 +197,22 @@ void attention_backward(MatrixRef<Scalar> dq,         // (N, H * D)
       }
     }
   });
+}
+
+// Without attention-probability dropout.
+template <class Scalar>
+void attention_backward(MatrixRef<Scalar> dq,         // (N, H * D)
+                        MatrixRef<Scalar> dk,         // (N, Hkv * D)
+                        MatrixRef<Scalar> dv,         // (N, Hkv * D)
+                        MatrixRef<Scalar> datt,       // (B * H * T, T) written
+                        ConstMatrixRef<Scalar> dout,  // (N, H * D)
+                        ConstMatrixRef<Scalar> q,     // (N, H * D)
+                        ConstMatrixRef<Scalar> k,     // (N, Hkv * D)
+                        ConstMatrixRef<Scalar> v,     // (N, Hkv * D)
+                        ConstMatrixRef<Scalar> att,   // (B * H * T, T)
+                        Index B, Index T, Index H, Index Hkv) {
+  attention_backward<Scalar>(dq, dk, dv, datt, dout, q, k, v, att, B, T, H, Hkv,
+                             ConstMatrixMap<Scalar>(nullptr, 0, 0));
 }
 
 // Multi-head attention: k and v have the H heads of q.

@@ -16,9 +16,6 @@
 // for the bare model (encoder.layer.0....), so that a PEFT adapter's keys are
 // base_model.model.<name>.lora_A.weight with nothing to translate.
 //
-// Not modelled: attention-probability dropout (attention_probs_dropout_prob), so training
-// with dropout differs from transformers' in that one place; evaluation is identical.
-//
 // Backward contract: parameter gradients accumulate (+=) until zero_grad().
 
 #include <cmath>
@@ -83,7 +80,8 @@ class BertModel {
     layers.reserve(static_cast<std::size_t>(c.num_layers));  // layers keep pointers: never move
     for (Index l = 0; l < c.num_layers; ++l)
       layers.emplace_back(c.hidden_size, c.num_heads, c.intermediate_size, c.gelu, c.layer_norm_eps,
-                          c.hidden_dropout, base + 16 + static_cast<std::uint64_t>(l));
+                          c.hidden_dropout, c.attention_dropout,
+                          base + 16 + static_cast<std::uint64_t>(l));
     if (task_ == Task::sequence_classification) {
       if (c.family == Family::bert) {
         pooler.emplace(c.hidden_size, c.hidden_size, true, base + 4);

@@ -9,12 +9,16 @@
 // attention.self.{query,key,value}, attention.output.{dense,LayerNorm}, intermediate.dense,
 // output.{dense,LayerNorm}.
 //
+// Dropout as transformers places it: on both branches (hidden_dropout_prob) and on the attention
+// probabilities (attention_probs_dropout_prob), in training only.
+//
 // Backward contract: parameter gradients accumulate (+=); the returned input gradient is
 // overwritten (=). Sizes: N = B * T tokens, C channels.
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "sora/core/rng.hpp"
 #include "sora/nn/attention.hpp"
@@ -38,12 +42,14 @@ class PostLnLayer {
   nn::LayerNorm<T, Backend> ln_out;
 
   PostLnLayer(Index channels, Index heads, Index hidden, ops::Gelu gelu, double eps, double dropout,
-              std::uint64_t seed)
+              double attention_dropout, std::uint64_t seed)
       : attn(channels, heads, /*causal=*/false, /*with_bias=*/true, 2 * seed + 1),
         ln_attn(channels, true, static_cast<T>(eps)),
         mlp(channels, hidden, gelu, /*with_bias=*/true, 2 * seed + 2),
         ln_out(channels, true, static_cast<T>(eps)),
-        dropout_(static_cast<T>(dropout)) {}
+        dropout_(static_cast<T>(dropout)) {
+    if constexpr (std::is_same_v<Backend, Cpu>) attn.set_probability_dropout(attention_dropout);
+  }
 
   void train(bool on) {
     training_ = on;
@@ -55,7 +61,7 @@ class PostLnLayer {
   const Tensor& forward(const Tensor& x, Index B, Index T_len, const Tensor& key_mask, Rng& rng) {
     const Index N = x.rows(), C = x.cols();
     dropping_ = training_ && dropout_ > T(0);
-    const Tensor& a = attn.forward(x, B, T_len, key_mask);  // (N, C)
+    const Tensor& a = attn.forward(x, B, T_len, key_mask, &rng);  // (N, C)
     sum1_.resize(N, C);
     add_branch(sum1_, mask1_, a, x, rng);
     const Tensor& h = ln_attn.forward(sum1_);  // (N, C)
