@@ -1,5 +1,5 @@
 // The CUDA proximal operators and optimizer steps against the device's copy bandwidth
-// (DESIGN.md section 10: >= 85% for elementwise operators, >= 75% for group operators).
+// (docs/design.md section 10: >= 85% for elementwise operators, >= 75% for group operators).
 //
 // Each benchmark measures, in the same process and on the same buffers, two baselines:
 //   memcpy   cudaMemcpyAsync device-to-device of n elements into a second buffer

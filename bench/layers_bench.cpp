@@ -1,5 +1,5 @@
 // Forward + backward of a SoRA linear vs a LoRA linear at the same rank vs the frozen linear
-// alone, at transformer-like shapes (DESIGN.md 10: SoRA within 5% of LoRA).
+// alone, at transformer-like shapes (docs/design.md 10: SoRA within 5% of LoRA).
 //
 // Arguments: N tokens, C width (in = out = C), R rank. Each iteration runs forward(x) and
 // backward(dy) with the input gradient, as inside a transformer (the frozen base's weight

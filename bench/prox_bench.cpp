@@ -1,4 +1,4 @@
-// Proximal operators against the memory-bandwidth limit (DESIGN.md 5 and 10).
+// Proximal operators against the memory-bandwidth limit (docs/design.md 5 and 10).
 //
 // An in-place elementwise operator over N elements of size s reads N s bytes and writes N s
 // bytes back to the same cache lines, with a footprint of N s bytes. The baseline must move

@@ -1,6 +1,6 @@
 // One transformer training step (zero grads, forward, backward, clipping, optimizer step) for
 // full fine-tuning, LoRA and SoRA at a GEMM-bound shape, next to a plain GEMM doing the same
-// number of FLOPs as the full step, in the same run (DESIGN.md section 10, issue 4).
+// number of FLOPs as the full step, in the same run (docs/design.md section 10, issue 4).
 //
 // Reported per benchmark: FLOP/s (the method's own multiply-adds x 2 per second), and for the
 // steps the bytes of parameters, gradients and optimizer state. Before the benchmarks run, the

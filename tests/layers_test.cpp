@@ -155,7 +155,7 @@ TEST_CASE("LoraLinear equals SoraLinear with the gate at one: outputs and A, B, 
   CHECK(sora.adapter->lora_B.gradient().isApprox(lora.adapter->lora_B.gradient(), 1e-14));
 }
 
-TEST_CASE("adapter initialisation follows DESIGN.md 4 and 6") {
+TEST_CASE("adapter initialisation follows docs/design.md 4 and 6") {
   nn::AdapterConfig config;
   config.rank = 8;
   config.alpha = 16;

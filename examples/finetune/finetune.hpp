@@ -666,7 +666,7 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
   BatchStream stream(s.task, o.batch_size, o.seed + 1000);
   const long per_epoch = static_cast<long>(stream.steps_per_epoch());
 
-  // Memorization is measured on a fixed training subset (DESIGN.md 4).
+  // Memorization is measured on a fixed training subset (docs/design.md 4).
   const std::vector<Example> subset(
       s.task.train.begin(),
       s.task.train.begin() +

@@ -1,5 +1,5 @@
 # Sourced by scripts/demo and scripts/test: makes sure the Debian packages sora builds with
-# are installed (DESIGN.md section 11), then exports the build settings both scripts use.
+# are installed (docs/design.md section 11), then exports the build settings both scripts use.
 set -euo pipefail
 
 SORA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

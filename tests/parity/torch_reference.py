@@ -18,7 +18,7 @@ optimizer settings. This script rebuilds the same model independently, in PyTorc
 One optimizer step is: zero the gradients, forward, backward, clip the global gradient norm
 over all trainable parameters, then AdamW (decoupled weight decay, bias correction) on every
 trainable parameter except the SoRA gates, and on the gates an AdamW step without weight
-decay followed by the proximal step g <- sign(g) max(|g| - thr, 0) (DESIGN.md section 4),
+decay followed by the proximal step g <- sign(g) max(|g| - thr, 0) (docs/design.md section 4),
 thr = xi, or xi * lr when the threshold is lr-scaled. Weight decay applies to matrices only:
 biases, LayerNorm parameters and gates get none. The grouping is derived here from the names,
 independently of sora's own grouping, so that the test also checks that.
@@ -79,7 +79,7 @@ def write_safetensors(path, tensors):
 
 
 class Model:
-    """The pre-LayerNorm transformer of DESIGN.md section 7, written functionally over a dict
+    """The pre-LayerNorm transformer of docs/design.md section 7, written functionally over a dict
     of named tensors so that the names are exactly sora's."""
 
     def __init__(self, params, meta):

@@ -1,5 +1,5 @@
 #pragma once
-// The CPU backend tag. Layers and the transformer are templates on a backend tag (DESIGN.md
+// The CPU backend tag. Layers and the transformer are templates on a backend tag (docs/design.md
 // section 3) and reach everything backend-specific through it:
 //   Tensor<T>            the tensor they compute on (here Eigen's row-major Matrix<T>)
 //   Ref<T>, ConstRef<T>  what an op takes as an output / input argument

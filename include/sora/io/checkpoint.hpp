@@ -1,5 +1,5 @@
 #pragma once
-// Checkpoints that resume a run bit for bit (DESIGN.md section 8): one safetensors file with
+// Checkpoints that resume a run bit for bit (docs/design.md section 8): one safetensors file with
 //   model.<param>                         every parameter, frozen base included, so the file
 //                                         alone restores the model (adapters at their
 //                                         current, possibly pruned, ranks)

@@ -1,5 +1,5 @@
 #pragma once
-// PEFT-format LoRA adapters (DESIGN.md section 8): a folder holding
+// PEFT-format LoRA adapters (docs/design.md section 8): a folder holding
 //   adapter_config.json         peft_type "LORA", r, lora_alpha, target_modules, rank_pattern,
 //                               alpha_pattern, ...
 //   adapter_model.safetensors   base_model.model.<module>.lora_A.weight (r, in)

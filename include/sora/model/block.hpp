@@ -1,5 +1,5 @@
 #pragma once
-// One pre-LayerNorm transformer block (GPT-2's arrangement, DESIGN.md section 7):
+// One pre-LayerNorm transformer block (GPT-2's arrangement, docs/design.md section 7):
 //
 //   mid = x + dropout(attn(ln1(x)))
 //   out = mid + dropout(mlp(ln2(mid)))

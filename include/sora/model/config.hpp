@@ -1,5 +1,5 @@
 #pragma once
-// The transformer's configuration and the batch it consumes (DESIGN.md section 7).
+// The transformer's configuration and the batch it consumes (docs/design.md section 7).
 
 #include <cstdint>
 #include <string>

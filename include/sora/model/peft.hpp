@@ -82,7 +82,7 @@ struct PeftConfig {
   std::uint64_t seed = 0;  // adapter initialisation; module i draws from seed + i
 };
 
-// The paper's official-code defaults for SoRA (DESIGN.md section 4): r = 8, alpha = 16.
+// The paper's official-code defaults for SoRA (docs/design.md section 4): r = 8, alpha = 16.
 inline PeftConfig sora_preset() {
   PeftConfig config;
   config.method = Method::sora;

@@ -1,5 +1,5 @@
 #pragma once
-// A small pre-LayerNorm transformer assembled from nn/ (DESIGN.md section 7):
+// A small pre-LayerNorm transformer assembled from nn/ (docs/design.md section 7):
 //
 //   x = dropout(wte[tokens] + wpe[positions])
 //   L x Block (model/block.hpp)

@@ -4,7 +4,8 @@
 //
 //   kind      gate           y += s * B ((A dropout(x)) ⊙ g)        s
 //   lora      none (g = 1)   Hu et al. 2021                          alpha / r
-//   sora      lora_gate      Ding et al. 2023, eq. 2 (DESIGN.md 4)   alpha / r_max, fixed for life
+//   sora      lora_gate      Ding et al. 2023, eq. 2                 alpha / r_max, fixed for life
+//                            (docs/design.md section 4)
 //   adalora   lora_E         Zhang et al. 2023, P diag(E) Q          alpha / (r_init + 1e-5)
 //
 // AdaptedLinear is a linear layer with an optional adapter attached (a projection slot in

@@ -1,7 +1,7 @@
 #pragma once
 // Multi-head self-attention: q, k, v projections, scaled dot-product attention (causal or
 // bidirectional, optional key padding mask) and an output projection. The four projections
-// are AdaptedLinear slots named "q", "k", "v", "o", the default SoRA targets (DESIGN.md 4).
+// are AdaptedLinear slots named "q", "k", "v", "o", the default SoRA targets (docs/design.md 4).
 //
 // Parameter gradients accumulate (+=); the returned input gradient is overwritten (=).
 

@@ -63,7 +63,7 @@ void linear_backward(MatrixRef<T> dinp,           // (N, C) or absent
   if (present(dbias)) dbias.row(0) += dout.colwise().sum();
 }
 
-// The gated low-rank product, added onto a base output (DESIGN.md 4, SoRA eq. 2):
+// The gated low-rank product, added onto a base output (docs/design.md 4, SoRA eq. 2):
 //   out += s * ((inp A^T) ⊙ g) B^T,   i.e. per token y += s B ((A x) ⊙ g).
 // LoRA is g absent (fixed at 1, no gate gradient); AdaLoRA's P diag(E) Q is g = E.
 // Saved for backward: h = inp A^T (the gate gradient needs it) and u = s (h ⊙ g) (the B

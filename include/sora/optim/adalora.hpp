@@ -1,6 +1,6 @@
 #pragma once
 // AdaLoRA's adaptive rank allocation (Zhang et al. 2023, "Adaptive Budget Allocation for
-// Parameter-Efficient Fine-Tuning"; DESIGN.md section 6), with the semantics of PEFT's
+// Parameter-Efficient Fine-Tuning"; docs/design.md section 6), with the semantics of PEFT's
 // RankAllocator, and the optimizer that runs it inside step().
 //
 // Each AdaLoRA module is ΔW = P diag(E) Q s with P = lora_B (OC, R), E = lora_E (1, R),

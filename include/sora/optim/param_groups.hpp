@@ -1,5 +1,5 @@
 #pragma once
-// Parameter groups of a fine-tuning run and the optimizer that serves them (DESIGN.md 4):
+// Parameter groups of a fine-tuning run and the optimizer that serves them (docs/design.md 4):
 //   decay      trainable matrices (weights, embeddings, lora_A, lora_B): AdamW, weight decay
 //   no_decay   trainable vectors (biases, LayerNorm scales and shifts, AdaLoRA's lora_E):
 //              AdamW without weight decay
@@ -71,7 +71,8 @@ struct FineTuneOptions {
   bool official_compat = false;  // see optim/sparse_adamw.hpp; never the default
 };
 
-// The paper's official defaults (DESIGN.md 4): lr 8e-4 for both optimizers, ξ = 3e-4 per step.
+// The paper's official defaults (docs/design.md 4): lr 8e-4 for both optimizers, ξ = 3e-4 per
+// step.
 inline FineTuneOptions sora_official_options() {
   FineTuneOptions o;
   o.lr = 8e-4;

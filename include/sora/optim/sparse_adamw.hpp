@@ -1,5 +1,5 @@
 #pragma once
-// SparseAdamW: the SoRA gate optimizer (DESIGN.md section 4; paper section 3, the proximal
+// SparseAdamW: the SoRA gate optimizer (docs/design.md section 4; paper section 3, the proximal
 // gradient step on the gates). One step is
 //   g <- AdamW step on g with no weight decay
 //   g <- soft_threshold(g, ξ')          sign(g) max(|g| - ξ', 0), |g| == ξ' gives 0

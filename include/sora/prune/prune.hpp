@@ -1,6 +1,6 @@
 #pragma once
 // Rank pruning (SoRA -> LoRA, AdaLoRA masking -> LoRA), merging an adapter into its base
-// weight and back, and honest parameter counting (DESIGN.md 4).
+// weight and back, and honest parameter counting (docs/design.md 4).
 //
 // A gated adapter computes y += s B ((A x) ⊙ g) = s sum_i B[:, i] g_i (A[i, :] x). A rank with
 // g_i = 0 contributes exactly nothing, so dropping it and folding g into B,

@@ -1,5 +1,5 @@
 #pragma once
-// The sparsity scheduler: the SoRA paper's Algorithm 1 (DESIGN.md section 4). It walks a model
+// The sparsity scheduler: the SoRA paper's Algorithm 1 (docs/design.md section 4). It walks a model
 // from dense to sparse to show how few adapter parameters a task needs:
 //
 //   1. dense phase (ξ = 0): train; at each evaluation record the metric on a fixed training

@@ -154,7 +154,7 @@ void linear_backward(DeviceView<T> dinp,     // (N, C) or absent
     linear_detail::col_sum<T, false>(dbias, dout, ConstView<T>(), T(1));
 }
 
-// The gated low-rank product, added onto a base output (DESIGN.md 4, SoRA eq. 2):
+// The gated low-rank product, added onto a base output (docs/design.md 4, SoRA eq. 2):
 //   out += s * ((inp A^T) ⊙ g) B^T;  g absent is LoRA (g = 1).
 // Saved for backward: h = inp A^T and u = s (h ⊙ g).
 template <class T>
