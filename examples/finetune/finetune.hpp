@@ -661,6 +661,38 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
              << ": no adapter written: " << r.adapter_not_exported << "\n";
     }
   }
+  // --model: the fine-tuned model's logits on a few validation inputs beside the adapter, so
+  // that transformers + PEFT can check that they compute the same (tests/finetune/).
+  if (s.hf && !r.adapter_dir.empty()) {
+    std::vector<std::size_t> first(std::min<std::size_t>(4, s.task.val.size()));
+    std::iota(first.begin(), first.end(), std::size_t{0});
+    sora::model::Batch batch;
+    fill_batch(batch, s.task, s.task.val, first);
+    const sora::Matrix<float> logits = model.forward_logits(batch);
+    json lj;
+    lj["adapter_dir"] = r.adapter_dir.filename().string();
+    lj["input_ids"] = json::array();
+    lj["token_type_ids"] = json::array();
+    lj["attention_mask"] = json::array();
+    lj["logits"] = json::array();
+    const auto T = static_cast<std::size_t>(batch.seq);
+    for (std::size_t b = 0; b < first.size(); ++b) {
+      json ids = json::array(), types = json::array(), mask = json::array(), row = json::array();
+      for (std::size_t t = 0; t < T; ++t) {
+        ids.push_back(batch.tokens[b * T + t]);
+        types.push_back(batch.token_types.empty() ? 0 : batch.token_types[b * T + t]);
+        mask.push_back(static_cast<int>(batch.mask[b * T + t]));
+      }
+      for (Index k = 0; k < logits.cols(); ++k)
+        row.push_back(static_cast<double>(logits(static_cast<Index>(b), k)));
+      lj["input_ids"].push_back(ids);
+      lj["token_type_ids"].push_back(types);
+      lj["attention_mask"].push_back(mask);
+      lj["logits"].push_back(row);
+    }
+    sora::io::write_file_atomic(s.out / ("logits_" + r.adapter_dir.filename().string() + ".json"),
+                                lj.dump(1) + "\n");
+  }
   return r;
 }
 
