@@ -90,7 +90,8 @@ if(TARGET sora::text)
   set(_ft_hf_model "${CMAKE_CURRENT_BINARY_DIR}/finetune-tiny-bert")
   set(_ft_hf_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-model-tiny")
   add_test(NAME "finetune --model: clean"
-           COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_hf_model}" "${_ft_hf_out}")
+           COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_hf_model}" "${_ft_hf_out}"
+                   "${_ft_hf_out}-accum")
   add_test(NAME "finetune --model: mkdir" COMMAND ${CMAKE_COMMAND} -E make_directory
                                                   "${_ft_hf_model}")
   sora_add_python_test("finetune --model: make a tiny BERT folder"
@@ -117,4 +118,13 @@ if(TARGET sora::text)
            COMMAND sora-finetune --model "${CMAKE_CURRENT_SOURCE_DIR}" --device cuda)
   set_tests_properties("finetune --model: --device cuda is refused up front" PROPERTIES
     PASS_REGULAR_EXPRESSION "--device cuda: --model fine-tunes on the CPU only")
+endif()
+if(TARGET sora::text)
+  # --grad-accum 2: 96 examples in batches of 16 are 6 batches, 3 optimizer steps an epoch.
+  add_test(NAME "finetune --model: --grad-accum 2 halves the steps"
+           COMMAND sora-finetune --model "${_ft_hf_model}" --method lora --plain --seeds 1
+                   --train-size 96 --val-size 48 --test-size 48 --epochs 2 --batch-size 16
+                   --grad-accum 2 --max-length 32 --lr 0.05 --out "${_ft_hf_out}-accum")
+  set_tests_properties("finetune --model: --grad-accum 2 halves the steps" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_model PASS_REGULAR_EXPRESSION "lora seed 0  6/6 .*report: ")
 endif()

@@ -604,3 +604,40 @@ TEST_CASE("finetune --model: the task's texts are encoded by the folder's tokeni
                        sora::Error);
 }
 #endif
+
+TEST_CASE("finetune --grad-accum: one step's gradient is the mean of its batches' gradients") {
+  const fs::path out = fresh_dir("grad-accum");
+  std::ostringstream log;
+  const Setup s = make_setup(tiny(out), log);
+  Model model(s.task_config);
+  model.apply_peft(peft_config(s.opt, sora::model::Method::lora, 1));
+  const auto grads = [&] {
+    std::vector<sora::Matrix<float>> g;
+    model.visit_params([&](sora::Param<float>& p) {
+      if (p.trainable()) g.push_back(p.gradient());
+    });
+    return g;
+  };
+  const auto zero = [&] { model.visit_params([](sora::Param<float>& p) { p.zero_grad(); }); };
+  BatchStream stream(s.task, 8, 5);
+  BatchStream replay = stream;  // the same batches, one at a time
+  zero();
+  const sora::model::Batch first = replay.next();
+  const double l1 = model.forward(first);
+  model.backward();
+  const auto g1 = grads();
+  zero();
+  const double l2 = model.forward(replay.next());
+  model.backward();
+  const auto g2 = grads();
+
+  zero();
+  Accumulating<Model> accumulating(model, 2, stream);
+  const double loss = accumulating.forward(stream.next());
+  accumulating.backward();
+  const auto g = grads();
+  CHECK(loss == doctest::Approx((l1 + l2) / 2).epsilon(1e-6));
+  REQUIRE(g.size() == g1.size());
+  for (std::size_t i = 0; i < g.size(); ++i)
+    CHECK((g[i] - (g1[i] + g2[i]) * 0.5f).cwiseAbs().maxCoeff() <= 1e-6f);
+}

@@ -476,6 +476,56 @@ class BatchStream {
   sora::model::Batch batch_;
 };
 
+// --grad-accum N: the model as fit sees it, where one forward() runs N batches (the one fit
+// gives and N - 1 more from the stream), each followed by its backward pass (parameter
+// gradients accumulate, +=, by the ops' contract), and backward() divides the summed gradients
+// by N: the gradient of the mean of the N batches' mean losses, with one batch's activations in
+// memory at a time. Evaluation uses the wrapped model directly.
+template <class M>
+class Accumulating {
+ public:
+  using Scalar = typename M::Scalar;
+  using Batch = sora::model::Batch;
+  Accumulating(M& model, int batches, BatchStream& stream)
+      : model_(model), batches_(batches), stream_(stream) {}
+  template <class F>
+  void visit_params(F&& f) {
+    model_.visit_params(f);
+  }
+  void train(bool on = true) { model_.train(on); }
+  Scalar forward(const Batch& first) {
+    double loss = static_cast<double>(model_.forward(first));
+    model_.backward();
+    for (int k = 1; k < batches_; ++k) {
+      loss += static_cast<double>(model_.forward(stream_.next()));
+      model_.backward();
+    }
+    return static_cast<Scalar>(loss / batches_);
+  }
+  void backward() {
+    const Scalar scale = Scalar(1) / static_cast<Scalar>(batches_);
+    model_.visit_params([&](sora::Param<Scalar>& p) {
+      if (p.trainable()) p.gradient() *= scale;
+    });
+  }
+
+ private:
+  M& model_;
+  int batches_;
+  BatchStream& stream_;
+};
+
+// sora::train::fit on the CPU, through Accumulating when --grad-accum > 1.
+template <class M, class Optimizer>
+sora::train::TrainResult fit_cpu(M& model, Optimizer& optimizer, BatchStream& stream,
+                                 const std::function<const sora::model::Batch&(long)>& next,
+                                 const std::function<double()>& evaluate,
+                                 const sora::train::TrainerOptions& to, int grad_accum) {
+  if (grad_accum <= 1) return sora::train::fit(model, optimizer, next, evaluate, to);
+  Accumulating<M> accumulating(model, grad_accum, stream);
+  return sora::train::fit(accumulating, optimizer, next, evaluate, to);
+}
+
 inline std::string run_label(const std::string& method, std::uint64_t seed) {
   return method + " seed " + std::to_string(seed);
 }
@@ -492,7 +542,9 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
   const sora::model::Method method = sora::model::parse_method(method_name);
 
   BatchStream stream(s.task, o.batch_size, seed);
-  const long per_epoch = static_cast<long>(stream.steps_per_epoch());
+  // An optimizer step takes --grad-accum batches.
+  const long per_epoch =
+      (static_cast<long>(stream.steps_per_epoch()) + o.grad_accum - 1) / o.grad_accum;
   const long steps = per_epoch * o.epochs;
   sora::train::TrainerOptions to;
   to.max_steps = steps;
@@ -586,8 +638,9 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
       // done on the GPU
     } else if (method == sora::model::Method::adalora) {
       sora::optim::AdaLoraOptimizer<float> optimizer(model, adalora_adamw, adalora);
-      tr = sora::train::fit(
-          model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
+      tr = fit_cpu(
+          model, optimizer, stream, next, [&] { return evaluate_val(cpu_logits(model)); }, to,
+          o.grad_accum);
       r.train_state_bytes = optimizer.state_bytes();
       // The allocator's importance statistics (two per element of A, E and B) are state too.
       for (std::size_t k = 0; k < optimizer.allocator().modules().size(); ++k) {
@@ -600,8 +653,9 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
     } else {
       auto optimizer =
           sora::optim::FineTuneOptimizer<float>::for_model(model, finetune_options(o, method));
-      tr = sora::train::fit(
-          model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
+      tr = fit_cpu(
+          model, optimizer, stream, next, [&] { return evaluate_val(cpu_logits(model)); }, to,
+          o.grad_accum);
       r.train_state_bytes = optimizer.state_bytes();
     }
   } catch (const sora::train::NonFiniteError& e) {
@@ -1102,6 +1156,7 @@ inline int run(const Options& o, std::ostream& log) {
         {"seconds", pre.seconds}};
   j["hyperparameters"] = {{"epochs", o.epochs},
                           {"batch_size", o.batch_size},
+                          {"grad_accum", o.grad_accum},
                           {"lr", o.lr},
                           {"full_lr", o.full_lr},
                           {"rank", o.rank},

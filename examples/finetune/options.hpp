@@ -60,6 +60,7 @@ struct Options {
   // Fine-tuning, every method.
   int epochs = 6;
   int batch_size = 32;
+  int grad_accum = 1;  // batches whose gradients make one optimizer step
   int eval_every = 0;  // 0: once per epoch
   double max_grad_norm = 1.0;
   double warmup = 0.06;
@@ -269,6 +270,12 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->check(CLI::Range(1, 100000))
       ->capture_default_str()
       ->group(g_ft);
+  app.add_option("--grad-accum", o.grad_accum,
+                 "batches of --batch-size whose gradients are summed (and averaged) into one "
+                 "optimizer step: an effective batch of both, the memory of one (CPU)")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str()
+      ->group(g_ft);
   app.add_option("--eval-every", o.eval_every, "steps between evaluations (0: once per epoch)")
       ->check(finite_number(true))
       ->capture_default_str()
@@ -414,6 +421,8 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   } else if (!o.target_modules.empty()) {
     return fail("--target-modules needs --model (sora's own model takes --targets)");
   }
+  if (o.grad_accum > 1 && o.device != "cpu")
+    return fail("--grad-accum: accumulation runs on the CPU only; drop it or --device");
   // A NaN passes CLI11's range checks (every comparison with it is false) and an infinity
   // passes the one-sided ones: every real-valued flag must be a finite number.
   const std::pair<const char*, double> reals[] = {{"--dropout", o.dropout},
