@@ -9,6 +9,8 @@
 //   curves.svg, loss.svg     validation metric and training loss against the step (first seed)
 //   ranks_<method>.svg       final rank of every adapted module, layers x module kind
 //   adapter_<method>/        the pruned adapter of the first seed in PEFT format
+//   logits_adapter_<method>.json   --model only: a few validation inputs and the fine-tuned
+//                            logits, for checking the adapter in transformers + PEFT
 //   sparsity.csv, .svg       Algorithm 1, with --sparsity-schedule
 //   cache/pretrained-*.safetensors   the pretrained model, reused by later runs
 //   INCOMPLETE               present while the run writes (or after it died); gone once
