@@ -128,3 +128,34 @@ if(TARGET sora::text)
   set_tests_properties("finetune --model: --grad-accum 2 halves the steps" PROPERTIES
     FIXTURES_REQUIRED sora_ft_hf_model PASS_REGULAR_EXPRESSION "lora seed 0  6/6 .*report: ")
 endif()
+if(TARGET sora::text)
+  # The same for GPT-2 (a byte-level BPE tokenizer, the "score" head, no token types), on the
+  # pair task.
+  set(_ft_gpt2_model "${CMAKE_CURRENT_BINARY_DIR}/finetune-tiny-gpt2")
+  set(_ft_gpt2_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-model-tiny-gpt2")
+  add_test(NAME "finetune --model gpt2: clean" COMMAND ${CMAKE_COMMAND} -E rm -rf
+                                                       "${_ft_gpt2_model}" "${_ft_gpt2_out}")
+  add_test(NAME "finetune --model gpt2: mkdir" COMMAND ${CMAKE_COMMAND} -E make_directory
+                                                       "${_ft_gpt2_model}")
+  sora_add_python_test("finetune --model gpt2: make a tiny GPT-2 folder"
+                       "${CMAKE_CURRENT_SOURCE_DIR}/finetune/make_tiny_bert.py"
+                       "${_ft_gpt2_model}" gpt2)
+  add_test(NAME "finetune --model gpt2: tiny compare run"
+           COMMAND sora-finetune --model "${_ft_gpt2_model}" --compare --task pair --plain
+                   --seeds 1 --train-size 96 --val-size 48 --test-size 48 --epochs 2
+                   --batch-size 16 --max-length 32 --lr 0.05 --full-lr 0.01
+                   --out "${_ft_gpt2_out}")
+  sora_add_python_test("finetune --model gpt2: PEFT loads the adapters and computes sora's logits"
+                       "${CMAKE_CURRENT_SOURCE_DIR}/finetune/check_peft_load.py"
+                       "${_ft_gpt2_model}" "${_ft_gpt2_out}")
+  set_tests_properties("finetune --model gpt2: clean" PROPERTIES FIXTURES_SETUP sora_ft_g_clean)
+  set_tests_properties("finetune --model gpt2: mkdir" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_g_clean FIXTURES_SETUP sora_ft_g_dir)
+  set_tests_properties("finetune --model gpt2: make a tiny GPT-2 folder" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_g_dir FIXTURES_SETUP sora_ft_g_model PASS_REGULAR_EXPRESSION "OK: ")
+  set_tests_properties("finetune --model gpt2: tiny compare run" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_g_model FIXTURES_SETUP sora_ft_g_out
+    PASS_REGULAR_EXPRESSION "model: .*\\(gpt2\\).*method.*adalora.*report: ")
+  set_tests_properties("finetune --model gpt2: PEFT loads the adapters and computes sora's logits"
+    PROPERTIES FIXTURES_REQUIRED "sora_ft_g_model;sora_ft_g_out" PASS_REGULAR_EXPRESSION "OK: 3 ")
+endif()

@@ -23,11 +23,16 @@ def main(model_dir, out):
         r = json.loads(record.read_text())
         adapter = out / r["adapter_dir"]
         config = json.loads((adapter / "adapter_config.json").read_text())
-        assert "classifier" in config["modules_to_save"], config["modules_to_save"]
+        # The task head, under the name PEFT's task model gives it.
+        head = "classifier" if config["target_modules"][0].startswith(("bert.", "roberta.")) \
+            else "score"
+        assert head in config["modules_to_save"], config["modules_to_save"]
         inputs = dict(input_ids=torch.tensor(r["input_ids"]),
-                      token_type_ids=torch.tensor(r["token_type_ids"]),
                       attention_mask=torch.tensor(r["attention_mask"]))
         base = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        # Only BERT has token types: GPT-2 would add its word embedding of id 0 for them.
+        if base.config.model_type == "bert":
+            inputs["token_type_ids"] = torch.tensor(r["token_type_ids"])
         with torch.no_grad():
             untrained = base(**inputs).logits.clone()
             model = PeftModel.from_pretrained(base, str(adapter)).eval()

@@ -2,14 +2,17 @@
 words of sora-finetune's embedded synthetic language, saved into one folder: what
 `sora-finetune --model` fine-tunes in the tests (seconds, no download).
 
-usage: make_tiny_bert.py OUT_DIR
+usage: make_tiny_bert.py OUT_DIR [gpt2]
+  gpt2: a tiny GPT2ForSequenceClassification and a byte-level BPE tokenizer instead
 """
 
 import sys
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertForSequenceClassification
+from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                        trainers)
+from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
+                          GPT2ForSequenceClassification)
 
 # The synthetic language's words (examples/finetune/synthetic.hpp): every one gets its own
 # token, so that the tiny model sees whole words.
@@ -41,5 +44,26 @@ def main(out):
     print(f"OK: {out} (vocabulary {tok.get_vocab_size()})")
 
 
+def main_gpt2(out):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        [" ".join(WORDS)] * 4,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(f"{out}/tokenizer.json")
+    torch.manual_seed(0)
+    # GPT-2 has no padding token; the classifier pools the last token before the first
+    # pad_token_id, so padding must have one (0, <|endoftext|>, which the texts never hold).
+    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=16, n_layer=2, n_head=2,
+                        n_positions=64, pad_token_id=0, num_labels=2)
+    GPT2ForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    print(f"OK: {out} (vocabulary {tok.get_vocab_size()})")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["gpt2"]:
+        main_gpt2(sys.argv[1])
+    else:
+        main(sys.argv[1])
