@@ -82,3 +82,80 @@ if(Python3_Interpreter_FOUND)
       PASS_REGULAR_EXPRESSION "^OK: " TIMEOUT 600)
   endforeach()
 endif()
+
+# --model DIR: a tiny random BERT folder (made by transformers and tokenizers) fine-tuned with
+# every method on the embedded task, then each exported adapter loaded by PEFT on transformers'
+# model of the same folder, which must compute the logits sora recorded.
+if(TARGET sora::text)
+  set(_ft_hf_model "${CMAKE_CURRENT_BINARY_DIR}/finetune-tiny-bert")
+  set(_ft_hf_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-model-tiny")
+  add_test(NAME "finetune --model: clean"
+           COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_hf_model}" "${_ft_hf_out}"
+                   "${_ft_hf_out}-accum")
+  add_test(NAME "finetune --model: mkdir" COMMAND ${CMAKE_COMMAND} -E make_directory
+                                                  "${_ft_hf_model}")
+  sora_add_python_test("finetune --model: make a tiny BERT folder"
+                       "${CMAKE_CURRENT_SOURCE_DIR}/finetune/make_tiny_bert.py" "${_ft_hf_model}")
+  add_test(NAME "finetune --model: tiny BERT compare run"
+           COMMAND sora-finetune --model "${_ft_hf_model}" --compare --plain --seeds 1
+                   --train-size 96 --val-size 48 --test-size 48 --epochs 2 --batch-size 16
+                   --max-length 32 --lr 0.05 --full-lr 0.01 --out "${_ft_hf_out}")
+  sora_add_python_test("finetune --model: PEFT loads the adapters and computes sora's logits"
+                       "${CMAKE_CURRENT_SOURCE_DIR}/finetune/check_peft_load.py" "${_ft_hf_model}"
+                       "${_ft_hf_out}")
+  set_tests_properties("finetune --model: clean" PROPERTIES FIXTURES_SETUP sora_ft_hf_clean)
+  set_tests_properties("finetune --model: mkdir" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_clean FIXTURES_SETUP sora_ft_hf_dir)
+  set_tests_properties("finetune --model: make a tiny BERT folder" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_dir FIXTURES_SETUP sora_ft_hf_model
+    PASS_REGULAR_EXPRESSION "OK: ")
+  set_tests_properties("finetune --model: tiny BERT compare run" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_model FIXTURES_SETUP sora_ft_hf_out
+    PASS_REGULAR_EXPRESSION "model: .*\\(bert\\).*method.*adalora.*report: ")
+  set_tests_properties("finetune --model: PEFT loads the adapters and computes sora's logits"
+    PROPERTIES FIXTURES_REQUIRED "sora_ft_hf_model;sora_ft_hf_out" PASS_REGULAR_EXPRESSION "OK: 3 ")
+  add_test(NAME "finetune --model: --device cuda is refused up front"
+           COMMAND sora-finetune --model "${CMAKE_CURRENT_SOURCE_DIR}" --device cuda)
+  set_tests_properties("finetune --model: --device cuda is refused up front" PROPERTIES
+    PASS_REGULAR_EXPRESSION "--device cuda: --model fine-tunes on the CPU only")
+endif()
+if(TARGET sora::text)
+  # --grad-accum 2: 96 examples in batches of 16 are 6 batches, 3 optimizer steps an epoch.
+  add_test(NAME "finetune --model: --grad-accum 2 halves the steps"
+           COMMAND sora-finetune --model "${_ft_hf_model}" --method lora --plain --seeds 1
+                   --train-size 96 --val-size 48 --test-size 48 --epochs 2 --batch-size 16
+                   --grad-accum 2 --max-length 32 --lr 0.05 --out "${_ft_hf_out}-accum")
+  set_tests_properties("finetune --model: --grad-accum 2 halves the steps" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_model PASS_REGULAR_EXPRESSION "lora seed 0  6/6 .*report: ")
+endif()
+if(TARGET sora::text)
+  # The same for GPT-2 (a byte-level BPE tokenizer, the "score" head, no token types), on the
+  # pair task.
+  set(_ft_gpt2_model "${CMAKE_CURRENT_BINARY_DIR}/finetune-tiny-gpt2")
+  set(_ft_gpt2_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-model-tiny-gpt2")
+  add_test(NAME "finetune --model gpt2: clean" COMMAND ${CMAKE_COMMAND} -E rm -rf
+                                                       "${_ft_gpt2_model}" "${_ft_gpt2_out}")
+  add_test(NAME "finetune --model gpt2: mkdir" COMMAND ${CMAKE_COMMAND} -E make_directory
+                                                       "${_ft_gpt2_model}")
+  sora_add_python_test("finetune --model gpt2: make a tiny GPT-2 folder"
+                       "${CMAKE_CURRENT_SOURCE_DIR}/finetune/make_tiny_bert.py"
+                       "${_ft_gpt2_model}" gpt2)
+  add_test(NAME "finetune --model gpt2: tiny compare run"
+           COMMAND sora-finetune --model "${_ft_gpt2_model}" --compare --task pair --plain
+                   --seeds 1 --train-size 96 --val-size 48 --test-size 48 --epochs 2
+                   --batch-size 16 --max-length 32 --lr 0.05 --full-lr 0.01
+                   --out "${_ft_gpt2_out}")
+  sora_add_python_test("finetune --model gpt2: PEFT loads the adapters and computes sora's logits"
+                       "${CMAKE_CURRENT_SOURCE_DIR}/finetune/check_peft_load.py"
+                       "${_ft_gpt2_model}" "${_ft_gpt2_out}")
+  set_tests_properties("finetune --model gpt2: clean" PROPERTIES FIXTURES_SETUP sora_ft_g_clean)
+  set_tests_properties("finetune --model gpt2: mkdir" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_g_clean FIXTURES_SETUP sora_ft_g_dir)
+  set_tests_properties("finetune --model gpt2: make a tiny GPT-2 folder" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_g_dir FIXTURES_SETUP sora_ft_g_model PASS_REGULAR_EXPRESSION "OK: ")
+  set_tests_properties("finetune --model gpt2: tiny compare run" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_g_model FIXTURES_SETUP sora_ft_g_out
+    PASS_REGULAR_EXPRESSION "model: .*\\(gpt2\\).*method.*adalora.*report: ")
+  set_tests_properties("finetune --model gpt2: PEFT loads the adapters and computes sora's logits"
+    PROPERTIES FIXTURES_REQUIRED "sora_ft_g_model;sora_ft_g_out" PASS_REGULAR_EXPRESSION "OK: 3 ")
+endif()

@@ -531,3 +531,113 @@ TEST_CASE("finetune cache: metadata and checksum are checked, with named errors"
   CHECK_THROWS_WITH_AS(read_cached_pretraining(dir / "cache.safetensors", "k"),
                        doctest::Contains("tensor 'w' holds a NaN or an infinity"), sora::Error);
 }
+
+TEST_CASE("finetune --model: flags that do not apply are errors up front, naming the flag") {
+  const fs::path dir = fresh_dir("model-flags");
+  const std::string d = dir.string();
+  Parsed p = parse({"--model", d.c_str(), "--device", "cuda"});
+  CHECK(p.code == 2);
+  CHECK(p.err.find("--device cuda: --model fine-tunes on the CPU only") != std::string::npos);
+  p = parse({"--model", d.c_str(), "--sparsity-schedule"});
+  CHECK(p.code == 2);
+  CHECK(p.err.find("--sparsity-schedule") != std::string::npos);
+  p = parse({"--target-modules", "query"});
+  CHECK(p.code == 2);
+  CHECK(p.err.find("--target-modules needs --model") != std::string::npos);
+  p = parse({"--model", "/nonexistent/model"});
+  CHECK(p.code.has_value());
+  CHECK(p.err.find("--model") != std::string::npos);
+  // sora's own model's shape flags do not bound a pre-trained model's rank or targets.
+  p = parse({"--model", d.c_str(), "--rank", "64", "--target-modules", "all-linear", "--max-length",
+             "64"});
+  CHECK_FALSE(p.code.has_value());
+  CHECK(p.options.pretrained());
+  CHECK(p.options.max_len == 64);
+}
+
+#ifdef SORA_FINETUNE_TEXT
+TEST_CASE("finetune --model: the task's texts are encoded by the folder's tokenizer") {
+  // A BERT folder with a WordPiece vocab.txt of the synthetic language's words: every word is
+  // one token, so the encoding is [CLS] words [SEP] (words [SEP]).
+  const fs::path dir = fresh_dir("model-tokenize");
+  const Lexicon lex;
+  std::vector<std::string> vocab = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
+  for (int v = 3; v < lex.size(); ++v) vocab.push_back(lex.word(v).text);
+  {
+    std::ofstream f(dir / "vocab.txt");
+    for (const std::string& w : vocab) f << w << "\n";
+    std::ofstream c(dir / "config.json");
+    c << R"({"model_type": "bert", "vocab_size": )" << vocab.size()
+      << R"(, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 16, "max_position_embeddings": 64, "pad_token_id": 0})";
+  }
+  TaskData pair = synthetic_task("pair", 3, 8, 4, 4);
+  const Example before = pair.train[0];
+  const PretrainedInfo info = tokenize_for_model(pair, dir, 64);
+  CHECK(info.config.family == hf::Family::bert);
+  CHECK(pair.token_types);
+  CHECK(pair.pad_token == 0);
+  // <s> a <sep> b  ->  [CLS] a [SEP] b [SEP]: one more token, the types 0 then 1.
+  const Example& e = pair.train[0];
+  REQUIRE(e.tokens.size() == before.tokens.size() + 1);
+  CHECK(e.tokens.front() == 2);
+  CHECK(e.tokens.back() == 3);
+  REQUIRE(e.types.size() == e.tokens.size());
+  CHECK(e.types.front() == 0);
+  CHECK(e.types.back() == 1);
+  for (std::size_t i = 1; i + 1 < e.tokens.size(); ++i)
+    if (e.tokens[i] != 3)
+      CHECK(vocab[static_cast<std::size_t>(e.tokens[i])] == lex.word(before.tokens[i]).text);
+  // Batches carry the types, padded with 0 beside the padding tokens.
+  sora::model::Batch batch;
+  const std::vector<std::size_t> order = {0, 1, 2};
+  fill_batch(batch, pair, pair.train, order);
+  REQUIRE(batch.token_types.size() == batch.tokens.size());
+  CHECK(std::equal(e.types.begin(), e.types.end(), batch.token_types.begin()));
+  // --max-length truncates (longest first on a pair), and is checked against the positions.
+  TaskData shortened = synthetic_task("pair", 3, 8, 4, 4);
+  tokenize_for_model(shortened, dir, 8);
+  for (const Example& x : shortened.train) CHECK(x.tokens.size() <= 8);
+  TaskData too_long = synthetic_task("polarity", 3, 8, 4, 4);
+  CHECK_THROWS_WITH_AS(tokenize_for_model(too_long, dir, 128),
+                       doctest::Contains("--max-length 128 exceeds the model's 64 positions"),
+                       sora::Error);
+}
+#endif
+
+TEST_CASE("finetune --grad-accum: one step's gradient is the mean of its batches' gradients") {
+  const fs::path out = fresh_dir("grad-accum");
+  std::ostringstream log;
+  const Setup s = make_setup(tiny(out), log);
+  Model model(s.task_config);
+  model.apply_peft(peft_config(s.opt, sora::model::Method::lora, 1));
+  const auto grads = [&] {
+    std::vector<sora::Matrix<float>> g;
+    model.visit_params([&](sora::Param<float>& p) {
+      if (p.trainable()) g.push_back(p.gradient());
+    });
+    return g;
+  };
+  const auto zero = [&] { model.visit_params([](sora::Param<float>& p) { p.zero_grad(); }); };
+  BatchStream stream(s.task, 8, 5);
+  BatchStream replay = stream;  // the same batches, one at a time
+  zero();
+  const sora::model::Batch first = replay.next();
+  const double l1 = model.forward(first);
+  model.backward();
+  const auto g1 = grads();
+  zero();
+  const double l2 = model.forward(replay.next());
+  model.backward();
+  const auto g2 = grads();
+
+  zero();
+  Accumulating<Model> accumulating(model, 2, stream);
+  const double loss = accumulating.forward(stream.next());
+  accumulating.backward();
+  const auto g = grads();
+  CHECK(loss == doctest::Approx((l1 + l2) / 2).epsilon(1e-6));
+  REQUIRE(g.size() == g1.size());
+  for (std::size_t i = 0; i < g.size(); ++i)
+    CHECK((g[i] - (g1[i] + g2[i]) * 0.5f).cwiseAbs().maxCoeff() <= 1e-6f);
+}

@@ -26,8 +26,12 @@ using sora::Index;
 
 struct Example {
   std::vector<int> tokens;  // the whole input, special tokens included
+  std::vector<int> types;   // segment ids of `tokens` (BERT's token types); empty: none
   int label = -1;           // class (classification)
   double value = 0.0;       // target (regression)
+  // The input as text (and its second sentence for pair tasks): what a pre-trained model's own
+  // tokenizer encodes under --model.
+  std::string text_a, text_b;
 };
 
 enum class Metric { accuracy, f1, matthews, pearson };
@@ -54,6 +58,7 @@ struct TaskData {
   Metric metric = Metric::accuracy;
   int vocab_size = 0;
   int pad_token = 0;
+  bool token_types = false;  // batches carry the examples' segment ids (the BERT family)
   std::vector<Example> train, val, test;
   // Where the reported metric comes from: a held-out test split when there is one (the
   // synthetic tasks), else the validation split (GLUE's labelled dev set, as is usual).
@@ -107,14 +112,18 @@ inline TaskData synthetic_task(const std::string& name, std::uint64_t seed, std:
         e.tokens.push_back(Lexicon::kSep);
         e.tokens.insert(e.tokens.end(), b.tokens.begin(), b.tokens.end());
         e.label = (a.sentiment > 0) == (b.sentiment > 0) ? 1 : 0;
+        e.text_a = lex.text(a.tokens);
+        e.text_b = lex.text(b.tokens);
       } else if (name == "polarity") {
         const auto s = lex.signed_sentence(rng);
         e.tokens.insert(e.tokens.end(), s.tokens.begin(), s.tokens.end());
         e.label = s.sentiment > 0 ? 1 : 0;
+        e.text_a = lex.text(s.tokens);
       } else {
         const auto s = lex.sentence(rng);
         e.tokens.insert(e.tokens.end(), s.tokens.begin(), s.tokens.end());
         e.value = std::clamp(s.sentiment, -4, 4) / 4.0;
+        e.text_a = lex.text(s.tokens);
       }
     }
     return out;
@@ -149,6 +158,8 @@ inline std::vector<Example> glue_examples(const sora::io::GlueDataset& data, int
     e.tokens.assign(b.tokens.begin(), b.tokens.begin() + b.lengths[0]);
     e.label = b.labels[0];
     e.value = b.scores[0];
+    e.text_a = data.examples[i].text_a;
+    e.text_b = data.examples[i].text_b;
     out.push_back(std::move(e));
   }
   return out;
@@ -246,10 +257,13 @@ inline void fill_batch(sora::model::Batch& batch, const TaskData& data,
   batch.mask.assign(B * T, 0.0f);
   batch.labels.assign(B, -1);
   batch.values.assign(data.regression ? B : 0, 0.0);
+  batch.token_types.assign(data.token_types ? B * T : 0, 0);
   for (std::size_t b = 0; b < B; ++b) {
     const Example& e = examples[order[b]];
     std::copy(e.tokens.begin(), e.tokens.end(), batch.tokens.begin() + b * T);
     std::fill(batch.mask.begin() + b * T, batch.mask.begin() + b * T + e.tokens.size(), 1.0f);
+    if (data.token_types)
+      std::copy(e.types.begin(), e.types.end(), batch.token_types.begin() + b * T);
     batch.labels[b] = e.label;
     if (data.regression) batch.values[b] = e.value;
   }

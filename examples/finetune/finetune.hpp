@@ -9,6 +9,8 @@
 //   curves.svg, loss.svg     validation metric and training loss against the step (first seed)
 //   ranks_<method>.svg       final rank of every adapted module, layers x module kind
 //   adapter_<method>/        the pruned adapter of the first seed in PEFT format
+//   logits_adapter_<method>.json   --model only: a few validation inputs and the fine-tuned
+//                            logits, for checking the adapter in transformers + PEFT
 //   sparsity.csv, .svg       Algorithm 1, with --sparsity-schedule
 //   cache/pretrained-*.safetensors   the pretrained model, reused by later runs
 //   INCOMPLETE               present while the run writes (or after it died); gone once
@@ -39,6 +41,7 @@
 #include "data.hpp"
 #include "device.hpp"
 #include "options.hpp"
+#include "pretrained.hpp"
 #include "run_guard.hpp"
 #include "sora/core/threading.hpp"
 #include "sora/io/atomic_file.hpp"
@@ -70,6 +73,7 @@ struct Setup {
   sora::model::TransformerConfig lm_config;    // pretraining
   sora::model::TransformerConfig task_config;  // fine-tuning: the same body, a sequence head
   fs::path out, cache_dir;
+  std::optional<PretrainedInfo> hf;    // --model: the pre-trained folder, and no pretraining
   std::string run_id;                  // written into every file of the run (run_guard.hpp)
   IncompleteMarker* marker = nullptr;  // told before every output write (none in some tests)
   std::ostream* log = &std::cout;
@@ -103,6 +107,11 @@ inline Setup make_setup(const Options& o, std::ostream& log) {
         glue_task(o.glue_dir, *sora::io::parse_glue_task(o.task), max_len,
                   static_cast<std::size_t>(o.train_size), static_cast<std::size_t>(o.val_size));
     s.corpus = o.pretrain_text.empty() ? task_text_corpus(s.task) : text_corpus(o.pretrain_text);
+  }
+  if (o.pretrained()) {
+    // The folder's tokenizer replaces sora's vocabulary; nothing is pretrained.
+    s.hf = tokenize_for_model(s.task, o.model_dir, o.max_len > 0 ? o.max_len : 128);
+    s.corpus = Corpus{};
   }
   sora::model::TransformerConfig c;
   c.vocab_size = s.task.vocab_size;
@@ -397,17 +406,20 @@ inline double evaluate(const LogitsFn& logits_of, const TaskData& data,
   return task_metric(data, pred, values, examples);
 }
 
-inline LogitsFn cpu_logits(Model& model) {
+template <class M>
+LogitsFn cpu_logits(M& model) {
   return [&model](const sora::model::Batch& batch) -> const sora::Matrix<float>& {
     return model.forward_logits(batch);
   };
 }
 
-inline double evaluate(Model& model, const TaskData& data, const std::vector<Example>& examples) {
+template <class M>
+double evaluate(M& model, const TaskData& data, const std::vector<Example>& examples) {
   return evaluate(cpu_logits(model), data, examples);
 }
 
-inline std::size_t train_state_bytes(Model& model) {
+template <class M>
+std::size_t train_state_bytes(M& model) {
   std::size_t bytes = 0;
   model.visit_params([&](sora::Param<float>& p) { bytes += p.grad_bytes(); });
   return bytes;
@@ -466,23 +478,75 @@ class BatchStream {
   sora::model::Batch batch_;
 };
 
+// --grad-accum N: the model as fit sees it, where one forward() runs N batches (the one fit
+// gives and N - 1 more from the stream), each followed by its backward pass (parameter
+// gradients accumulate, +=, by the ops' contract), and backward() divides the summed gradients
+// by N: the gradient of the mean of the N batches' mean losses, with one batch's activations in
+// memory at a time. Evaluation uses the wrapped model directly.
+template <class M>
+class Accumulating {
+ public:
+  using Scalar = typename M::Scalar;
+  using Batch = sora::model::Batch;
+  Accumulating(M& model, int batches, BatchStream& stream)
+      : model_(model), batches_(batches), stream_(stream) {}
+  template <class F>
+  void visit_params(F&& f) {
+    model_.visit_params(f);
+  }
+  void train(bool on = true) { model_.train(on); }
+  Scalar forward(const Batch& first) {
+    double loss = static_cast<double>(model_.forward(first));
+    model_.backward();
+    for (int k = 1; k < batches_; ++k) {
+      loss += static_cast<double>(model_.forward(stream_.next()));
+      model_.backward();
+    }
+    return static_cast<Scalar>(loss / batches_);
+  }
+  void backward() {
+    const Scalar scale = Scalar(1) / static_cast<Scalar>(batches_);
+    model_.visit_params([&](sora::Param<Scalar>& p) {
+      if (p.trainable()) p.gradient() *= scale;
+    });
+  }
+
+ private:
+  M& model_;
+  int batches_;
+  BatchStream& stream_;
+};
+
+// sora::train::fit on the CPU, through Accumulating when --grad-accum > 1.
+template <class M, class Optimizer>
+sora::train::TrainResult fit_cpu(M& model, Optimizer& optimizer, BatchStream& stream,
+                                 const std::function<const sora::model::Batch&(long)>& next,
+                                 const std::function<double()>& evaluate,
+                                 const sora::train::TrainerOptions& to, int grad_accum) {
+  if (grad_accum <= 1) return sora::train::fit(model, optimizer, next, evaluate, to);
+  Accumulating<M> accumulating(model, grad_accum, stream);
+  return sora::train::fit(accumulating, optimizer, next, evaluate, to);
+}
+
 inline std::string run_label(const std::string& method, std::uint64_t seed) {
   return method + " seed " + std::to_string(seed);
 }
 
-// Fine-tunes a fresh copy of the pretrained model with `method`; appends a metrics.csv line per
-// evaluation to *csv; exports the pruned adapter to `adapter_dir` unless it is empty.
-inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::string& method_name,
-                            std::uint64_t seed, const fs::path& adapter_dir, std::string* csv) {
+// Fine-tunes `model` (its method applied) with `method_name`; appends a metrics.csv line per
+// evaluation to *csv; exports the pruned adapter to `adapter_dir` unless it is empty, with
+// `export_options` (PEFT's task type, modules_to_save). Any model of the library's protocol:
+// sora's own transformer or a Hugging Face one (only sora's own trains on the GPU).
+template <class M>
+RunResult train_model(const Setup& s, M& model, const std::string& method_name, std::uint64_t seed,
+                      const fs::path& adapter_dir, std::string* csv,
+                      sora::io::PeftExportOptions export_options) {
   const Options& o = s.opt;
   const sora::model::Method method = sora::model::parse_method(method_name);
-  Model model(s.task_config);
-  load_pretrained(model, pre.path);
-  model.apply_peft(peft_config(o, method, seed));
-  model.reseed_dropout(seed * 104729 + 3);
 
   BatchStream stream(s.task, o.batch_size, seed);
-  const long per_epoch = static_cast<long>(stream.steps_per_epoch());
+  // An optimizer step takes --grad-accum batches.
+  const long per_epoch =
+      (static_cast<long>(stream.steps_per_epoch()) + o.grad_accum - 1) / o.grad_accum;
   const long steps = per_epoch * o.epochs;
   sora::train::TrainerOptions to;
   to.max_steps = steps;
@@ -547,30 +611,38 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
   adalora.orth_reg_weight = o.adalora_orth;
   std::optional<double> test_metric;  // measured on the GPU, before the copy back
   try {
-    if (on_gpu(o)) {
-      CudaRun run;
-      run.method = method;
-      run.finetune = finetune_options(o, method);
-      run.adalora_adamw = adalora_adamw;
-      run.adalora = adalora;
-      run.math = o.cuda_math;
-      run.trainer = to;
-      run.next_batch = next;
-      run.evaluate = evaluate_val;
-      if (s.task.has_test())
-        run.after = [&](const LogitsFn& logits) {
-          const auto t0 = std::chrono::steady_clock::now();
-          test_metric = evaluate(logits, s.task, s.task.test);
-          eval_seconds +=
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        };
-      const CudaOutcome outcome = fit_on_cuda(model, run);
-      tr = outcome.result;
-      r.train_state_bytes = outcome.optimizer_state_bytes;
+    bool trained = false;  // on the GPU
+    if constexpr (std::is_same_v<M, Model>) {
+      if (on_gpu(o)) {
+        CudaRun run;
+        run.method = method;
+        run.finetune = finetune_options(o, method);
+        run.adalora_adamw = adalora_adamw;
+        run.adalora = adalora;
+        run.math = o.cuda_math;
+        run.trainer = to;
+        run.next_batch = next;
+        run.evaluate = evaluate_val;
+        if (s.task.has_test())
+          run.after = [&](const LogitsFn& logits) {
+            const auto t0 = std::chrono::steady_clock::now();
+            test_metric = evaluate(logits, s.task, s.task.test);
+            eval_seconds +=
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          };
+        const CudaOutcome outcome = fit_on_cuda(model, run);
+        tr = outcome.result;
+        r.train_state_bytes = outcome.optimizer_state_bytes;
+        trained = true;
+      }
+    }
+    if (trained) {
+      // done on the GPU
     } else if (method == sora::model::Method::adalora) {
       sora::optim::AdaLoraOptimizer<float> optimizer(model, adalora_adamw, adalora);
-      tr = sora::train::fit(
-          model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
+      tr = fit_cpu(
+          model, optimizer, stream, next, [&] { return evaluate_val(cpu_logits(model)); }, to,
+          o.grad_accum);
       r.train_state_bytes = optimizer.state_bytes();
       // The allocator's importance statistics (two per element of A, E and B) are state too.
       for (std::size_t k = 0; k < optimizer.allocator().modules().size(); ++k) {
@@ -583,8 +655,9 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
     } else {
       auto optimizer =
           sora::optim::FineTuneOptimizer<float>::for_model(model, finetune_options(o, method));
-      tr = sora::train::fit(
-          model, optimizer, next, [&] { return evaluate_val(cpu_logits(model)); }, to);
+      tr = fit_cpu(
+          model, optimizer, stream, next, [&] { return evaluate_val(cpu_logits(model)); }, to,
+          o.grad_accum);
       r.train_state_bytes = optimizer.state_bytes();
     }
   } catch (const sora::train::NonFiniteError& e) {
@@ -621,14 +694,13 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
   for (const auto& m : counts.modules)
     if (m.rank > 0) r.ranks.emplace_back(m.module, m.kept_rank);
   // The adapters' share: kept ranks x (in + out).
-  model.visit_linears([&](const std::string&, Model::Linear& lin) {
+  model.visit_linears([&](const std::string&, typename M::Linear& lin) {
     if (!lin.adapter) return;
     const Index kept = static_cast<Index>(sora::prune::kept_ranks(*lin.adapter).size());
     r.adapter_after_pruning += kept * (lin.in_features() + lin.out_features());
   });
   if (!adapter_dir.empty() && method != sora::model::Method::full) {
-    sora::io::PeftExportOptions eo;
-    eo.task_type = "SEQ_CLS";
+    sora::io::PeftExportOptions eo = std::move(export_options);
     eo.metadata["sora.method"] = method_name;
     eo.metadata["sora.task"] = s.task.name;
     eo.metadata["sora.run_id"] = s.run_id;
@@ -645,7 +717,69 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
              << ": no adapter written: " << r.adapter_not_exported << "\n";
     }
   }
+  // --model: the fine-tuned model's logits on a few validation inputs beside the adapter, so
+  // that transformers + PEFT can check that they compute the same (tests/finetune/).
+  if (s.hf && !r.adapter_dir.empty()) {
+    std::vector<std::size_t> first(std::min<std::size_t>(4, s.task.val.size()));
+    std::iota(first.begin(), first.end(), std::size_t{0});
+    sora::model::Batch batch;
+    fill_batch(batch, s.task, s.task.val, first);
+    const sora::Matrix<float> logits = model.forward_logits(batch);
+    json lj;
+    lj["adapter_dir"] = r.adapter_dir.filename().string();
+    lj["input_ids"] = json::array();
+    lj["token_type_ids"] = json::array();
+    lj["attention_mask"] = json::array();
+    lj["logits"] = json::array();
+    const auto T = static_cast<std::size_t>(batch.seq);
+    for (std::size_t b = 0; b < first.size(); ++b) {
+      json ids = json::array(), types = json::array(), mask = json::array(), row = json::array();
+      for (std::size_t t = 0; t < T; ++t) {
+        ids.push_back(batch.tokens[b * T + t]);
+        types.push_back(batch.token_types.empty() ? 0 : batch.token_types[b * T + t]);
+        mask.push_back(static_cast<int>(batch.mask[b * T + t]));
+      }
+      for (Index k = 0; k < logits.cols(); ++k)
+        row.push_back(static_cast<double>(logits(static_cast<Index>(b), k)));
+      lj["input_ids"].push_back(ids);
+      lj["token_type_ids"].push_back(types);
+      lj["attention_mask"].push_back(mask);
+      lj["logits"].push_back(row);
+    }
+    sora::io::write_file_atomic(s.out / ("logits_" + r.adapter_dir.filename().string() + ".json"),
+                                lj.dump(1) + "\n");
+  }
   return r;
+}
+
+// Fine-tunes a fresh copy of the pretrained model (sora's own, or the --model folder's) with
+// `method`: see train_model.
+inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::string& method_name,
+                            std::uint64_t seed, const fs::path& adapter_dir, std::string* csv) {
+  const Options& o = s.opt;
+  const sora::model::Method method = sora::model::parse_method(method_name);
+  if (s.hf) {
+    hf::LoadOptions lo;
+    lo.task = hf::Task::sequence_classification;
+    lo.num_labels = s.task.num_labels;
+    lo.seed = seed;  // the new classifier's initialisation differs per seed, as the adapters'
+    return hf::with_pretrained<float>(s.hf->dir, lo, [&](auto& model) {
+      sora::model::PeftConfig p = peft_config(o, method, seed);
+      p.target_modules = pretrained_targets(o.target_modules, s.hf->config.family);
+      model.apply_peft(p);
+      model.dropout_rng() = sora::Rng(seed * 104729 + 3, 2);
+      model.train(true);
+      return train_model(s, model, method_name, seed, adapter_dir, csv,
+                         hf::peft_export_options(model));
+    });
+  }
+  Model model(s.task_config);
+  load_pretrained(model, pre.path);
+  model.apply_peft(peft_config(o, method, seed));
+  model.reseed_dropout(seed * 104729 + 3);
+  sora::io::PeftExportOptions eo;
+  eo.task_type = "SEQ_CLS";
+  return train_model(s, model, method_name, seed, adapter_dir, csv, std::move(eo));
 }
 
 // ---- the sparsity scheduler ------------------------------------------------------------------
@@ -848,7 +982,8 @@ inline void write_plots(const Setup& s, const std::vector<MethodSummary>& method
     }
     curves.add(std::move(c));
     losses.add(std::move(l));
-    if (r.method != "full")
+    // The heat map's layout is sora's own transformer's; summary.json has every rank.
+    if (r.method != "full" && !s.hf)
       sora::io::write_file_atomic(s.out / ("ranks_" + r.method + ".svg"), rank_heatmap(s, r));
   }
   sora::io::write_file_atomic(s.out / "curves.svg", curves.svg());
@@ -896,8 +1031,10 @@ inline json config_json(const sora::model::TransformerConfig& c) {
 // Every path the run records (in summary.json, as JSON strings) must be UTF-8: checked before
 // any work rather than failing in the JSON encoder after all of it.
 inline void check_paths_encodable(const Options& o) {
-  std::vector<std::pair<std::string, std::string>> paths = {
-      {"--out", o.out}, {"--cache-dir", o.cache_dir}, {"--glue-dir", o.glue_dir}};
+  std::vector<std::pair<std::string, std::string>> paths = {{"--out", o.out},
+                                                            {"--cache-dir", o.cache_dir},
+                                                            {"--glue-dir", o.glue_dir},
+                                                            {"--model", o.model_dir}};
   for (const std::string& f : o.pretrain_text) paths.emplace_back("--pretrain-text", f);
   for (const auto& [flag, path] : paths)
     SORA_CHECK(is_utf8(path), flag,
@@ -940,11 +1077,20 @@ inline int run(const Options& o, std::ostream& log) {
   log << "task " << s.task.name << " (" << s.task.source << "): " << s.task.train.size()
       << " train / " << s.task.val.size() << " validation / " << s.task.test.size()
       << " test examples, metric " << metric_name(s.task.metric) << "\n";
-  log << "model: " << s.task_config.layers << " layers, width " << s.task_config.width << ", "
-      << s.task_config.heads << " heads, vocabulary " << s.task_config.vocab_size << ", "
-      << sora::num_threads() << " thread(s)\n";
+  if (s.hf) {
+    const hf::HfConfig& c = s.hf->config;
+    log << "model: " << s.hf->dir.string() << " (" << c.model_type << "): " << c.num_layers
+        << " layers, width " << c.hidden_size << ", " << c.num_heads << " heads, vocabulary "
+        << c.vocab_size << " (tokenizer " << s.hf->tokenizer_vocab << "), max length "
+        << s.hf->max_length << ", " << sora::num_threads() << " thread(s)\n";
+  } else {
+    log << "model: " << s.task_config.layers << " layers, width " << s.task_config.width << ", "
+        << s.task_config.heads << " heads, vocabulary " << s.task_config.vocab_size << ", "
+        << sora::num_threads() << " thread(s)\n";
+  }
   if (on_gpu(o)) log << "device: " << device << "\n";
-  const Pretrained pre = pretrain(s);
+  // A pre-trained folder needs no pretraining.
+  const Pretrained pre = s.hf ? Pretrained{} : pretrain(s);
 
   const std::vector<std::string> methods =
       o.compare ? method_names() : std::vector<std::string>{o.method};
@@ -985,18 +1131,34 @@ inline int run(const Options& o, std::ostream& log) {
                {"train", s.task.train.size()},
                {"validation", s.task.val.size()},
                {"test", s.task.test.size()}};
-  j["model"] = config_json(s.task_config);
+  if (s.hf) {
+    const hf::HfConfig& c = s.hf->config;
+    j["model"] = {{"pretrained", fs::absolute(s.hf->dir).string()},
+                  {"model_type", c.model_type},
+                  {"vocab_size", c.vocab_size},
+                  {"width", c.hidden_size},
+                  {"heads", c.num_heads},
+                  {"layers", c.num_layers},
+                  {"max_length", s.hf->max_length},
+                  {"target_modules", pretrained_targets(o.target_modules, c.family)}};
+  } else {
+    j["model"] = config_json(s.task_config);
+  }
   j["device"] = device;
-  j["pretrain"] = {
-      {"cache", pre.path.string()},
-      {"reused", pre.reused},
-      {"steps", o.pretrain_steps},
-      {"final_loss", std::isnan(pre.final_loss) ? json(nullptr) : json(pre.final_loss)},
-      {"verdict_accuracy",
-       std::isnan(pre.verdict_accuracy) ? json(nullptr) : json(pre.verdict_accuracy)},
-      {"seconds", pre.seconds}};
+  if (s.hf)
+    j["pretrain"] = nullptr;  // a pre-trained folder (model.pretrained)
+  else
+    j["pretrain"] = {
+        {"cache", pre.path.string()},
+        {"reused", pre.reused},
+        {"steps", o.pretrain_steps},
+        {"final_loss", std::isnan(pre.final_loss) ? json(nullptr) : json(pre.final_loss)},
+        {"verdict_accuracy",
+         std::isnan(pre.verdict_accuracy) ? json(nullptr) : json(pre.verdict_accuracy)},
+        {"seconds", pre.seconds}};
   j["hyperparameters"] = {{"epochs", o.epochs},
                           {"batch_size", o.batch_size},
+                          {"grad_accum", o.grad_accum},
                           {"lr", o.lr},
                           {"full_lr", o.full_lr},
                           {"rank", o.rank},

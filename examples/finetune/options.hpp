@@ -34,6 +34,10 @@ struct Options {
   bool plain = false;
   std::string device = "cpu";       // where pretraining and fine-tuning steps run
   std::string cuda_math = "exact";  // GEMMs on the GPU: exact fp32, tf32 or bf16 tensor cores
+  // A pre-trained Hugging Face folder (config.json, safetensors, tokenizer) to fine-tune
+  // instead of pretraining sora's own transformer; empty: pretrain.
+  std::string model_dir;
+  std::string target_modules;  // with --model, PEFT syntax; empty: the family's PEFT default
 
   // Data sizes (the synthetic tasks; GLUE: caps, 0 = the whole split).
   int train_size = 2000;
@@ -56,6 +60,7 @@ struct Options {
   // Fine-tuning, every method.
   int epochs = 6;
   int batch_size = 32;
+  int grad_accum = 1;  // batches whose gradients make one optimizer step
   int eval_every = 0;  // 0: once per epoch
   double max_grad_norm = 1.0;
   double warmup = 0.06;
@@ -85,6 +90,7 @@ struct Options {
   int stage_epochs = 1;
 
   bool synthetic() const { return glue_dir.empty(); }
+  bool pretrained() const { return !model_dir.empty(); }
 };
 
 // "q, k,v" -> {"q", "k", "v"}: the comma-separated list of --targets, blanks dropped.
@@ -178,6 +184,15 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_run);
   app.add_flag("--plain", o.plain, "plain progress lines even on a terminal")->group(g_run);
+  app.add_option("--model", o.model_dir,
+                 "fine-tune this pre-trained Hugging Face folder (BERT family, GPT-2, LLaMA "
+                 "family; config.json, safetensors, tokenizer) instead of pretraining; CPU only")
+      ->check(CLI::ExistingDirectory)
+      ->group(g_run);
+  app.add_option("--target-modules", o.target_modules,
+                 "with --model: comma-separated adapted modules in PEFT syntax, or all-linear "
+                 "(default: PEFT's default for the family)")
+      ->group(g_run);
   app.add_option("--device", o.device,
                  "where pretraining and fine-tuning run: cpu, or cuda (a GPU; needs a build "
                  "with the CUDA backend)")
@@ -203,8 +218,9 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_data);
-  app.add_option("--max-len", o.max_len,
-                 "longest sequence in tokens (0: 32 synthetic, 128 bytes for real data)")
+  app.add_option("--max-len,--max-length", o.max_len,
+                 "longest sequence in tokens (0: 32 synthetic, 128 bytes for real data, 128 "
+                 "tokens with --model)")
       ->check(CLI::Range(0, 4096))
       ->capture_default_str()
       ->group(g_data);
@@ -252,6 +268,12 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->group(g_ft);
   app.add_option("--batch-size", o.batch_size, "examples per step")
       ->check(CLI::Range(1, 100000))
+      ->capture_default_str()
+      ->group(g_ft);
+  app.add_option("--grad-accum", o.grad_accum,
+                 "batches of --batch-size whose gradients are summed (and averaged) into one "
+                 "optimizer step: an effective batch of both, the memory of one (CPU)")
+      ->check(CLI::Range(1, 4096))
       ->capture_default_str()
       ->group(g_ft);
   app.add_option("--eval-every", o.eval_every, "steps between evaluations (0: once per epoch)")
@@ -387,6 +409,20 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       return fail("--task: '" + o.task +
                   "' is not a GLUE task (expected sst2, cola, mrpc, rte, stsb, qnli, qqp or mnli)");
   }
+  if (o.pretrained()) {
+    // Checked before any work: the pre-trained path runs on the CPU only, and its model's
+    // shape comes from the folder, so the flags of sora's own model do not apply.
+    if (o.device != "cpu")
+      return fail("--device " + o.device +
+                  ": --model fine-tunes on the CPU only (the GPU runs train sora's own "
+                  "transformer); drop --device");
+    if (o.sparsity_schedule) return fail("--sparsity-schedule is not supported with --model");
+    if (!o.pretrain_text.empty()) return fail("--pretrain-text does not apply with --model");
+  } else if (!o.target_modules.empty()) {
+    return fail("--target-modules needs --model (sora's own model takes --targets)");
+  }
+  if (o.grad_accum > 1 && o.device != "cpu")
+    return fail("--grad-accum: accumulation runs on the CPU only; drop it or --device");
   // A NaN passes CLI11's range checks (every comparison with it is false) and an infinity
   // passes the one-sided ones: every real-valued flag must be a finite number.
   const std::pair<const char*, double> reals[] = {{"--dropout", o.dropout},
@@ -409,10 +445,10 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   // The adapter's scale alpha / r is a float: an alpha beyond float's range is infinite.
   if (o.alpha > 1e6)
     return fail(sora::detail::concat("--alpha: ", o.alpha, " is absurdly large (at most 1e6)"));
-  if (o.rank > o.width)
+  if (!o.pretrained() && o.rank > o.width)
     return fail("--rank " + std::to_string(o.rank) + " exceeds --width " + std::to_string(o.width) +
                 " (a rank-r update needs r <= the layer's width)");
-  if (o.width % o.heads != 0)
+  if (!o.pretrained() && o.width % o.heads != 0)
     return fail("--heads: " + std::to_string(o.heads) + " does not divide --width " +
                 std::to_string(o.width));
   if (o.xi_max < o.xi0) return fail("--xi-max must be >= --xi0");
@@ -423,6 +459,7 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
                 " exceeds --rank " + std::to_string(o.rank));
   if (o.adalora_tinit + o.adalora_tfinal >= 1.0)
     return fail("--adalora-tinit + --adalora-tfinal must be < 1");
+  if (o.pretrained()) return std::nullopt;  // --target-modules is checked against the model
   if (o.targets.empty()) return fail("--targets: give at least one module name");
   // Every pattern must adapt something, or a typo would silently train fewer modules.
   const char* kinds[] = {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj"};
