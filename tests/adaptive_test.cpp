@@ -382,6 +382,28 @@ TEST_CASE("AdaLoRA step() adds the regularizer gradient once, or not again after
   CHECK(opt.orth_loss() == doctest::Approx(value));
 }
 
+// A rejected rate must change nothing: neither the current rate nor the base rate that
+// set_lr_multiplier (the schedule) multiplies afterwards.
+TEST_CASE("AdaLoRA set_lr: a rejected value leaves the rate and the base rate as they were") {
+  auto model = regression_model<double>(3);
+  optim::AdamWOptions a;
+  a.lr = 1e-3;
+  optim::AdaLoraOptimizer<double> opt(model, a, adalora_options(20, 0, 0, 1, 1));
+  opt.set_lr(2e-3);
+  opt.set_lr_multiplier(0.5);
+  for (const double bad :
+       {-1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    CAPTURE(bad);
+    CHECK_THROWS_WITH_AS(opt.set_lr(bad), doctest::Contains("lr must be finite and >= 0"),
+                         sora::Error);
+    CHECK(opt.lr() == 1e-3);
+    CHECK(opt.base_lr() == 2e-3);
+    opt.set_lr_multiplier(0.25);  // still multiplies the last accepted base rate
+    CHECK(opt.lr() == 5e-4);
+    opt.set_lr_multiplier(0.5);
+  }
+}
+
 TEST_CASE("a masked AdaLoRA model prunes to LoRA form with equal outputs") {
   auto model = regression_model<double>(4, 21);
   optim::AdamWOptions a;
