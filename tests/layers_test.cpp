@@ -2,6 +2,7 @@
 // variants against each other, initialisation, names and the backward contract.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <functional>
 #include <sora/nn.hpp>
 #include <string>
@@ -240,6 +241,42 @@ TEST_CASE("Embedding + PositionEmbedding and LayerNorm: gradients match central 
   check_layer(
       ln, [&]() -> const MatrixD& { return ln.forward(x); },
       [&](const MatrixD& G) -> const MatrixD& { return ln.backward(G); }, &x);
+}
+
+// The gradient check above cannot see eps (it only perturbs a well-scaled input), so a
+// forward without eps passed. Rows whose variance is about eps (and one of variance 0) make
+// eps change the output by up to a factor sqrt(2); a non-default eps checks it is passed on.
+TEST_CASE("LayerNorm forward equals (x - mean) / sqrt(var + eps) * w + b, variance near eps") {
+  for (const double eps : {1e-5, 1e-3}) {
+    CAPTURE(eps);
+    const Index C = 6;
+    nn::LayerNorm<double> ln(C, true, eps);
+    Rng(11).fill_normal(ln.weight.value);
+    Rng(12).fill_normal(ln.bias.value);
+    MatrixD x(3, C);
+    const double a = std::sqrt(eps);  // +-a about a mean: biased variance exactly ~eps
+    x.row(0) << 2 + a, 2 - a, 2 + a, 2 - a, 2 + a, 2 - a;
+    x.row(1) << 0.3, -1.2, 0.7, 2.0, -0.4, 0.1;  // ordinary scale
+    x.row(2).setConstant(-1.5);                  // variance 0: the output is the bias
+    const MatrixD y = ln.forward(x);
+    for (Index n = 0; n < x.rows(); ++n) {
+      double mean = 0, var = 0;
+      for (Index c = 0; c < C; ++c) mean += x(n, c);
+      mean /= double(C);
+      for (Index c = 0; c < C; ++c) var += (x(n, c) - mean) * (x(n, c) - mean);
+      var /= double(C);
+      for (Index c = 0; c < C; ++c) {
+        CAPTURE(n);
+        CAPTURE(c);
+        const double want =
+            (x(n, c) - mean) / std::sqrt(var + eps) * ln.weight.value(0, c) + ln.bias.value(0, c);
+        CHECK(y(n, c) == doctest::Approx(want).epsilon(1e-9).scale(1.0));
+      }
+    }
+    // Not vacuous: on row 0 eps matters (|xhat| = sqrt(1/2), not 1).
+    CHECK(std::abs((y(0, 0) - ln.bias.value(0, 0)) / ln.weight.value(0, 0)) ==
+          doctest::Approx(std::sqrt(0.5)).epsilon(1e-6));
+  }
 }
 
 TEST_CASE("Attention with adapters (causal, padded) and MLP with SoRA: gradients match") {

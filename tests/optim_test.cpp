@@ -151,6 +151,37 @@ TEST_CASE("SparseAdamW threshold scaled by lr when asked") {
   CHECK_THROWS_AS(opt.set_xi(-1.0), sora::Error);
 }
 
+// The accessor above could be right while step() still thresholds at ξ: check the values.
+// ξ lr and ξ differ by 10x here, and values in [-1, 1] land on both sides of each cut-off.
+TEST_CASE("SparseAdamW with scale_xi_by_lr soft-thresholds at xi * lr in step()") {
+  SparseAdamWOptions o;
+  o.lr = 0.1;
+  o.xi = 0.5;
+  o.scale_xi_by_lr = true;
+  Param<double> g("q.gate", random_matrix(1, 32, 5), true, true);
+  SparseAdamW<double> opt({&g}, o);
+  std::vector<RefAdam> ref(32);
+  Matrix<double> pg = g.value;
+  for (long t = 1; t <= 4; ++t) {
+    if (t == 3) opt.set_lr(0.2);  // the threshold follows the current rate: 0.05, then 0.1
+    const double lr = opt.lr();
+    const double thr = o.xi * lr;
+    g.gradient() = random_matrix(1, 32, 60 + unsigned(t));
+    for (long i = 0; i < 32; ++i) {
+      double y =
+          ref[i].step(pg.data()[i], g.gradient().data()[i], t, lr, o.beta1, o.beta2, o.eps, 0.0);
+      y = std::abs(y) <= thr ? 0.0 : (y > 0 ? y - thr : y + thr);
+      pg.data()[i] = y;
+    }
+    opt.step();
+    CAPTURE(t);
+    CHECK((g.value - pg).cwiseAbs().maxCoeff() < 1e-12);
+  }
+  // Not vacuous: some gates survived and some were zeroed.
+  CHECK((g.value.array() != 0.0).any());
+  CHECK((g.value.array() == 0.0).any());
+}
+
 // Regression for the official code's defect: with lr = 0 (no Adam move: m/v update but the
 // step is lr * ... = 0) only the proximal step acts, so the band is visible directly.
 TEST_CASE("gate prox: default kills |g| <= xi only; official_compat kills the (xi, 2xi) band") {

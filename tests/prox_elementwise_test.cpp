@@ -14,6 +14,7 @@
 #include <limits>
 #include <sora/core/rng.hpp>
 #include <sora/prox.hpp>
+#include <string>
 #include <vector>
 
 namespace {
@@ -372,6 +373,74 @@ TEST_CASE_TEMPLATE("boundary |x| == tau: soft gives exactly 0, hard drops it (st
   const auto l = px::l0_prox(x, T(0.125), T(1));
   CHECK(l(0) == T(0));
   CHECK(l(3) == T(-0.75));
+}
+
+// The test above uses whole SIMD packets, so only packetOp sees |x| == tau. Strided views (no
+// packet access) and the scalar tails of odd lengths go through operator(); a `<` there in
+// place of `<=` would keep +-tau, and only a boundary value on these paths can show it.
+TEST_CASE_TEMPLATE("boundary |x| == tau on the scalar path: strided views and odd-length tails", T,
+                   float, double) {
+  const T tau = T(0.5);
+  // L0 cut-off sqrt(2 gamma lambda) = 0.5 exactly (gamma = 0.125, lambda = 1); unit weights
+  // keep the weighted thresholds at exactly 0.5 too (0.5 * 1, sqrt(1) * 0.5).
+  const T gamma = T(0.125);
+  const T lambda = T(1);
+  // Which operator, on which view, in place or not: each must give 0 at +-tau and keep 0.75.
+  const auto check_row = [&](const auto& y, Index n, const std::string& what) {
+    INFO(what);
+    for (Index i = 0; i < n; ++i) {
+      INFO("i = " << i);
+      if (i % 3 == 2) {
+        CHECK(y(i) == (i % 2 == 0 ? T(0.75) : T(-0.75)));
+      } else {
+        CHECK(y(i) == T(0));
+      }
+    }
+  };
+  // Pattern: tau, -tau, +-0.75, repeated; the odd lengths end in a scalar tail for every
+  // packet size (4, 8, 16 floats; 2, 4, 8 doubles), with boundary values inside the tail.
+  const auto fill = [&](auto&& y, Index n) {
+    for (Index i = 0; i < n; ++i) {
+      if (i % 3 == 0) y(i) = tau;
+      if (i % 3 == 1) y(i) = -tau;
+      if (i % 3 == 2) y(i) = i % 2 == 0 ? T(0.75) : T(-0.75);
+    }
+  };
+  for (const Index n : {Index(7), Index(37), Index(67)}) {
+    CAPTURE(n);
+    const sora::RowVector<T> ones = sora::RowVector<T>::Ones(n);
+    // Odd-length contiguous vectors: body by packetOp, tail by operator().
+    sora::RowVector<T> v(n);
+    fill(v, n);
+    check_row(px::hard_threshold(v, tau), n, "hard, contiguous");
+    check_row(px::hard_threshold(v, tau, ones), n, "weighted hard, contiguous");
+    check_row(px::l0_prox(v, gamma, lambda), n, "l0, contiguous");
+    check_row(px::l0_prox(v, gamma, lambda, ones), n, "weighted l0, contiguous");
+    // A row of a column-major matrix has inner stride 3: no packet access, all scalar.
+    using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+    ColMajor m = ColMajor::Constant(3, n, T(9));
+    fill(m.row(1), n);
+    check_row(px::hard_threshold(m.row(1), tau), n, "hard, strided");
+    check_row(px::hard_threshold(m.row(1), tau, ones), n, "weighted hard, strided");
+    check_row(px::l0_prox(m.row(1), gamma, lambda), n, "l0, strided");
+    check_row(px::l0_prox(m.row(1), gamma, lambda, ones), n, "weighted l0, strided");
+    const auto in_place = [&](auto op, const char* what) {
+      ColMajor w = m;
+      op(w.row(1));
+      check_row(w.row(1), n, what);
+      CHECK((w.row(0).array() == T(9)).all());  // the neighbouring rows are untouched
+      CHECK((w.row(2).array() == T(9)).all());
+      sora::RowVector<T> c = v;
+      op(c);
+      check_row(c, n, what);
+    };
+    in_place([&](auto&& y) { px::hard_threshold_inplace(y, tau); }, "hard, in place");
+    in_place([&](auto&& y) { px::hard_threshold_inplace(y, tau, ones); },
+             "weighted hard, in place");
+    in_place([&](auto&& y) { px::l0_prox_inplace(y, gamma, lambda); }, "l0, in place");
+    in_place([&](auto&& y) { px::l0_prox_inplace(y, gamma, lambda, ones); },
+             "weighted l0, in place");
+  }
 }
 
 TEST_CASE_TEMPLATE("NaN propagates, infinities behave as limits (vectorized body and tail)", T,

@@ -145,7 +145,7 @@ Index kept(const Pattern& p) {
   return n;
 }
 
-// Every masked E_i of the GPU model is exactly 0.
+// Every masked E_i of the GPU model is exactly 0 (right after a step that applied the mask).
 template <class T>
 void check_masked_zero(const cu::DeviceAdaLoraOptimizer<T>& o) {
   for (std::size_t k = 0; k < o.modules().size(); ++k) {
@@ -251,10 +251,12 @@ void run_against_cpu() {
     if (s.mask) {
       ++masking_steps;
       CHECK(kept(gpu_opt.rank_pattern()) == s.budget);
+      // Only where the pattern was (re)applied: on a budgeting step that does not mask (3, 5,
+      // 7) AdamW moves the masked E_i like any other value, as on the CPU, until the next mask.
+      check_masked_zero(gpu_opt);
     }
     CHECK(gpu_opt.finalized() == (t >= 9));
     CHECK(gpu_opt.current_budget() == cpu_opt.allocator().current_budget());
-    check_masked_zero(gpu_opt);
     if (exact) {
       CHECK(gpu_opt.rank_pattern() == cpu_opt.allocator().rank_pattern());
       CHECK(gpu_opt.ranks() == cpu_opt.allocator().ranks());

@@ -12,9 +12,12 @@
 
 #include <doctest/doctest.h>
 
+#include <climits>
 #include <cmath>
+#include <string>
 #include <type_traits>
 
+#include "sora/cuda/gemm.cuh"
 #include "sora/cuda/ops/attention.cuh"
 #include "sora/cuda/ops/linear.cuh"
 #include "sora/ops/attention.hpp"
@@ -401,4 +404,24 @@ TEST_CASE("cuda ops/GEMM-based ops reject bad shapes with the CPU's messages") {
   cu::DeviceTensor<D> datt(2 * 2 * 3, 4);
   CHECK_THROWS_WITH_AS(cu::attention_backward<D>(q, q, q, datt, q, q, q, q, att, 2, 3, 2),
                        doctest::Contains("datt has shape (12, 4), expected (12, 3)"), sora::Error);
+}
+
+// cuBLAS takes int sizes: a 64-bit size over INT_MAX must be an error naming the sizes, not a
+// wrapped cast. The check comes before any device work, so null operands never get used.
+TEST_CASE("cuda ops/GEMM sizes over INT_MAX are rejected with the sizes named") {
+  const Index big = Index(INT_MAX) + 1;
+  const std::string e = cu::testing::error_of([&] {
+    cu::gemm_strided_batched<float>(false, false, 2, 3, big, 1.0f, nullptr, big, 0, nullptr, 3, 0,
+                                    0.0f, nullptr, 3, 0, 1);
+  });
+  CHECK(e.find("cuda::gemm_strided_batched") != std::string::npos);
+  CHECK(e.find("K = 2147483648") != std::string::npos);
+  CHECK(e.find("lda = 2147483648") != std::string::npos);
+  CHECK(e.find("M = 2, N = 3") != std::string::npos);
+  CHECK(cu::testing::error_of([] {
+          cu::detail::check_int_sizes("op", "x", {{"a", Index(INT_MAX)}, {"b", 0}});
+        }).empty());
+  CHECK(cu::testing::error_of([] {
+          cu::detail::check_int_sizes("op", "x", {{"a", -1}});
+        }).find("a = -1") != std::string::npos);
 }

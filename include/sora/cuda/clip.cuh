@@ -65,8 +65,12 @@ class GradNormClipper {
   // params: trainable parameters, which must outlive the clipper (and stay trainable).
   explicit GradNormClipper(std::vector<Param<T, Cuda>*> params)
       : params_(std::move(params)),
-        norms_(DeviceTensor<T>::zeros(1, static_cast<Index>(params_.size()) + 2,
-                                      context().stream())) {}
+        norms_(
+            DeviceTensor<T>::zeros(1, static_cast<Index>(params_.size()) + 2, context().stream())) {
+    // clip_factor_kernel takes the count as an int.
+    detail::check_int_sizes("clip_grad_norm", "clip_factor_kernel",
+                            {{"parameters", static_cast<Index>(params_.size())}});
+  }
 
   // Scales every gradient so that their global L2 norm is at most max_norm (<= 0: off), on the
   // device, without reading anything back.
@@ -75,6 +79,10 @@ class GradNormClipper {
     if (max_norm <= 0.0 || params_.empty()) return;
     cublasHandle_t h = context().cublas();
     T* norms = norms_.data();  // (count) per-gradient norms, then the factor and the total
+    // nrm2 takes the length as an int; checked before the handle leaves host pointer mode.
+    for (const Param<T, Cuda>* p : params_)
+      detail::check_int_sizes("clip_grad_norm", "cublas nrm2",
+                              {{p->name.c_str(), p->gradient().size()}});
     SORA_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
     for (std::size_t i = 0; i < params_.size(); ++i) {
       const auto& g = params_[i]->gradient();

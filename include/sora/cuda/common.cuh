@@ -22,7 +22,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
+#include <initializer_list>
+#include <string>
 #include <utility>
 
 #include "sora/core/error.hpp"
@@ -189,6 +192,27 @@ inline unsigned grid_for(Index work, int per_thread = 1) {
   const Index needed = std::max<Index>(1, (work + per_block - 1) / per_block);
   const Index cap = Index(sm_count()) * 16;
   return static_cast<unsigned>(std::min(needed, cap));
+}
+
+// cuBLAS (and the int arrays some kernels read) take 32-bit sizes. A 64-bit size over INT_MAX
+// would wrap in the static_cast to int and make the call read the wrong extent, or fail with
+// an unrelated status; refuse it first, naming every size of the call and what takes ints.
+struct IntSize {
+  const char* name;
+  Index value;
+};
+inline void check_int_sizes(const char* op, const char* takes_int,
+                            std::initializer_list<IntSize> sizes) {
+  bool fits = true;
+  for (const IntSize& s : sizes) fits = fits && s.value >= 0 && s.value <= Index(INT_MAX);
+  if (fits) return;
+  std::string list;
+  for (const IntSize& s : sizes) {
+    if (!list.empty()) list += ", ";
+    list += std::string(s.name) + " = " + std::to_string(s.value);
+  }
+  sora::detail::throw_error(op, ": sizes ", list, " must each be in [0, INT_MAX = ", INT_MAX,
+                            "]: ", takes_int, " takes 32-bit ints");
 }
 
 }  // namespace detail

@@ -73,13 +73,15 @@ void gemm(bool trans_a, bool trans_b, T alpha, ConstView<T> A, ConstView<T> B, T
         cudaMemsetAsync(C.data, 0, static_cast<std::size_t>(C.size()) * sizeof(T), ctx.stream()));
     return;
   }
+  const Index lda = std::max<Index>(A.stride, 1), ldb = std::max<Index>(B.stride, 1),
+              ldc = std::max<Index>(C.stride, 1);
+  detail::check_int_sizes("cuda::gemm", "cublasGemmEx",
+                          {{"M", M}, {"N", N}, {"K", K}, {"lda", lda}, {"ldb", ldb}, {"ldc", ldc}});
   const auto type = detail::cuda_data_type<T>();
   SORA_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), detail::op_of(trans_b), detail::op_of(trans_a),
                                  static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
-                                 &alpha, B.data, type,
-                                 static_cast<int>(std::max<Index>(B.stride, 1)), A.data, type,
-                                 static_cast<int>(std::max<Index>(A.stride, 1)), &beta, C.data,
-                                 type, static_cast<int>(std::max<Index>(C.stride, 1)),
+                                 &alpha, B.data, type, static_cast<int>(ldb), A.data, type,
+                                 static_cast<int>(lda), &beta, C.data, type, static_cast<int>(ldc),
                                  detail::compute_type<T>(ctx.math()), CUBLAS_GEMM_DEFAULT));
 }
 
@@ -92,6 +94,10 @@ void gemm_strided_batched(bool trans_a, bool trans_b, Index M, Index N, Index K,
                           Index stride_b, T beta, T* C, Index ldc, Index stride_c, Index batch) {
   if (M == 0 || N == 0 || batch == 0) return;
   SORA_CHECK(K > 0, "cuda::gemm_strided_batched: K must be positive");
+  // The batch strides are 64-bit in this call (long long); the rest are ints.
+  detail::check_int_sizes(
+      "cuda::gemm_strided_batched", "cublasGemmStridedBatchedEx",
+      {{"M", M}, {"N", N}, {"K", K}, {"lda", lda}, {"ldb", ldb}, {"ldc", ldc}, {"batch", batch}});
   Context& ctx = context();
   const auto type = detail::cuda_data_type<T>();
   SORA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(

@@ -560,9 +560,11 @@ class AdaLoraOptimizer {
 
   void zero_grad() { adamw_.zero_grad(); }
   void set_lr_multiplier(double multiplier) { adamw_.set_lr(base_lr_ * multiplier); }
+  // AdamW checks the rate first, so a rejected value leaves both the rate and the base rate
+  // (which later set_lr_multiplier calls multiply) as they were.
   void set_lr(double lr) {
-    base_lr_ = lr;
     adamw_.set_lr(lr);
+    base_lr_ = lr;
   }
   double lr() const { return adamw_.lr(); }
   double base_lr() const { return base_lr_; }  // the rate set_lr_multiplier multiplies

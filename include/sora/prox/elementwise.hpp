@@ -102,13 +102,21 @@ struct HardWeightedOp {
   }
 };
 
+// Correctly rounded sqrt, scalar only. Eigen's packet sqrt for float (EIGEN_FAST_MATH, on by
+// default) is rsqrt plus one Newton step, off by an ulp: sqrt(1) can come out below 1, so the
+// vectorized body kept |x| == sqrt(2γλ) while the scalar tail (std::sqrt) dropped it.
+template <class T>
+struct ExactSqrtOp {
+  T operator()(const T& v) const { return std::sqrt(v); }
+};
+
 // L0 with weights: threshold_i = sqrt(2γλ w_i) = sqrt(2γλ) sqrt(w_i).
 template <class T>
 struct L0WeightedOp {
   T scale;  // sqrt(2γλ)
   template <class A, class W>
   auto operator()(const A& a, const W& w) const {
-    return a.binaryExpr(w.sqrt() * scale, HardBinaryOp<T>{});
+    return a.binaryExpr(w.unaryExpr(ExactSqrtOp<T>{}) * scale, HardBinaryOp<T>{});
   }
 };
 

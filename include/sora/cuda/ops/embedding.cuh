@@ -139,6 +139,8 @@ void embedding_backward(DeviceView<T> dwte,             // (V, C)
   ops_detail::check_shape("embedding_backward", "dout", dout, N, C);
   ops::detail::check_tokens("embedding_backward", tokens.host(), V);
   if (N == 0 || C == 0) return;
+  // The plan stores positions and run starts (up to N) as ints.
+  detail::check_int_sizes("embedding_backward", "the backward plan", {{"N (tokens)", N}});
   Index U = 0;
   const std::vector<int>& plan = embedding_detail::backward_plan(tokens.host(), U);
   Context& ctx = context();
