@@ -12,8 +12,8 @@
 // The file is written atomically; evaluation mode (no dropout).
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sora/io/input_file.hpp>
 #include <sora/io/safetensors.hpp>
 #include <sora/model/hf.hpp>
 #include <string>
@@ -41,11 +41,10 @@ std::vector<std::vector<long long>> rows_of(const nlohmann::json& j, const char*
 }
 
 sora::model::Batch read_batch(const std::string& path, int pad_id, bool with_types) {
-  std::ifstream in(path, std::ios::binary);
-  SORA_CHECK(in.good(), path, ": cannot open");
+  const std::string text = sora::io::read_input_file(path);  // regular files only
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     sora::detail::throw_error(path, ": not valid JSON (", e.what(), ")");
   }

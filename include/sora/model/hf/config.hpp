@@ -13,17 +13,16 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
 #include "sora/core/tensor.hpp"
+#include "sora/io/input_file.hpp"
 #include "sora/ops/activation.hpp"
 #include "sora/ops/rope.hpp"
 
@@ -380,12 +379,11 @@ inline HfConfig parse_config(const std::string& text, const std::string& source)
 inline HfConfig read_config(const std::filesystem::path& path) {
   const std::filesystem::path file =
       std::filesystem::is_directory(path) ? path / "config.json" : path;
-  std::ifstream in(file, std::ios::binary);
-  SORA_CHECK(in.good(), file.string(),
+  SORA_CHECK(std::filesystem::exists(file), file.string(),
              ": cannot open (a Hugging Face model folder has config.json)");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_config(text.str(), file.string());
+  // Through io's reader: a FIFO, a device or a directory is an error, never a hang.
+  constexpr std::uint64_t kMaxConfigBytes = 64 << 20;  // a config.json is a few KiB
+  return parse_config(io::read_input_file(file, kMaxConfigBytes), file.string());
 }
 
 }  // namespace sora::model::hf

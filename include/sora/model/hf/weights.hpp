@@ -16,7 +16,6 @@
 // initialisation and is listed, as transformers' "newly initialized" warning lists it.
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -27,6 +26,7 @@
 
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
+#include "sora/io/input_file.hpp"
 #include "sora/io/safetensors.hpp"
 #include "sora/model/hf/gpt2.hpp"
 
@@ -57,14 +57,12 @@ class CheckpointTensors {
                "checkpoints; convert a pytorch_model.bin with transformers' save_pretrained)");
     c.source_ = index.string();
     nlohmann::json j;
-    {
-      std::ifstream in(index, std::ios::binary);
-      SORA_CHECK(in.good(), index.string(), ": cannot open");
-      try {
-        j = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::exception& e) {
-        detail::throw_error(index.string(), ": not valid JSON (", e.what(), ")");
-      }
+    constexpr std::uint64_t kMaxIndexBytes = 64 << 20;  // an index is a few hundred KiB
+    const std::string text = io::read_input_file(index, kMaxIndexBytes);
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      detail::throw_error(index.string(), ": not valid JSON (", e.what(), ")");
     }
     const auto map = j.find("weight_map");
     SORA_CHECK(j.is_object() && map != j.end() && map->is_object(), index.string(),
