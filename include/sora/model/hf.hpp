@@ -1,6 +1,7 @@
 #pragma once
 // Hugging Face checkpoints (config.json + safetensors): the BERT family, GPT-2 and
-// the LLaMA family (LLaMA, Mistral, Qwen2) as transformers computes them, with the checkpoint's own parameter names. Needs nlohmann/json (target sora::io).
+// the LLaMA family (LLaMA, Mistral, Qwen2) as transformers computes them, with the checkpoint's own
+// parameter names. Needs nlohmann/json (target sora::io).
 #include "sora/model/hf/bert.hpp"
 #include "sora/model/hf/common.hpp"
 #include "sora/model/hf/config.hpp"

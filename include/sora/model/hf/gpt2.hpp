@@ -17,8 +17,8 @@
 // when the row has none), exactly as transformers' GPT2ForSequenceClassification does; a batch
 // of more than one sequence needs a pad_token_id, as there.
 //
-// Not modelled: GPT-2's attention-probability dropout (attn_pdrop). CPU backend (the fused attention
-// views column blocks of an Eigen matrix).
+// Not modelled: GPT-2's attention-probability dropout (attn_pdrop). CPU backend (the fused
+// attention views column blocks of an Eigen matrix).
 
 #include <cstdint>
 #include <optional>
