@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <utility>
 
 #include "sora/model/hf/bert.hpp"
 #include "sora/model/hf/config.hpp"
@@ -21,14 +22,11 @@ struct LoadOptions {
   std::uint64_t seed = 0;  // initialisation of what the checkpoint lacks (a new head)
 };
 
-// The model of the folder `dir` as a given type (BertModel<T>, Gpt2Model<T>), its weights
-// loaded (see weights.hpp for what is checked). Returned by pointer: its layers point into each
-// other and never move.
+// from_pretrained with the folder's config.json already read (and possibly adjusted).
 template <class Model>
-std::unique_ptr<Model> from_pretrained(const std::filesystem::path& dir,
+std::unique_ptr<Model> from_pretrained(const std::filesystem::path& dir, HfConfig config,
                                        const LoadOptions& options = {},
                                        WeightsReport* report = nullptr) {
-  HfConfig config = read_config(dir);
   SORA_CHECK(options.num_labels >= 0, "from_pretrained: num_labels must be >= 0, got ",
              options.num_labels);
   if (options.num_labels > 0) config.num_labels = options.num_labels;
@@ -44,17 +42,30 @@ std::unique_ptr<Model> from_pretrained(const std::filesystem::path& dir,
   return model;
 }
 
+// The model of the folder `dir` as a given type (BertModel<T>, Gpt2Model<T>, LlamaModel<T>),
+// its weights loaded (see weights.hpp for what is checked). Returned by pointer: its layers
+// point into each other and never move.
+template <class Model>
+std::unique_ptr<Model> from_pretrained(const std::filesystem::path& dir,
+                                       const LoadOptions& options = {},
+                                       WeightsReport* report = nullptr) {
+  return from_pretrained<Model>(dir, read_config(dir), options, report);
+}
+
 // Loads whatever family the folder holds and calls fn(model) with it (BertModel<T>,
 // Gpt2Model<T> or LlamaModel<T>), returning what fn returns: code written once for every family.
 template <class T, class Fn>
 decltype(auto) with_pretrained(const std::filesystem::path& dir, const LoadOptions& options,
                                Fn&& fn, WeightsReport* report = nullptr) {
-  const Family family = read_config(dir).family;
-  if (family == Family::gpt2) return fn(*from_pretrained<Gpt2Model<T>>(dir, options, report));
-  if (family == Family::llama) return fn(*from_pretrained<LlamaModel<T>>(dir, options, report));
+  HfConfig config = read_config(dir);  // read once: the family, then the model
+  const Family family = config.family;
+  if (family == Family::gpt2)
+    return fn(*from_pretrained<Gpt2Model<T>>(dir, std::move(config), options, report));
+  if (family == Family::llama)
+    return fn(*from_pretrained<LlamaModel<T>>(dir, std::move(config), options, report));
   SORA_CHECK(options.task != Task::causal_lm, dir.string(), ": a ", family_name(family),
              " model is an encoder; it has no causal LM head");
-  return fn(*from_pretrained<BertModel<T>>(dir, options, report));
+  return fn(*from_pretrained<BertModel<T>>(dir, std::move(config), options, report));
 }
 
 }  // namespace sora::model::hf
