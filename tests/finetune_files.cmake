@@ -74,7 +74,7 @@ endif()
 # inputs, a file-size limit, SIGTERM, everything pruned, bad flags and paths, a killed run's
 # leftovers) and checks the clear error and that earlier outputs are byte-identical.
 if(Python3_Interpreter_FOUND)
-  foreach(_probe diverged lock special-inputs file-size-limit all-pruned leftovers sigterm
+  foreach(_probe diverged lock special-inputs file-size-limit all-pruned leftovers sigterm resume
                  bad-flags-and-paths inspect)
     sora_add_output_test("finetune robustness: ${_probe}" REGEX "^OK: "
       COMMAND $<TARGET_FILE:Python3::Interpreter> "${CMAKE_CURRENT_SOURCE_DIR}/finetune_robust.py"
@@ -114,6 +114,14 @@ if(TARGET sora::text)
     PASS_REGULAR_EXPRESSION "model: .*\\(bert\\).*method.*adalora.*report: ")
   set_tests_properties("finetune --model: PEFT loads the adapters and computes sora's logits"
     PROPERTIES FIXTURES_REQUIRED "sora_ft_hf_model;sora_ft_hf_out" PASS_REGULAR_EXPRESSION "OK: 3 ")
+  # --save-every / SIGINT / --resume on the pre-trained model, through --grad-accum.
+  sora_add_output_test("finetune --model: a resumed run equals the uninterrupted one"
+    REGEX "^OK: "
+    COMMAND $<TARGET_FILE:Python3::Interpreter> "${CMAKE_CURRENT_SOURCE_DIR}/finetune_robust.py"
+            $<TARGET_FILE:sora-finetune> "${CMAKE_CURRENT_BINARY_DIR}/finetune-robust"
+            resume-model "${_ft_hf_model}")
+  set_tests_properties("finetune --model: a resumed run equals the uninterrupted one" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_model TIMEOUT 600)
   add_test(NAME "finetune --model: --device cuda is refused up front"
            COMMAND sora-finetune --model "${CMAKE_CURRENT_SOURCE_DIR}" --device cuda)
   set_tests_properties("finetune --model: --device cuda is refused up front" PROPERTIES

@@ -5,7 +5,7 @@ limit, a run that prunes every rank, bad flags and paths, a killed run's leftove
 asserts the program's clear error (or its success) and that an earlier run's outputs are
 byte-identical afterwards. Python's standard library only.
 
-usage: finetune_robust.py SORA_FINETUNE WORK_DIR PROBE"""
+usage: finetune_robust.py SORA_FINETUNE WORK_DIR PROBE [MODEL_DIR]"""
 
 import fcntl
 import hashlib
@@ -25,6 +25,7 @@ LOCK = ".sora-finetune.lock"
 
 PROGRAM = ""
 WORK = ""
+MODEL = ""  # a Hugging Face folder, for the --model probes
 
 
 def fail(message):
@@ -254,11 +255,126 @@ def probe_sigterm():
         p.kill()
         fail("SIGTERM did not stop the run")
     err = (seen + p.stderr.read()).decode()
-    if rc != 128 + signal.SIGTERM or "SIGTERM" not in err:
+    if rc != 128 + signal.SIGTERM or "SIGTERM" not in err or "--resume" not in err:
         fail("after SIGTERM: exit %d, %s" % (rc, err))
     if temporaries(out):
         fail("temporaries left behind: %s" % temporaries(out))
+    # The stopped run wrote its checkpoint; everything else is as it was.
+    if not os.path.isfile(os.path.join(out, "checkpoint", "state.json")):
+        fail("SIGTERM wrote no checkpoint: %s" % sorted(os.listdir(out)))
+    shutil.rmtree(os.path.join(out, "checkpoint"))
     same(before, out, "a run stopped by SIGTERM")
+
+
+def interrupt_when_checkpointed(args, sig):
+    """Starts the program, sends `sig` once its first checkpoint exists; returns (rc, stderr)."""
+    out = args[args.index("--out") + 1]
+    state = os.path.join(out, "checkpoint", "state.json")
+    p = subprocess.Popen([PROGRAM] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not os.path.exists(state):
+        if p.poll() is not None:
+            fail("the run ended before its first checkpoint: %s" % p.stderr.read().decode())
+        if time.time() > deadline:
+            p.kill()
+            fail("no checkpoint after 120 s")
+        time.sleep(0.02)
+    p.send_signal(sig)
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        fail("the signal did not stop the run")
+    return p.returncode, p.stderr.read().decode()
+
+
+def results(out):
+    """What a run computed (timings and ids aside): the runs' numbers, metrics.csv, adapters."""
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    keys = ["method", "seed", "metric", "best_validation", "steps", "epochs", "nonzero_params",
+            "params_after_pruning", "ranks", "eval_steps", "eval_metrics", "eval_losses"]
+    runs = [{k: r[k] for k in keys} for r in summary["runs"]]
+    with open(os.path.join(out, "metrics.csv")) as f:
+        csv = f.read()
+    adapters = {}
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name, "adapter_model.safetensors")
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                data = f.read()
+            header = int.from_bytes(data[:8], "little")
+            adapters[name] = hashlib.sha256(data[8 + header:]).hexdigest()  # the tensors' bytes
+    return runs, csv, adapters
+
+
+def resumed_equals_uninterrupted(name, args, twice):
+    """Runs `args` through, then stopped by SIGINT at its first checkpoint and resumed (stopped
+    and resumed again when `twice`): the results must be bit for bit the same."""
+    reference = fresh(name + "-reference")
+    rc, _, err = run(args + ["--out", reference])
+    if rc != 0:
+        fail("the uninterrupted run failed: %s" % err)
+    out = fresh(name)
+    run_args = args + ["--out", out, "--save-every", "7"]
+    rc, err = interrupt_when_checkpointed(run_args, signal.SIGINT)
+    if rc != 128 + signal.SIGINT or "--resume" not in err:
+        fail("SIGINT: exit %d, %s" % (rc, err))
+    checkpoint = os.path.join(out, "checkpoint")
+    with open(os.path.join(checkpoint, "state.json")) as f:
+        state = json.load(f)
+    if state["current"] is None or state["current"]["step"] == 0:
+        fail("the checkpoint holds no run in progress: %s" % state["current"])
+    # Other flags: refused before any work, naming the flag; the checkpoint is untouched.
+    before = snapshot(checkpoint)
+    expect_error(run_args + ["--weight-decay", "0.5", "--resume", checkpoint],
+                 "--weight-decay: checkpoint", code=1)
+    same(before, checkpoint, "a refused --resume")
+    if twice:
+        # Resume from a copy, stop again at a later checkpoint.
+        first = os.path.join(WORK, name + "-first-checkpoint")
+        shutil.rmtree(first, ignore_errors=True)
+        shutil.move(checkpoint, first)
+        rc, err = interrupt_when_checkpointed(run_args + ["--resume", first], signal.SIGINT)
+        if rc != 128 + signal.SIGINT:
+            fail("the second SIGINT: exit %d, %s" % (rc, err))
+        with open(os.path.join(checkpoint, "state.json")) as f:
+            second = json.load(f)
+        progress = lambda st: (len(st["finished"]), st["current"]["step"] if st["current"] else 0)
+        if progress(second) <= progress(state):
+            fail("the resumed run's checkpoint is not past the first: %s vs %s"
+                 % (progress(second), progress(state)))
+    rc, _, err = run(run_args + ["--resume", checkpoint])
+    if rc != 0:
+        fail("the resumed run failed: %s" % err)
+    if os.path.exists(checkpoint):
+        fail("a finished run left its checkpoint behind")
+    want, got = results(reference), results(out)
+    for what, a, b in zip(("runs", "metrics.csv", "adapters"), want, got):
+        if a != b:
+            fail("%s: resumed %s differ from the uninterrupted run's:\n%s\n%s"
+                 % (name, what, a, b))
+
+
+def probe_resume():
+    """--save-every / SIGINT / --resume: a run stopped mid-training and resumed computes bit for
+    bit what the uninterrupted run computes: the whole comparison (stopped twice), and SoRA and
+    AdaLoRA stopped inside their own run (gates and rank masks mid-way); --resume refuses other
+    flags, naming them."""
+    args = TINY + ["--eval-every", "5"]
+    args[args.index("--epochs") + 1] = "30"
+    resumed_equals_uninterrupted("resume-compare", args + ["--compare"], twice=True)
+    for method in ("sora", "adalora"):
+        resumed_equals_uninterrupted("resume-" + method, args + ["--method", method], twice=False)
+
+
+def probe_resume_model():
+    """The same with a pre-trained folder (--model, argument 4) and --grad-accum 2."""
+    args = ["--model", MODEL, "--compare", "--plain", "--seeds", "1", "--train-size", "96",
+            "--val-size", "48", "--test-size", "48", "--epochs", "12", "--batch-size", "8",
+            "--grad-accum", "2", "--eval-every", "5", "--max-length", "32", "--lr", "0.05",
+            "--full-lr", "0.01"]
+    resumed_equals_uninterrupted("resume-model", args, twice=False)
 
 
 def probe_bad_flags_and_paths():
@@ -356,12 +472,15 @@ PROBES = {
     "all-pruned": probe_all_pruned,
     "leftovers": probe_leftovers,
     "sigterm": probe_sigterm,
+    "resume": probe_resume,
+    "resume-model": probe_resume_model,
     "bad-flags-and-paths": probe_bad_flags_and_paths,
     "inspect": probe_inspect,
 }
 
 if __name__ == "__main__":
     PROGRAM, WORK, name = sys.argv[1], sys.argv[2], sys.argv[3]
+    MODEL = sys.argv[4] if len(sys.argv) > 4 else ""
     os.makedirs(WORK, exist_ok=True)
     PROBES[name]()
     print("OK: " + name)

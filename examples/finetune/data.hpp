@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <numeric>
 #include <span>
 #include <string>
 #include <vector>
@@ -268,6 +269,57 @@ inline void fill_batch(sora::model::Batch& batch, const TaskData& data,
     if (data.regression) batch.values[b] = e.value;
   }
 }
+
+// The training batches of one run: a fresh permutation of the training set every epoch.
+class BatchStream {
+ public:
+  BatchStream(const TaskData& data, int batch_size, std::uint64_t seed)
+      : data_(data), batch_size_(static_cast<std::size_t>(batch_size)), rng_(seed, 31) {
+    order_.resize(data.train.size());
+    std::iota(order_.begin(), order_.end(), std::size_t{0});
+  }
+  std::size_t steps_per_epoch() const { return (order_.size() + batch_size_ - 1) / batch_size_; }
+  // Where the stream stands between two batches: enough to go on exactly (checkpoints).
+  struct State {
+    sora::Rng::State rng;
+    std::vector<std::size_t> order;  // the current epoch's permutation of the training set
+    std::size_t pos = 0;             // its next example
+  };
+  State state() const { return State{rng_.state(), order_, pos_}; }
+  void restore(const State& state) {
+    std::vector<std::size_t> sorted = state.order;
+    std::sort(sorted.begin(), sorted.end());
+    bool permutation = sorted.size() == order_.size();
+    for (std::size_t i = 0; permutation && i < sorted.size(); ++i) permutation = sorted[i] == i;
+    SORA_CHECK(permutation && state.pos < order_.size(),
+               "the batch stream's saved order is not a permutation of the ", order_.size(),
+               " training examples (another data set?)");
+    rng_.set_state(state.rng);
+    order_ = state.order;
+    pos_ = state.pos;
+  }
+  const sora::model::Batch& next() {
+    if (pos_ == 0) shuffle();
+    const std::size_t count = std::min(batch_size_, order_.size() - pos_);
+    fill_batch(batch_, data_, data_.train,
+               std::span<const std::size_t>(order_).subspan(pos_, count));
+    pos_ += count;
+    if (pos_ >= order_.size()) pos_ = 0;
+    return batch_;
+  }
+
+ private:
+  void shuffle() {
+    for (std::size_t i = order_.size(); i > 1; --i)
+      std::swap(order_[i - 1], order_[static_cast<std::size_t>(rng_.below(i))]);
+  }
+  const TaskData& data_;
+  std::size_t batch_size_;
+  sora::Rng rng_;
+  std::vector<std::size_t> order_;
+  std::size_t pos_ = 0;
+  sora::model::Batch batch_;
+};
 
 // A batch of B language-modelling windows of T + 1 tokens from random offsets of the corpus.
 inline void fill_lm_batch(sora::model::Batch& batch, const Corpus& corpus, Index B, Index T,

@@ -38,11 +38,13 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint.hpp"
 #include "data.hpp"
 #include "device.hpp"
 #include "options.hpp"
 #include "pretrained.hpp"
 #include "run_guard.hpp"
+#include "run_result.hpp"
 #include "sora/core/threading.hpp"
 #include "sora/io/atomic_file.hpp"
 #include "sora/io/named_tensors.hpp"
@@ -61,9 +63,6 @@
 
 namespace sora_finetune {
 
-namespace fs = std::filesystem;
-using json = nlohmann::ordered_json;
-
 // ---- setup -----------------------------------------------------------------------------------
 
 struct Setup {
@@ -73,9 +72,10 @@ struct Setup {
   sora::model::TransformerConfig lm_config;    // pretraining
   sora::model::TransformerConfig task_config;  // fine-tuning: the same body, a sequence head
   fs::path out, cache_dir;
-  std::optional<PretrainedInfo> hf;    // --model: the pre-trained folder, and no pretraining
-  std::string run_id;                  // written into every file of the run (run_guard.hpp)
-  IncompleteMarker* marker = nullptr;  // told before every output write (none in some tests)
+  std::optional<PretrainedInfo> hf;      // --model: the pre-trained folder, and no pretraining
+  std::string run_id;                    // written into every file of the run (run_guard.hpp)
+  IncompleteMarker* marker = nullptr;    // told before every output write (none in some tests)
+  Checkpointing* checkpoints = nullptr;  // CPU runs of run(): --save-every, --resume, SIGINT
   std::ostream* log = &std::cout;
   void before_output() const {
     if (marker != nullptr) marker->before_first_write();
@@ -358,28 +358,6 @@ inline void load_pretrained(Model& model, const fs::path& path) {
 
 // ---- one fine-tuning run ---------------------------------------------------------------------
 
-struct RunResult {
-  std::string method;
-  std::uint64_t seed = 0;
-  double best_val = 0.0;
-  double metric = 0.0;  // on the test split when there is one, else the best validation
-  long steps = 0;
-  double epochs = 0.0;
-  double train_seconds = 0.0;  // training only, evaluations excluded
-  Index trainable = 0;
-  Index nonzero = 0;
-  Index after_pruning = 0;
-  Index adapter_after_pruning = 0;  // the adapters' share of after_pruning
-  std::size_t train_state_bytes = 0;
-  std::vector<std::pair<std::string, Index>> ranks;  // adapted module -> kept rank
-  std::vector<long> eval_steps;
-  std::vector<double> eval_metrics;
-  std::vector<double> eval_losses;  // mean training loss since the previous evaluation
-  fs::path adapter_dir;
-  std::string adapter_not_exported;  // why adapter_dir is empty when an adapter was asked for
-  double time_per_epoch() const { return epochs > 0 ? train_seconds / epochs : 0.0; }
-};
-
 // The metric of `examples`, from the logits of whichever device runs the model.
 inline double evaluate(const LogitsFn& logits_of, const TaskData& data,
                        const std::vector<Example>& examples) {
@@ -446,38 +424,6 @@ inline sora::optim::FineTuneOptions finetune_options(const Options& o, sora::mod
   return f;
 }
 
-// The training batches of one run: a fresh permutation of the training set every epoch.
-class BatchStream {
- public:
-  BatchStream(const TaskData& data, int batch_size, std::uint64_t seed)
-      : data_(data), batch_size_(static_cast<std::size_t>(batch_size)), rng_(seed, 31) {
-    order_.resize(data.train.size());
-    std::iota(order_.begin(), order_.end(), std::size_t{0});
-  }
-  std::size_t steps_per_epoch() const { return (order_.size() + batch_size_ - 1) / batch_size_; }
-  const sora::model::Batch& next() {
-    if (pos_ == 0) shuffle();
-    const std::size_t count = std::min(batch_size_, order_.size() - pos_);
-    fill_batch(batch_, data_, data_.train,
-               std::span<const std::size_t>(order_).subspan(pos_, count));
-    pos_ += count;
-    if (pos_ >= order_.size()) pos_ = 0;
-    return batch_;
-  }
-
- private:
-  void shuffle() {
-    for (std::size_t i = order_.size(); i > 1; --i)
-      std::swap(order_[i - 1], order_[static_cast<std::size_t>(rng_.below(i))]);
-  }
-  const TaskData& data_;
-  std::size_t batch_size_;
-  sora::Rng rng_;
-  std::vector<std::size_t> order_;
-  std::size_t pos_ = 0;
-  sora::model::Batch batch_;
-};
-
 // --grad-accum N: the model as fit sees it, where one forward() runs N batches (the one fit
 // gives and N - 1 more from the stream), each followed by its backward pass (parameter
 // gradients accumulate, +=, by the ops' contract), and backward() divides the summed gradients
@@ -522,10 +468,11 @@ template <class M, class Optimizer>
 sora::train::TrainResult fit_cpu(M& model, Optimizer& optimizer, BatchStream& stream,
                                  const std::function<const sora::model::Batch&(long)>& next,
                                  const std::function<double()>& evaluate,
-                                 const sora::train::TrainerOptions& to, int grad_accum) {
-  if (grad_accum <= 1) return sora::train::fit(model, optimizer, next, evaluate, to);
+                                 const sora::train::TrainerOptions& to, int grad_accum,
+                                 sora::train::FitState<float>& state) {
+  if (grad_accum <= 1) return sora::train::fit(model, optimizer, next, evaluate, to, &state);
   Accumulating<M> accumulating(model, grad_accum, stream);
-  return sora::train::fit(accumulating, optimizer, next, evaluate, to);
+  return sora::train::fit(accumulating, optimizer, next, evaluate, to, &state);
 }
 
 inline std::string run_label(const std::string& method, std::uint64_t seed) {
@@ -564,11 +511,14 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
   sora::train::ProgressBar bar(run_label(method_name, seed), steps, progress_options(o));
   double loss_sum = 0.0;
   long loss_count = 0, done = 0;
+  // A CPU run stops for SIGINT / SIGTERM at the end of a step, after writing a checkpoint
+  // (after_step below); a GPU run stops at once.
+  Checkpointing* const checkpoints = on_gpu(o) ? nullptr : s.checkpoints;
   to.on_step = [&](long step, double loss) {
     loss_sum += loss;
     ++loss_count;
     done = step + 1;
-    throw_if_stopped();
+    if (checkpoints == nullptr) throw_if_stopped();
     char status[48];
     std::snprintf(status, sizeof status, "loss %.4f", loss);
     bar.update(step + 1, status);
@@ -598,6 +548,52 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
   auto next = [&](long) -> const sora::model::Batch& { return stream.next(); };
 
   const auto start = std::chrono::steady_clock::now();
+  // --save-every / --resume / a stop signal: see checkpoint.hpp. Set up once the optimizer
+  // exists: it is part of the checkpoint.
+  sora::train::FitState<float> fit_state;
+  double seconds_before = 0.0;  // training time before the checkpoint resumed from
+  auto use_checkpoints = [&](auto& optimizer) {
+    if (checkpoints == nullptr) return;
+    const auto& resume = checkpoints->resume;
+    if (resume && resume->current && resume->current->method == method_name &&
+        resume->current->seed == seed) {
+      const RunInProgress& p = *resume->current;
+      stream.restore(p.stream);
+      restore_checkpoint(checkpoints->resume_folder, p, model, optimizer, fit_state);
+      to.start_step = p.step;
+      done = p.step;
+      loss_sum = p.loss_sum;
+      loss_count = p.loss_count;
+      r.eval_losses = p.eval_losses;
+      seconds_before = p.train_seconds;
+      bar.update(p.step, "resumed");
+      *s.log << "  " << run_label(method_name, seed) << ": resumed at step " << p.step << " of "
+             << steps << "\n";
+    }
+    to.after_step = [&, checkpoints](long steps_done) {
+      const int sig = stop_signal().load();
+      const bool due = checkpoints->save_every > 0 && steps_done % checkpoints->save_every == 0;
+      if (sig == 0 && !due) return;
+      RunInProgress p;
+      p.method = method_name;
+      p.seed = seed;
+      p.step = steps_done;
+      p.stream = stream.state();
+      p.loss_sum = loss_sum;
+      p.loss_count = loss_count;
+      p.eval_losses = r.eval_losses;
+      p.train_seconds =
+          seconds_before - eval_seconds +
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      write_checkpoint(*checkpoints, p, model, optimizer, fit_state, to.schedule);
+      if (sig != 0) {
+        bar.finish();
+        throw_stopped_with_checkpoint(
+            sig, checkpoints->folder,
+            sora::detail::concat(" at step ", steps_done, " of ", run_label(method_name, seed)));
+      }
+    };
+  };
   sora::train::TrainResult tr;
   sora::optim::AdamWOptions adalora_adamw;
   adalora_adamw.lr = o.lr;
@@ -640,9 +636,10 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
       // done on the GPU
     } else if (method == sora::model::Method::adalora) {
       sora::optim::AdaLoraOptimizer<float> optimizer(model, adalora_adamw, adalora);
+      use_checkpoints(optimizer);
       tr = fit_cpu(
           model, optimizer, stream, next, [&] { return evaluate_val(cpu_logits(model)); }, to,
-          o.grad_accum);
+          o.grad_accum, fit_state);
       r.train_state_bytes = optimizer.state_bytes();
       // The allocator's importance statistics (two per element of A, E and B) are state too.
       for (std::size_t k = 0; k < optimizer.allocator().modules().size(); ++k) {
@@ -655,9 +652,10 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
     } else {
       auto optimizer =
           sora::optim::FineTuneOptimizer<float>::for_model(model, finetune_options(o, method));
+      use_checkpoints(optimizer);
       tr = fit_cpu(
           model, optimizer, stream, next, [&] { return evaluate_val(cpu_logits(model)); }, to,
-          o.grad_accum);
+          o.grad_accum, fit_state);
       r.train_state_bytes = optimizer.state_bytes();
     }
   } catch (const sora::train::NonFiniteError& e) {
@@ -673,7 +671,7 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   bar.finish();
   r.train_state_bytes += train_state_bytes(model);
-  r.train_seconds = total - eval_seconds;
+  r.train_seconds = seconds_before + total - eval_seconds;
   r.steps = tr.steps;
   r.epochs = static_cast<double>(tr.steps) / static_cast<double>(per_epoch);
   r.eval_steps = tr.eval_steps;
@@ -990,30 +988,6 @@ inline void write_plots(const Setup& s, const std::vector<MethodSummary>& method
   sora::io::write_file_atomic(s.out / "loss.svg", losses.svg());
 }
 
-inline json run_json(const RunResult& r) {
-  json j;
-  j["method"] = r.method;
-  j["seed"] = r.seed;
-  j["metric"] = r.metric;
-  j["best_validation"] = r.best_val;
-  j["steps"] = r.steps;
-  j["epochs"] = r.epochs;
-  j["train_seconds"] = r.train_seconds;
-  j["time_per_epoch_s"] = r.time_per_epoch();
-  j["trainable_params"] = r.trainable;
-  j["nonzero_params"] = r.nonzero;
-  j["params_after_pruning"] = r.after_pruning;
-  j["adapter_params_after_pruning"] = r.adapter_after_pruning;
-  j["train_state_bytes"] = r.train_state_bytes;
-  json ranks = json::object();
-  for (const auto& [module, rank] : r.ranks) ranks[module] = rank;
-  j["ranks"] = ranks;
-  j["adapter_dir"] =
-      r.adapter_dir.empty() ? json(nullptr) : json(r.adapter_dir.filename().string());
-  if (!r.adapter_not_exported.empty()) j["adapter_not_exported"] = r.adapter_not_exported;
-  return j;
-}
-
 inline json config_json(const sora::model::TransformerConfig& c) {
   json j;
   j["vocab_size"] = c.vocab_size;
@@ -1071,6 +1045,19 @@ inline int run(const Options& o, std::ostream& log) {
   remove_stale_temporaries(cache_dir);
   Setup s = make_setup(o, log);
   s.run_id = new_run_id();
+  // Checkpoints (CPU runs): a --resume folder is read and checked against the flags before
+  // any work; the resumed run keeps its run id.
+  Checkpointing checkpoints;
+  checkpoints.folder = out / "checkpoint";
+  checkpoints.save_every = o.save_every;
+  checkpoints.fingerprint = o.fingerprint;
+  if (!o.resume.empty()) {
+    checkpoints.resume_folder = o.resume;
+    checkpoints.resume = read_checkpoint_state(o.resume, o.fingerprint, out);
+    s.run_id = checkpoints.resume->run_id;
+  }
+  checkpoints.run_id = s.run_id;
+  if (!on_gpu(o)) s.checkpoints = &checkpoints;
   IncompleteMarker marker(out, s.run_id);
   s.marker = &marker;
   log << "run " << s.run_id << "\n";
@@ -1097,9 +1084,40 @@ inline int run(const Options& o, std::ostream& log) {
   std::string csv = "method,seed,step,epoch,train_loss,val_metric,adapter_nonzero_params\n";
   std::vector<RunResult> runs;
   runs.reserve(methods.size() * static_cast<std::size_t>(o.seeds));
+  std::size_t resumed_finished = 0;  // runs the checkpoint had finished
+  if (const auto& resume = checkpoints.resume) {
+    csv = resume->csv;
+    runs = resume->finished;
+    resumed_finished = runs.size();
+  }
+  checkpoints.finished = &runs;
+  checkpoints.csv = &csv;
+  std::size_t index = 0;
   for (const std::string& m : methods) {
-    for (int k = 0; k < o.seeds; ++k) {
+    for (int k = 0; k < o.seeds; ++k, ++index) {
       const std::uint64_t seed = o.seed + static_cast<std::uint64_t>(k);
+      if (index < resumed_finished) {
+        SORA_CHECK(runs[index].method == m && runs[index].seed == seed, "--resume: run ", index + 1,
+                   " of the checkpoint is ", run_label(runs[index].method, runs[index].seed),
+                   ", this run's is ", run_label(m, seed));
+        log << "  " << run_label(m, seed) << ": finished before the checkpoint\n";
+        continue;
+      }
+      const bool resuming_this = index == resumed_finished && checkpoints.resume &&
+                                 checkpoints.resume->current.has_value();
+      if (resuming_this)
+        SORA_CHECK(
+            checkpoints.resume->current->method == m && checkpoints.resume->current->seed == seed,
+            "--resume: the checkpoint's run in progress is ",
+            run_label(checkpoints.resume->current->method, checkpoints.resume->current->seed),
+            ", this run's next is ", run_label(m, seed));
+      // A stop between two runs: the finished ones are saved (the resumed run's checkpoint,
+      // not yet read back, is left as it is).
+      if (const int sig = stop_signal().load(); sig != 0 && s.checkpoints != nullptr) {
+        if (resuming_this) throw_stopped_with_checkpoint(sig, checkpoints.resume_folder, "");
+        write_checkpoint(checkpoints);
+        throw_stopped_with_checkpoint(sig, checkpoints.folder, " before " + run_label(m, seed));
+      }
       const fs::path adapter =
           k == 0 ? s.out / (o.compare ? "adapter_" + m : std::string("adapter")) : fs::path();
       runs.push_back(run_method(s, pre, m, seed, adapter, &csv));
@@ -1235,6 +1253,11 @@ inline int run(const Options& o, std::ostream& log) {
   }
   write_summary();
   marker.finished();  // summary.json is complete: so is the folder
+  // The run is complete: its checkpoint (if one was written) is of no further use.
+  if (s.checkpoints != nullptr) {
+    std::error_code ec;
+    fs::remove_all(checkpoints.folder, ec);
+  }
   log << "\nreport: " << fs::absolute(s.out).string()
       << "/ (summary.json, metrics.csv, curves.svg, loss.svg, ranks_*.svg, adapter*/"
       << (o.sparsity_schedule ? ", sparsity.csv, sparsity.svg" : "") << ")\n";

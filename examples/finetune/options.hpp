@@ -4,8 +4,10 @@
 // so that tests can drive it.
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -38,6 +40,13 @@ struct Options {
   // instead of pretraining sora's own transformer; empty: pretrain.
   std::string model_dir;
   std::string target_modules;  // with --model, PEFT syntax; empty: the family's PEFT default
+  // Checkpoints (CPU runs): every this many optimizer steps into <out>/checkpoint/ (0: only
+  // when SIGINT or SIGTERM stops the run), and the checkpoint folder to continue from.
+  int save_every = 0;
+  std::string resume;
+  // Every flag that decides the results, as "name=value" lines (set by parse_options): a
+  // checkpoint records it, and --resume refuses a run whose flags differ.
+  std::string fingerprint;
 
   // Data sizes (the synthetic tasks; GLUE: caps, 0 = the whole split).
   int train_size = 2000;
@@ -129,6 +138,24 @@ inline const std::vector<std::string>& method_names() {
   return names;
 }
 
+// The flags that decide a run's results, one "name=value" line each, defaults included: what
+// a checkpoint must agree on to be resumed. Where the outputs go, how progress is shown, the
+// thread count and the checkpoint flags themselves may change between the two runs.
+inline std::string result_fingerprint(const CLI::App& app) {
+  static const char* const kFree[] = {"out",     "cache-dir", "no-cache",   "plain",
+                                      "threads", "resume",    "save-every", "help"};
+  std::string lines;
+  for (const CLI::Option* opt : app.get_options()) {
+    const std::string name = opt->get_single_name();
+    if (std::find(std::begin(kFree), std::end(kFree), name) != std::end(kFree)) continue;
+    std::string value;
+    for (const std::string& r : opt->results()) value += (value.empty() ? "" : ",") + r;
+    if (opt->count() == 0) value = opt->get_default_str();
+    lines += name + "=" + value + "\n";
+  }
+  return lines;
+}
+
 // Parses argv into `o`. Returns std::nullopt to go on, or the exit code to leave with (0 after
 // --help). Messages go to `out` (help) and `err` (errors), each error naming its flag.
 inline std::optional<int> parse_options(int argc, const char* const* argv, Options& o,
@@ -192,6 +219,15 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   app.add_option("--target-modules", o.target_modules,
                  "with --model: comma-separated adapted modules in PEFT syntax, or all-linear "
                  "(default: PEFT's default for the family)")
+      ->group(g_run);
+  app.add_option("--save-every", o.save_every,
+                 "write a checkpoint to <out>/checkpoint/ every N optimizer steps (CPU; SIGINT "
+                 "and SIGTERM always write one)")
+      ->check(CLI::Range(0, 1 << 30))
+      ->group(g_run);
+  app.add_option("--resume", o.resume,
+                 "continue the run whose checkpoint folder this is (give the same flags)")
+      ->check(CLI::ExistingDirectory)
       ->group(g_run);
   app.add_option("--device", o.device,
                  "where pretraining and fine-tuning run: cpu, or cuda (a GPU; needs a build "
@@ -393,6 +429,11 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
     err << "sora-finetune: " << message << "\n";
     return 2;
   };
+  o.fingerprint = result_fingerprint(app);
+  if (o.device != "cpu" && (o.save_every > 0 || !o.resume.empty()))
+    return fail(
+        "--save-every and --resume: checkpoints are written by CPU runs only; drop them "
+        "or --device");
   if (o.synthetic()) {
     if (!is_synthetic_task(o.task))
       return fail("--task: '" + o.task + "' is not an embedded task (expected " + kSyntheticTasks +

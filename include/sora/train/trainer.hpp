@@ -102,6 +102,10 @@ struct TrainerOptions {
   optim::LrSchedule schedule;    // multiplier on the optimizer's base rates (constant: 1)
   // Called after every step with (step, loss); e.g. a progress bar.
   std::function<void(long, double)> on_step;
+  // Called at the end of every step that does not end the run, after that step's evaluation,
+  // with the number of steps taken: the one point where model, optimizer and FitState agree,
+  // so the place to write a checkpoint (sora-finetune's --save-every and SIGINT).
+  std::function<void(long)> after_step;
 };
 
 struct TrainResult {
@@ -114,12 +118,27 @@ struct TrainResult {
   bool stopped_early = false;
 };
 
+// What fit carries from one step to the next besides the model and the optimizer: the result
+// so far and the snapshot of the best evaluation. A caller that passes its own FitState can
+// save it between steps (after_step) and hand it back with options.start_step to continue the
+// run exactly where it stopped: the same evaluations, the same early stop, the same best.
+template <class T, class Backend = Cpu>
+struct FitState {
+  TrainResult result;
+  long since_best = 0;  // evaluations since the best one
+  // The trainable parameters' values at the best evaluation, in visit_params order; empty
+  // until the first evaluation (or when restore_best is off).
+  std::vector<typename Backend::template Tensor<T>> best;
+};
+
 // next_batch(step) supplies the batch of each step (it must stay alive until the step ends);
 // evaluate() returns the validation metric and is called with the model in eval mode.
 template <class Model, class Optimizer>
-TrainResult fit(Model& model, Optimizer& optimizer,
-                const std::function<const typename Model::Batch&(long)>& next_batch,
-                const std::function<double()>& evaluate, const TrainerOptions& options) {
+TrainResult fit(
+    Model& model, Optimizer& optimizer,
+    const std::function<const typename Model::Batch&(long)>& next_batch,
+    const std::function<double()>& evaluate, const TrainerOptions& options,
+    FitState<typename Model::Scalar, typename backend_of<Model>::type>* state = nullptr) {
   using T = typename Model::Scalar;
   using Backend = typename backend_of<Model>::type;
   using P = Param<T, Backend>;
@@ -138,9 +157,14 @@ TrainResult fit(Model& model, Optimizer& optimizer,
     if (optim::is_sora_gate(p.name)) gates.push_back(&p);
   });
 
-  TrainResult result;
-  std::vector<Tensor> best;  // snapshot of the trainable values at the best evaluation
-  long since_best = 0;
+  FitState<T, Backend> local;
+  FitState<T, Backend>& st = state != nullptr ? *state : local;
+  SORA_CHECK(st.best.empty() || st.best.size() == params.size(), "fit: the FitState holds ",
+             st.best.size(), " best-value tensors, the model has ", params.size(),
+             " trainable parameters");
+  TrainResult& result = st.result;
+  std::vector<Tensor>& best = st.best;  // snapshot of the trainable values at the best evaluation
+  long& since_best = st.since_best;
   auto better = [&](double metric) {
     if (std::isnan(result.best_metric)) return !std::isnan(metric);
     return options.higher_is_better ? metric > result.best_metric + options.min_delta
@@ -197,11 +221,12 @@ TrainResult fit(Model& model, Optimizer& optimizer,
         break;
       }
     }
+    if (!last && options.after_step) options.after_step(step + 1);
   }
   if (options.restore_best && !best.empty()) {
     for (std::size_t i = 0; i < params.size(); ++i) Backend::copy(params[i]->value, best[i]);
   }
-  return result;
+  return result;  // a copy: st.result stays the caller's
 }
 
 }  // namespace sora::train
