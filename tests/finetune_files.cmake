@@ -91,7 +91,7 @@ if(TARGET sora::text)
   set(_ft_hf_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-model-tiny")
   add_test(NAME "finetune --model: clean"
            COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_hf_model}" "${_ft_hf_out}"
-                   "${_ft_hf_out}-accum")
+                   "${_ft_hf_out}-accum" "${_ft_hf_out}-sparsity")
   add_test(NAME "finetune --model: mkdir" COMMAND ${CMAKE_COMMAND} -E make_directory
                                                   "${_ft_hf_model}")
   sora_add_python_test("finetune --model: make a tiny BERT folder"
@@ -122,6 +122,15 @@ if(TARGET sora::text)
             resume-model "${_ft_hf_model}")
   set_tests_properties("finetune --model: a resumed run equals the uninterrupted one" PROPERTIES
     FIXTURES_REQUIRED sora_ft_hf_model TIMEOUT 600)
+  # Algorithm 1 on the pre-trained model: a dense phase and two xi stages, each row reported.
+  sora_add_output_test("finetune --model: the sparsity schedule walks its stages"
+    REGEX "stage 2  xi 0.008 .*report: .*sparsity.svg"
+    COMMAND $<TARGET_FILE:sora-finetune> --model "${_ft_hf_model}" --method sora --sparsity-schedule --plain
+            --seeds 1 --train-size 64 --val-size 32 --test-size 32 --epochs 1 --batch-size 16
+            --max-length 32 --lr 0.05 --dense-epochs 1 --stage-epochs 1 --stages 2
+            --out "${_ft_hf_out}-sparsity")
+  set_tests_properties("finetune --model: the sparsity schedule walks its stages" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_model)
   add_test(NAME "finetune --model: --device cuda is refused up front"
            COMMAND sora-finetune --model "${CMAKE_CURRENT_SOURCE_DIR}" --device cuda)
   set_tests_properties("finetune --model: --device cuda is refused up front" PROPERTIES

@@ -538,9 +538,6 @@ TEST_CASE("finetune --model: flags that do not apply are errors up front, naming
   Parsed p = parse({"--model", d.c_str(), "--device", "cuda"});
   CHECK(p.code == 2);
   CHECK(p.err.find("--device cuda: --model fine-tunes on the CPU only") != std::string::npos);
-  p = parse({"--model", d.c_str(), "--sparsity-schedule"});
-  CHECK(p.code == 2);
-  CHECK(p.err.find("--sparsity-schedule") != std::string::npos);
   p = parse({"--target-modules", "query"});
   CHECK(p.code == 2);
   CHECK(p.err.find("--target-modules needs --model") != std::string::npos);

@@ -787,11 +787,10 @@ struct SparsityOutcome {
   fs::path csv, svg;
 };
 
-inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
+// Algorithm 1 on `model` (SoRA applied, pretrained weights in place).
+template <class M>
+SparsityOutcome run_sparsity_on(const Setup& s, M& model) {
   const Options& o = s.opt;
-  Model model(s.task_config);
-  load_pretrained(model, pre.path);
-  model.apply_peft(peft_config(o, sora::model::Method::sora, o.seed));
   auto fo = finetune_options(o, sora::model::Method::sora);
   fo.xi = 0.0;
   auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
@@ -846,6 +845,30 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
   }
   bar.finish();
   return outcome;
+}
+
+// The sparsity schedule on sora's own pretrained model, or on the --model folder's.
+inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
+  const Options& o = s.opt;
+  const sora::model::PeftConfig peft = peft_config(o, sora::model::Method::sora, o.seed);
+  if (s.hf) {
+    hf::LoadOptions lo;
+    lo.task = hf::Task::sequence_classification;
+    lo.num_labels = s.task.num_labels;
+    lo.seed = o.seed;
+    return hf::with_pretrained<float>(s.hf->dir, lo, [&](auto& model) {
+      sora::model::PeftConfig p = peft;
+      p.target_modules = pretrained_targets(o.target_modules, s.hf->config.family);
+      model.apply_peft(p);
+      model.dropout_rng() = sora::Rng(o.seed * 104729 + 3, 2);
+      model.train(true);
+      return run_sparsity_on(s, model);
+    });
+  }
+  Model model(s.task_config);
+  load_pretrained(model, pre.path);
+  model.apply_peft(peft);
+  return run_sparsity_on(s, model);
 }
 
 // ---- reporting -------------------------------------------------------------------------------

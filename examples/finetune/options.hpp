@@ -457,7 +457,6 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       return fail("--device " + o.device +
                   ": --model fine-tunes on the CPU only (the GPU runs train sora's own "
                   "transformer); drop --device");
-    if (o.sparsity_schedule) return fail("--sparsity-schedule is not supported with --model");
     if (!o.pretrain_text.empty()) return fail("--pretrain-text does not apply with --model");
   } else if (!o.target_modules.empty()) {
     return fail("--target-modules needs --model (sora's own model takes --targets)");
