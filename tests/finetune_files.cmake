@@ -91,7 +91,8 @@ if(TARGET sora::text)
   set(_ft_hf_out "${CMAKE_CURRENT_BINARY_DIR}/finetune-model-tiny")
   add_test(NAME "finetune --model: clean"
            COMMAND ${CMAKE_COMMAND} -E rm -rf "${_ft_hf_model}" "${_ft_hf_out}"
-                   "${_ft_hf_out}-accum" "${_ft_hf_out}-sparsity")
+                   "${_ft_hf_out}-accum" "${_ft_hf_out}-sparsity"
+                   "${_ft_hf_out}-files")
   add_test(NAME "finetune --model: mkdir" COMMAND ${CMAKE_COMMAND} -E make_directory
                                                   "${_ft_hf_model}")
   sora_add_python_test("finetune --model: make a tiny BERT folder"
@@ -130,6 +131,17 @@ if(TARGET sora::text)
             --max-length 32 --lr 0.05 --dense-epochs 1 --stage-epochs 1 --stages 2
             --out "${_ft_hf_out}-sparsity")
   set_tests_properties("finetune --model: the sparsity schedule walks its stages" PROPERTIES
+    FIXTURES_REQUIRED sora_ft_hf_model)
+  # Data files of one's own: a TSV training file and a JSONL validation file, class names as
+  # labels, renamed columns.
+  sora_add_output_test("finetune --model: TSV and JSONL data files with named columns"
+    REGEX "task reviews_train .*0 = negative, 1 = positive.*48 train / 16 validation.*lora +(0\\.[6-9]|1\\.0)"
+    COMMAND $<TARGET_FILE:sora-finetune> --model "${_ft_hf_model}" --method lora --plain --seeds 1
+            --train-file "${CMAKE_CURRENT_SOURCE_DIR}/finetune/data/reviews_train.tsv"
+            --val-file "${CMAKE_CURRENT_SOURCE_DIR}/finetune/data/reviews_dev.jsonl"
+            --text-column sentence --label-column sentiment --epochs 8 --batch-size 8
+            --max-length 16 --lr 0.05 --out "${_ft_hf_out}-files")
+  set_tests_properties("finetune --model: TSV and JSONL data files with named columns" PROPERTIES
     FIXTURES_REQUIRED sora_ft_hf_model)
   add_test(NAME "finetune --model: --device cuda is refused up front"
            COMMAND sora-finetune --model "${CMAKE_CURRENT_SOURCE_DIR}" --device cuda)

@@ -638,3 +638,107 @@ TEST_CASE("finetune --grad-accum: one step's gradient is the mean of its batches
   for (std::size_t i = 0; i < g.size(); ++i)
     CHECK((g[i] - (g1[i] + g2[i]) * 0.5f).cwiseAbs().maxCoeff() <= 1e-6f);
 }
+
+namespace {
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+}
+
+}  // namespace
+
+TEST_CASE("finetune data files: TSV and JSONL, class indices, class names, regression, pairs") {
+  const fs::path dir = fresh_dir("data-files");
+  DataColumns c;
+  SUBCASE("TSV with class names, columns in any order, CRLF and a trailing blank line") {
+    write_text(dir / "train.tsv", "id\tlabel\ttext\r\n1\tpos\tgood film\r\n2\tneg\tbad\r\n\r\n");
+    write_text(dir / "dev.tsv", "text\tlabel\nfine\tneu\n");
+    const TaskData t = file_task(dir / "train.tsv", dir / "dev.tsv", {}, c, 32, 0, 0);
+    CHECK(t.name == "train");
+    CHECK_FALSE(t.regression);
+    CHECK(t.num_labels == 3);  // neg, neu, pos in sorted order
+    REQUIRE(t.train.size() == 2);
+    CHECK(t.train[0].label == 2);
+    CHECK(t.train[1].label == 0);
+    CHECK(t.val[0].label == 1);
+    CHECK(t.train[0].text_a == "good film");
+    CHECK(t.train[0].text_b.empty());
+    // Byte-level: [CLS] bytes [SEP].
+    CHECK(t.train[1].tokens.size() == 3 + 2);
+    CHECK(t.test.empty());
+    CHECK(t.source.find("0 = neg, 1 = neu, 2 = pos") != std::string::npos);
+  }
+  SUBCASE("JSONL pairs with integer labels, renamed columns, caps") {
+    c.text = "premise";
+    c.text_pair = "hypothesis";
+    c.label = "y";
+    write_text(dir / "a.jsonl",
+               "{\"premise\": \"a\", \"hypothesis\": \"b\", \"y\": 0}\n"
+               "{\"premise\": \"c\", \"hypothesis\": \"d\", \"y\": 4}\n"
+               "{\"premise\": \"e\", \"hypothesis\": \"f\", \"y\": 1}\n");
+    write_text(dir / "b.jsonl", "{\"premise\": \"x\", \"hypothesis\": \"y\", \"y\": \"1\"}\n");
+    const TaskData t = file_task(dir / "a.jsonl", dir / "b.jsonl", dir / "b.jsonl", c, 32, 2, 0);
+    CHECK(t.num_labels == 5);  // classes 0..4 (the cap does not change the label set)
+    REQUIRE(t.train.size() == 2);
+    CHECK(t.train[1].label == 4);
+    CHECK(t.train[1].text_b == "d");
+    CHECK(t.test.size() == 1);
+    CHECK(t.val[0].label == 1);
+  }
+  SUBCASE("numbers that are not all class indices make a regression task") {
+    write_text(dir / "r.jsonl",
+               "{\"text\": \"a\", \"label\": 0.5}\n{\"text\": \"b\", \"label\": 2}\n");
+    const TaskData t = file_task(dir / "r.jsonl", dir / "r.jsonl", {}, c, 32, 0, 0);
+    CHECK(t.regression);
+    CHECK(t.num_labels == 1);
+    CHECK(t.metric == Metric::pearson);
+    CHECK(t.train[0].value == doctest::Approx(0.5).epsilon(1e-15));
+  }
+  SUBCASE("errors name the flag, the file, the line and the column") {
+    write_text(dir / "ok.tsv", "text\tlabel\na\t0\nb\t1\n");
+    write_text(dir / "nocol.tsv", "sentence\tlabel\na\t0\n");
+    CHECK_THROWS_WITH_AS(file_task(dir / "nocol.tsv", dir / "ok.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("--train-file"), sora::Error);
+    CHECK_THROWS_WITH_AS(file_task(dir / "nocol.tsv", dir / "ok.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("no column --text-column 'text'"), sora::Error);
+    write_text(dir / "fields.tsv", "text\tlabel\na\t0\tz\n");
+    CHECK_THROWS_WITH_AS(file_task(dir / "ok.tsv", dir / "fields.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("--val-file"), sora::Error);
+    CHECK_THROWS_WITH_AS(file_task(dir / "ok.tsv", dir / "fields.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("line 2 has 3 tab-separated fields, the header 2"),
+                         sora::Error);
+    write_text(dir / "mixed.jsonl",
+               "{\"text\": \"a\", \"label\": 0}\n{\"text\": \"b\", \"text_pair\": \"c\", "
+               "\"label\": 1}\n");
+    CHECK_THROWS_WITH_AS(file_task(dir / "mixed.jsonl", dir / "ok.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("line 2 has a \"text_pair\" field"), sora::Error);
+    write_text(dir / "bad.jsonl", "{\"text\": \"a\", \"label\": 0}\n[1, 2]\n");
+    CHECK_THROWS_WITH_AS(file_task(dir / "bad.jsonl", dir / "ok.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("line 2 is not a JSON object"), sora::Error);
+    write_text(dir / "nolabel.jsonl", "{\"text\": \"a\"}\n");
+    CHECK_THROWS_WITH_AS(file_task(dir / "nolabel.jsonl", dir / "ok.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("line 1 has no \"label\""), sora::Error);
+    write_text(dir / "one.tsv", "text\tlabel\na\tx\nb\tx\n");
+    CHECK_THROWS_WITH_AS(file_task(dir / "one.tsv", dir / "one.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("a single class"), sora::Error);
+    write_text(dir / "data.csv", "text,label\n");
+    CHECK_THROWS_WITH_AS(file_task(dir / "data.csv", dir / "ok.tsv", {}, c, 32, 0, 0),
+                         doctest::Contains("unknown format '.csv'"), sora::Error);
+  }
+  SUBCASE("flags: --train-file needs --val-file, and excludes --glue-dir") {
+    write_text(dir / "ok.tsv", "text\tlabel\na\t0\nb\t1\n");
+    const std::string f = (dir / "ok.tsv").string();
+    Parsed p = parse({"--train-file", f.c_str()});
+    CHECK(p.code == 2);
+    CHECK(p.err.find("--train-file and --val-file go together") != std::string::npos);
+    const std::string d = dir.string();
+    p = parse({"--train-file", f.c_str(), "--val-file", f.c_str(), "--glue-dir", d.c_str()});
+    CHECK(p.code == 2);
+    CHECK(p.err.find("two data sources") != std::string::npos);
+    p = parse({"--train-file", f.c_str(), "--val-file", f.c_str(), "--task", "nonsense"});
+    CHECK_FALSE(p.code.has_value());
+    CHECK(p.options.files());
+    CHECK_FALSE(p.options.synthetic());
+  }
+}

@@ -40,6 +40,7 @@
 
 #include "checkpoint.hpp"
 #include "data.hpp"
+#include "data_files.hpp"
 #include "device.hpp"
 #include "options.hpp"
 #include "pretrained.hpp"
@@ -102,6 +103,15 @@ inline Setup make_setup(const Options& o, std::ostream& log) {
         synthetic_task(o.task, o.data_seed, static_cast<std::size_t>(o.train_size),
                        static_cast<std::size_t>(o.val_size), static_cast<std::size_t>(o.test_size));
     s.corpus = synthetic_corpus_for(o.data_seed, static_cast<std::size_t>(o.corpus_tokens));
+  } else if (o.files()) {
+    DataColumns columns;
+    columns.text = o.text_column;
+    columns.text_pair = o.text_pair_column;
+    columns.label = o.label_column;
+    s.task =
+        file_task(o.train_file, o.val_file, o.test_file, columns, max_len,
+                  static_cast<std::size_t>(o.train_size), static_cast<std::size_t>(o.val_size));
+    s.corpus = o.pretrain_text.empty() ? task_text_corpus(s.task) : text_corpus(o.pretrain_text);
   } else {
     s.task =
         glue_task(o.glue_dir, *sora::io::parse_glue_task(o.task), max_len,
@@ -1031,7 +1041,10 @@ inline void check_paths_encodable(const Options& o) {
   std::vector<std::pair<std::string, std::string>> paths = {{"--out", o.out},
                                                             {"--cache-dir", o.cache_dir},
                                                             {"--glue-dir", o.glue_dir},
-                                                            {"--model", o.model_dir}};
+                                                            {"--model", o.model_dir},
+                                                            {"--train-file", o.train_file},
+                                                            {"--val-file", o.val_file},
+                                                            {"--test-file", o.test_file}};
   for (const std::string& f : o.pretrain_text) paths.emplace_back("--pretrain-text", f);
   for (const auto& [flag, path] : paths)
     SORA_CHECK(is_utf8(path), flag,

@@ -25,6 +25,10 @@ struct Options {
   bool sparsity_schedule = false;
   std::string task = "polarity";
   std::string glue_dir;
+  // Data files of one's own (.tsv or .jsonl) and the columns that hold the text, the second
+  // text of a pair and the label (data_files.hpp).
+  std::string train_file, val_file, test_file;
+  std::string text_column = "text", text_pair_column = "text_pair", label_column = "label";
   std::vector<std::string> pretrain_text;
   std::string out = "sora-finetune-out";
   std::string cache_dir;  // empty: <out>/cache
@@ -98,7 +102,8 @@ struct Options {
   int dense_epochs = 3;
   int stage_epochs = 1;
 
-  bool synthetic() const { return glue_dir.empty(); }
+  bool synthetic() const { return glue_dir.empty() && !files(); }
+  bool files() const { return !train_file.empty(); }
   bool pretrained() const { return !model_dir.empty(); }
 };
 
@@ -187,6 +192,30 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   app.add_option("--glue-dir", o.glue_dir, "GLUE task folder with train.tsv and dev.tsv")
       ->check(CLI::ExistingDirectory)
       ->group(g_run);
+  app.add_option("--train-file", o.train_file,
+                 "training examples of your own: a .tsv file (header row naming the columns) "
+                 "or a .jsonl file (one JSON object a line); needs --val-file")
+      ->check(CLI::ExistingFile)
+      ->group(g_run);
+  app.add_option("--val-file", o.val_file, "validation examples (.tsv or .jsonl)")
+      ->check(CLI::ExistingFile)
+      ->group(g_run);
+  app.add_option("--test-file", o.test_file,
+                 "test examples (.tsv or .jsonl; optional: the metric is then the test split's)")
+      ->check(CLI::ExistingFile)
+      ->group(g_run);
+  app.add_option("--text-column", o.text_column, "the data files' text column")
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--text-pair-column", o.text_pair_column,
+                 "the data files' second-text column (a pair task when the files have it)")
+      ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--label-column", o.label_column,
+                 "the data files' label column: class indices 0..K-1, class names, or numbers "
+                 "(regression)")
+      ->capture_default_str()
+      ->group(g_run);
   app.add_option("--pretrain-text", o.pretrain_text,
                  "text files to pretrain on (byte level); needs --glue-dir")
       ->check(CLI::ExistingFile)
@@ -242,11 +271,13 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->group(g_run);
 
   auto* g_data = "Data";
-  app.add_option("--train-size", o.train_size, "training examples (GLUE: cap, 0 = all)")
+  app.add_option("--train-size", o.train_size,
+                 "training examples (GLUE and data files: cap, 0 = all)")
       ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_data);
-  app.add_option("--val-size", o.val_size, "validation examples (GLUE: cap, 0 = all)")
+  app.add_option("--val-size", o.val_size,
+                 "validation examples (GLUE and data files: cap, 0 = all)")
       ->check(finite_number(true))
       ->capture_default_str()
       ->group(g_data);
@@ -434,7 +465,15 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
     return fail(
         "--save-every and --resume: checkpoints are written by CPU runs only; drop them "
         "or --device");
-  if (o.synthetic()) {
+  if (o.files() || !o.val_file.empty() || !o.test_file.empty()) {
+    if (o.train_file.empty() || o.val_file.empty())
+      return fail("--train-file and --val-file go together (--test-file is optional)");
+    if (!o.glue_dir.empty())
+      return fail("--train-file and --glue-dir are two data sources: give one");
+  }
+  if (o.files()) {
+    // The task is the files'; --task does not apply.
+  } else if (o.synthetic()) {
     if (!is_synthetic_task(o.task))
       return fail("--task: '" + o.task + "' is not an embedded task (expected " + kSyntheticTasks +
                   "; GLUE tasks need --glue-dir)");
