@@ -742,3 +742,35 @@ TEST_CASE("finetune data files: TSV and JSONL, class indices, class names, regre
     CHECK_FALSE(p.options.synthetic());
   }
 }
+
+TEST_CASE("finetune --export-task: the embedded task as a GLUE folder reads back the same") {
+  const fs::path dir = fresh_dir("export-task");
+  for (const std::string task : {"polarity", "pair"}) {
+    Options o;
+    o.task = task;
+    o.train_size = 20;
+    o.val_size = 10;
+    o.test_size = 5;
+    o.export_task = (dir / task).string();
+    std::ostringstream log;
+    CHECK(run(o, log) == 0);
+    const TaskData want = make_setup(o, log).task;
+    const auto glue = task == "pair" ? sora::io::GlueTask::RTE : sora::io::GlueTask::SST2;
+    const TaskData got = glue_task(dir / task, glue, 64, 0, 0);
+    REQUIRE(got.train.size() == want.train.size());
+    REQUIRE(got.val.size() == want.val.size());
+    for (std::size_t i = 0; i < want.train.size(); ++i) {
+      CHECK(got.train[i].text_a == want.train[i].text_a);
+      CHECK(got.train[i].text_b == want.train[i].text_b);
+      // RTE's label 0 is "entailment": the same sentiment (the embedded pair task's 1).
+      CHECK(got.train[i].label == (task == "pair" ? 1 - want.train[i].label : want.train[i].label));
+    }
+    CHECK(fs::exists(dir / task / "test.tsv"));
+  }
+  Options o;
+  o.task = "score";
+  o.export_task = (dir / "score").string();
+  std::ostringstream log;
+  CHECK_THROWS_WITH_AS(run(o, log), doctest::Contains("regression task 'score'"), sora::Error);
+  CHECK_FALSE(fs::exists(dir / "score"));
+}

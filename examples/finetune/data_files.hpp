@@ -20,6 +20,8 @@
 
 #include "data.hpp"
 #include "sora/core/error.hpp"
+#include "sora/io/atomic_dir.hpp"
+#include "sora/io/atomic_file.hpp"
 #include "sora/io/glue_tsv.hpp"
 #include "sora/io/input_file.hpp"
 
@@ -267,6 +269,41 @@ inline TaskData file_task(const std::filesystem::path& train_file,
   data.val = encode(val);
   data.test = encode(test);
   return data;
+}
+
+// --export-task DIR: an embedded classification task's splits as a GLUE task folder, SST-2's
+// layout for single sentences and RTE's for pairs (label 1, the same sentiment, is
+// "entailment"), so that --glue-dir (and any GLUE tooling) reads the same examples: train.tsv,
+// dev.tsv, and test.tsv with its labels (GLUE's own test files have none; --glue-dir ignores
+// it). The folder is written whole or not at all.
+inline void write_glue_task(const TaskData& data, const std::filesystem::path& dir) {
+  SORA_CHECK(!data.regression, "--export-task: the regression task '", data.name,
+             "' has no GLUE layout here (STS-B's ten columns); export polarity or pair");
+  const bool pair = !data.train.empty() && !data.train.front().text_b.empty();
+  auto clean = [](const std::string& text) {
+    std::string out = text;
+    std::replace(out.begin(), out.end(), '\t', ' ');
+    std::replace(out.begin(), out.end(), '\n', ' ');
+    return out;
+  };
+  auto tsv = [&](const std::vector<Example>& examples) {
+    std::string text = pair ? "index\tsentence1\tsentence2\tlabel\n" : "sentence\tlabel\n";
+    for (std::size_t i = 0; i < examples.size(); ++i) {
+      const Example& e = examples[i];
+      if (pair) {
+        text += sora::detail::concat(i, '\t', clean(e.text_a), '\t', clean(e.text_b), '\t',
+                                     e.label == 1 ? "entailment" : "not_entailment", '\n');
+      } else {
+        text += sora::detail::concat(clean(e.text_a), '\t', e.label, '\n');
+      }
+    }
+    return text;
+  };
+  sora::io::AtomicDirWriter out(dir);
+  sora::io::write_file_atomic(out.path() / "train.tsv", tsv(data.train));
+  sora::io::write_file_atomic(out.path() / "dev.tsv", tsv(data.val));
+  sora::io::write_file_atomic(out.path() / "test.tsv", tsv(data.test));
+  out.commit();
 }
 
 }  // namespace sora_finetune

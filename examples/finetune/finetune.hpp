@@ -1063,6 +1063,14 @@ inline void make_folder(const fs::path& dir, const char* flag) {
 // Runs what the options ask for; returns the process exit code. Progress and tables go to
 // `log` (stdout in the program); progress bars to stderr.
 inline int run(const Options& o, std::ostream& log) {
+  if (!o.export_task.empty()) {
+    const Setup s = make_setup(o, log);
+    write_glue_task(s.task, o.export_task);
+    log << "wrote " << s.task.name << " (" << s.task.train.size() << " train / "
+        << s.task.val.size() << " dev / " << s.task.test.size() << " test) to " << o.export_task
+        << "\n";
+    return 0;
+  }
   if (o.threads > 0) sora::set_num_threads(o.threads);
   const auto wall_start = std::chrono::steady_clock::now();
   // Asked before any work or output: a missing GPU or a CPU-only build is an error up front.

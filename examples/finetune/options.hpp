@@ -29,6 +29,7 @@ struct Options {
   // text of a pair and the label (data_files.hpp).
   std::string train_file, val_file, test_file;
   std::string text_column = "text", text_pair_column = "text_pair", label_column = "label";
+  std::string export_task;  // write the embedded task as a GLUE folder there, and stop
   std::vector<std::string> pretrain_text;
   std::string out = "sora-finetune-out";
   std::string cache_dir;  // empty: <out>/cache
@@ -215,6 +216,10 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
                  "the data files' label column: class indices 0..K-1, class names, or numbers "
                  "(regression)")
       ->capture_default_str()
+      ->group(g_run);
+  app.add_option("--export-task", o.export_task,
+                 "write the embedded task (polarity: SST-2 layout, pair: RTE layout) as a GLUE "
+                 "task folder for --glue-dir or other tools, and stop")
       ->group(g_run);
   app.add_option("--pretrain-text", o.pretrain_text,
                  "text files to pretrain on (byte level); needs --glue-dir")
@@ -471,6 +476,8 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
     if (!o.glue_dir.empty())
       return fail("--train-file and --glue-dir are two data sources: give one");
   }
+  if (!o.export_task.empty() && !o.synthetic())
+    return fail("--export-task writes an embedded task: drop --glue-dir / --train-file");
   if (o.files()) {
     // The task is the files'; --task does not apply.
   } else if (o.synthetic()) {
