@@ -774,3 +774,22 @@ TEST_CASE("finetune --export-task: the embedded task as a GLUE folder reads back
   CHECK_THROWS_WITH_AS(run(o, log), doctest::Contains("regression task 'score'"), sora::Error);
   CHECK_FALSE(fs::exists(dir / "score"));
 }
+
+TEST_CASE("finetune rank heat map: layers and module kinds from any model's module names") {
+  RunResult r;
+  r.method = "sora";
+  r.ranks = {{"bert.encoder.layer.0.attention.self.query", 3},
+             {"bert.encoder.layer.0.attention.self.value", 5},
+             {"bert.encoder.layer.1.attention.self.query", 7},
+             {"classifier", 2}};
+  const std::string svg = rank_heatmap(r);
+  for (const char* label : {"layer 0", "layer 1", "other", "attention.self.query",
+                            "attention.self.value", "classifier"})
+    CHECK_MESSAGE(svg.find(label) != std::string::npos, label);
+  CHECK(svg.find("layer 2") == std::string::npos);
+  r.ranks = {{"blocks.0.attn.q", 4}, {"blocks.1.mlp.fc", 1}};
+  const std::string own = rank_heatmap(r);
+  CHECK(own.find("attn.q") != std::string::npos);
+  CHECK(own.find("mlp.fc") != std::string::npos);
+  CHECK(own.find("other") == std::string::npos);
+}

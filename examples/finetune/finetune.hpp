@@ -970,24 +970,50 @@ inline long peak_rss_bytes() {
   return usage.ru_maxrss * 1024L;  // Linux reports KiB
 }
 
-// Final rank of every adapted module as a heat map: layers x module kind.
-inline std::string rank_heatmap(const Setup& s, const RunResult& r) {
+// Final rank of every adapted module as a heat map: layers x module kind. A module's layer is
+// the first number among its name's parts ("blocks.3.attn.q", "bert.encoder.layer.3.attention
+// .self.query"), its kind what follows it; modules without a number form a row of their own.
+inline std::string rank_heatmap(const RunResult& r) {
+  struct Cell {
+    long layer;
+    std::string kind;
+    Index rank;
+  };
+  std::vector<Cell> cells;
+  std::vector<std::string> kinds;
+  long layers = 0;
+  bool unnumbered = false;
+  for (const auto& [module, rank] : r.ranks) {
+    Cell c{-1, module, rank};
+    std::size_t start = 0;
+    while (start <= module.size()) {
+      std::size_t end = module.find('.', start);
+      if (end == std::string::npos) end = module.size();
+      const std::string part = module.substr(start, end - start);
+      if (!part.empty() && part.size() < 9 &&
+          std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+        c.layer = std::stol(part);
+        c.kind = end < module.size() ? module.substr(end + 1) : part;
+        break;
+      }
+      start = end + 1;
+    }
+    if (c.layer < 0) unnumbered = true;
+    layers = std::max(layers, c.layer + 1);
+    if (std::find(kinds.begin(), kinds.end(), c.kind) == kinds.end()) kinds.push_back(c.kind);
+    cells.push_back(std::move(c));
+  }
   sora::io::Heatmap h;
   h.title = r.method + ": final rank per module (seed " + std::to_string(r.seed) + ")";
   h.value_label = "rank";
-  const std::vector<std::string> kinds = {"attn.q", "attn.k", "attn.v",
-                                          "attn.o", "mlp.fc", "mlp.proj"};
-  for (const std::string& k : kinds) h.col_labels.push_back(k.substr(k.find('.') + 1));
-  for (Index l = 0; l < s.task_config.layers; ++l) {
-    h.row_labels.push_back("layer " + std::to_string(l));
-    std::vector<double> row;
-    for (const std::string& k : kinds) {
-      const std::string name = "blocks." + std::to_string(l) + "." + k;
-      double v = std::nan("");
-      for (const auto& [module, rank] : r.ranks)
-        if (module == name) v = static_cast<double>(rank);
-      row.push_back(v);
-    }
+  h.col_labels = kinds;
+  for (long l = unnumbered ? -1 : 0; l < layers; ++l) {
+    h.row_labels.push_back(l < 0 ? std::string("other") : "layer " + std::to_string(l));
+    std::vector<double> row(kinds.size(), std::nan(""));
+    for (const Cell& c : cells)
+      if (c.layer == l)
+        row[static_cast<std::size_t>(std::find(kinds.begin(), kinds.end(), c.kind) -
+                                     kinds.begin())] = static_cast<double>(c.rank);
     h.values.push_back(std::move(row));
   }
   return h.svg();
@@ -1013,9 +1039,8 @@ inline void write_plots(const Setup& s, const std::vector<MethodSummary>& method
     }
     curves.add(std::move(c));
     losses.add(std::move(l));
-    // The heat map's layout is sora's own transformer's; summary.json has every rank.
-    if (r.method != "full" && !s.hf)
-      sora::io::write_file_atomic(s.out / ("ranks_" + r.method + ".svg"), rank_heatmap(s, r));
+    if (r.method != "full" && !r.ranks.empty())
+      sora::io::write_file_atomic(s.out / ("ranks_" + r.method + ".svg"), rank_heatmap(r));
   }
   sora::io::write_file_atomic(s.out / "curves.svg", curves.svg());
   sora::io::write_file_atomic(s.out / "loss.svg", losses.svg());
@@ -1083,10 +1108,14 @@ inline int run(const Options& o, std::ostream& log) {
   const fs::path cache_dir = o.cache_dir.empty() ? out / "cache" : fs::path(o.cache_dir);
   make_folder(out, "--out");
   const FolderLock out_lock(out, "output folder (--out)");
-  make_folder(cache_dir, o.cache_dir.empty() ? "the cache folder <out>/cache" : "--cache-dir");
-  const FolderLock cache_lock(cache_dir, "cache folder");
+  // A pre-trained folder (--model) needs no pretraining, and so no cache.
+  std::optional<FolderLock> cache_lock;
+  if (!o.pretrained()) {
+    make_folder(cache_dir, o.cache_dir.empty() ? "the cache folder <out>/cache" : "--cache-dir");
+    cache_lock.emplace(cache_dir, "cache folder");
+    remove_stale_temporaries(cache_dir);
+  }
   remove_stale_temporaries(out);
-  remove_stale_temporaries(cache_dir);
   Setup s = make_setup(o, log);
   s.run_id = new_run_id();
   // Checkpoints (CPU runs): a --resume folder is read and checked against the flags before
