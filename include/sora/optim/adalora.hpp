@@ -553,6 +553,9 @@ class AdaLoraOptimizer {
 
   // Regularizer gradient (if not added yet) -> AdamW -> importance and allocation.
   void step() {
+    // Before the regularizer reads the modules: a model pruned since the optimizer was built
+    // is refused, naming the parameter, rather than read at its old shapes.
+    adamw_.check_all_fit("AdaLoraOptimizer");
     if (!orth_added_) add_orth_regularizer();
     adamw_.step();
     last_ = allocator_.update_and_allocate(adamw_.step_count());
