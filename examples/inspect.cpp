@@ -232,11 +232,14 @@ bool print_adapter(const fs::path& dir, bool stats) {
   return consistent;
 }
 
-// The module kind of a Hugging Face parameter name, for the counts.
-std::string module_kind(const std::string& name) {
+// The module kind of a Hugging Face model's parameter, for the counts: what it is from its role
+// (set by its layer), where it sits from its name.
+std::string module_kind(const sora::Param<float>& p) {
+  if (p.role == sora::ParamRole::norm) return "norm";
+  if (p.role == sora::ParamRole::embedding) return "embeddings";
+  if (p.role == sora::ParamRole::head) return "head";
+  const std::string& name = p.name;
   auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
-  if (has("LayerNorm") || has("ln_") || has("norm.")) return "norm";
-  if (has("embeddings") || has("wte.") || has("wpe.") || has("embed_tokens")) return "embeddings";
   if (has("attention") || has(".attn.") || has("self_attn")) return "attention";
   if (has("intermediate") || has("output.dense") || has(".mlp.")) return "mlp";
   return "head";
@@ -261,7 +264,7 @@ void print_model(const fs::path& dir, std::vector<std::string> targets) {
         std::map<std::string, long long> kinds;
         long long total = 0;
         model.visit_params([&](sora::Param<float>& p) {
-          kinds[module_kind(p.name)] += p.size();
+          kinds[module_kind(p)] += p.size();
           total += p.size();
         });
         for (const auto& [kind, count] : kinds)

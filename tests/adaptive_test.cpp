@@ -771,6 +771,18 @@ TEST_CASE("AdaLoRA on the transformer through train::fit: final pattern, pruned 
   m.eval();
   m.forward(batches[0]);
   const MatrixF before = m.logits();
+  // Pruning one module that kept a rank replaces its parameters: the optimizer, built before,
+  // refuses to step, naming that module's parameter, before its regularizer reads a module.
+  std::string pruned_first;
+  m.visit_linears([&](const std::string& name, nn::AdaptedLinear<float>& lin) {
+    if (pruned_first.empty() && lin.adapter && (lin.adapter->gate.value.array() != 0.0f).any()) {
+      pruned_first = name;
+      prune::prune(lin);
+    }
+  });
+  REQUIRE_FALSE(pruned_first.empty());
+  const std::string refusal = "AdaLoraOptimizer: parameter '" + pruned_first + ".lora_";
+  CHECK_THROWS_WITH_AS(opt.step(), doctest::Contains(refusal.c_str()), Error);
   Index kept = 0;
   m.visit_linears(
       [&](const std::string&, nn::AdaptedLinear<float>& lin) { kept += prune::prune(lin); });

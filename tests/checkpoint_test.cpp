@@ -12,15 +12,20 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "sora/io/checkpoint.hpp"
+#include "sora/io/model_file.hpp"
+#include "sora/model/config_file.hpp"
 #include "sora/model/transformer.hpp"
 #include "sora/optim/adalora.hpp"
 #include "sora/optim/param_groups.hpp"
+#include "sora/prune/prune.hpp"
 #include "sora/train/trainer.hpp"
 
 using namespace sora;
@@ -383,5 +388,123 @@ TEST_CASE("a truncated checkpoint is rejected with the reader's error") {
     Setup fresh(model::Method::lora, 1);
     CHECK(load_error(fresh, cut) == reader);
   }
+  std::filesystem::remove_all(dir);
+}
+
+// ---- whole models: io::save_model / io::load_model, model::from_config ----------------------
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("save_model / load_model round trip: adapters, pruned ranks, merged, trainable flags") {
+  const auto dir = temp_dir("model");
+  Setup trained(model::Method::sora, 7);
+  trained.steps(0, kHalf);  // ξ = 0.05: some gates die
+  // One module pruned (a smaller rank, ungated), one merged into its base weight.
+  Index kept = 0;
+  trained.model.visit_linears([&](const std::string& name, nn::AdaptedLinear<float>& lin) {
+    if (name == "blocks.0.attn.q") kept = prune::prune(lin);
+    if (name == "blocks.1.mlp.fc") prune::merge(lin);
+  });
+  io::save_model(dir / "saved", trained.model);
+
+  const auto loaded = io::load_model<float>(dir / "saved");
+  CHECK(loaded->config().width == trained.model.config().width);
+  CHECK(loaded->config().seed == trained.model.config().seed);
+  // The same parameters, values bit for bit, trainable where they were.
+  const auto a = sora::parameters(trained.model);
+  const auto b = sora::parameters(*loaded);
+  REQUIRE(a.size() == b.size());
+  std::size_t same = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    same += a[i]->name == b[i]->name && a[i]->role == b[i]->role &&
+            a[i]->trainable() == b[i]->trainable() && bit_equal(a[i]->value, b[i]->value);
+  CHECK(same == a.size());
+  const nn::AdaptedLinear<float>& q = loaded->blocks[0].attn.q;
+  if (kept > 0) {
+    REQUIRE(q.adapter);
+    CHECK(q.adapter->rank() == kept);
+    CHECK_FALSE(q.adapter->gated());
+    CHECK(q.adapter->r_max() == 4);
+  } else {
+    CHECK_FALSE(q.adapter);
+  }
+  CHECK(loaded->blocks[1].mlp.fc.merged());
+  // And it computes what the saved model computes, in eval mode.
+  trained.model.eval();
+  const auto data = batches();
+  trained.model.forward_logits(data[0]);
+  loaded->forward_logits(data[0]);
+  CHECK(bit_equal(trained.model.logits(), loaded->logits()));
+  // A loaded model takes a fresh optimizer: its trainable parameters are the saved ones.
+  auto opt = optim::FineTuneOptimizer<float>::for_model(*loaded, optim::FineTuneOptions{});
+  CHECK(opt.params().size() == trained.model.trainable_parameters().size());
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("load_model lists every problem of a damaged config.json") {
+  const auto dir = temp_dir("model_bad");
+  Setup s(model::Method::lora, 3);
+  io::save_model(dir / "m", s.model);
+  const auto config = dir / "m" / "config.json";
+  std::ifstream in(config);
+  nlohmann::json j = nlohmann::json::parse(in);
+  in.close();
+  j["adapters"]["blocks.9.attn.q"] = j["adapters"]["blocks.0.attn.q"];
+  j["adapters"]["blocks.0.attn.k"]["rank"] = "4";
+  j["trainable"].push_back("blocks.0.attn.q.lora_C");
+  std::ofstream(config) << j.dump();
+  const std::string message = error_of([&] { io::load_model<float>(dir / "m"); });
+  CHECK(contains(message, "'blocks.9.attn.q', which is not a linear layer"));
+  CHECK(contains(message, "adapter of 'blocks.0.attn.k': \"rank\" must be an integer > 0"));
+  CHECK(contains(message, "'blocks.0.attn.q.lora_C', which this model does not have"));
+  // A config without its model, and a missing weights file, are errors too.
+  std::ofstream(config)
+      << nlohmann::json::parse(R"({"format": "sora-model", "version": 1})").dump();
+  CHECK(contains(error_of([&] { io::load_model<float>(dir / "m"); }), "no \"config\""));
+  io::save_model(dir / "m", s.model);
+  std::filesystem::remove(dir / "m" / "model.safetensors");
+  CHECK(contains(error_of([&] { io::load_model<float>(dir / "m"); }), "model.safetensors"));
+  CHECK(contains(error_of([&] { io::load_model<float>(dir / "nothing"); }), "config.json"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("from_config builds the configured model; unknown keys and wrong types are errors") {
+  const auto dir = temp_dir("from_config");
+  model::TransformerConfig c = config(5);
+  c.gelu = ops::Gelu::exact;
+  c.pooling = model::Pooling::last;
+  c.head = model::Head::regression;
+  c.num_labels = 3;
+  std::ofstream(dir / "config.json") << model::to_json(c).dump(2);
+  const auto m = model::from_config<double>(dir / "config.json");
+  CHECK(model::to_json(m->config()) == model::to_json(c));
+  // The same model as the constructor builds from the struct: the seed is in the config.
+  model::Transformer<double> direct(c);
+  CHECK(m->blocks[1].attn.v.base.weight.value == direct.blocks[1].attn.v.base.weight.value);
+  // A save_model folder's config.json works too.
+  io::save_model(dir / "saved", direct);
+  CHECK(model::to_json(model::from_config<double>(dir / "saved" / "config.json")->config()) ==
+        model::to_json(c));
+
+  std::ofstream(dir / "typo.json") << R"({"width": "32", "layer": 4, "head": "cls", "seed": -1})";
+  const std::string message = error_of([&] { model::from_config<float>(dir / "typo.json"); });
+  CHECK(contains(message, "\"width\" must be an integer, got \"32\""));
+  CHECK(contains(message, "unknown key \"layer\""));
+  CHECK(contains(message, "\"head\" must be \"lm\" | \"classification\" | \"regression\""));
+  CHECK(contains(message, "\"seed\" must be an integer >= 0"));
+  std::ofstream(dir / "invalid.json") << R"({"width": 30, "heads": 4})";
+  CHECK(contains(error_of([&] { model::from_config<float>(dir / "invalid.json"); }),
+                 "does not split into 4 heads"));
   std::filesystem::remove_all(dir);
 }

@@ -91,6 +91,8 @@ TEST_CASE("finetune options: --help documents every flag and exits 0") {
         "--threads", "--rank", "--alpha", "--lr", "--xi", "--adalora-target-rank", "--xi-schedule",
         "--seeds", "--out", "--device", "--cuda-math"})
     CHECK_MESSAGE(p.out.find(flag) != std::string::npos, flag);
+  CHECK(p.out.find("Exit codes: 0 success, 1 the run failed, 2 a wrong command line") !=
+        std::string::npos);
 }
 
 TEST_CASE("finetune options: bad values are errors that name their flag") {
@@ -130,7 +132,7 @@ TEST_CASE("finetune options: bad values are errors that name their flag") {
     const Parsed p = parse(c.args);
     INFO("args: ", c.args.front(), " -> ", p.err);
     REQUIRE(p.code.has_value());
-    CHECK(*p.code != 0);
+    CHECK(*p.code == 2);  // one exit code for every command-line error
     CHECK(p.err.find(c.flag) != std::string::npos);
     CHECK(p.err.find("17976931348623157") == std::string::npos);  // never DBL_MAX's digits
   }

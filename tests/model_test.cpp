@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <map>
 #include <set>
 #include <sora/model.hpp>
 #include <sora/optim/param_groups.hpp>
@@ -165,6 +166,67 @@ TEST_CASE("parameter names are stable dotted paths") {
   CHECK(names.count("head.dense.lora_A") == 0);  // heads are not default targets
 }
 
+// The model protocol (core/concepts.hpp): what the entry points check.
+static_assert(sora::Model<model::Transformer<float>>);
+static_assert(sora::Checkpointable<model::Transformer<double>>);
+static_assert(sora::Trainable<nn::SoraLinear<double>>);
+static_assert(sora::Trainable<model::Block<float>>);
+static_assert(!sora::Model<nn::SoraLinear<double>>);  // no Batch, forward(batch) -> loss
+static_assert(!sora::HasAdapters<nn::LayerNorm<float>>);
+static_assert(!sora::Trainable<std::vector<float>>);
+
+TEST_CASE("the Transformer's layers give every parameter its role") {
+  model::Transformer<float> m(tiny_config(true, model::Head::classification));
+  m.apply_peft(peft_for(Method::sora));
+  std::map<std::string, ParamRole> roles;
+  m.visit_params([&](Param<float>& p) { roles[p.name] = p.role; });
+  CHECK(roles.at("wte.weight") == ParamRole::embedding);
+  CHECK(roles.at("wpe.weight") == ParamRole::embedding);
+  CHECK(roles.at("blocks.0.ln1.weight") == ParamRole::norm);
+  CHECK(roles.at("ln_f.bias") == ParamRole::norm);
+  CHECK(roles.at("blocks.1.attn.q.weight") == ParamRole::weight);
+  CHECK(roles.at("blocks.1.mlp.proj.bias") == ParamRole::bias);
+  CHECK(roles.at("blocks.1.attn.q.lora_A") == ParamRole::adapter_A);
+  CHECK(roles.at("blocks.1.attn.o.lora_B") == ParamRole::adapter_B);
+  CHECK(roles.at("blocks.0.mlp.fc.lora_gate") == ParamRole::gate);
+  CHECK(roles.at("head.dense.weight") == ParamRole::head);
+  CHECK(roles.at("head.out.bias") == ParamRole::head);
+  // Visited under a prefix, the names change and the roles do not.
+  Index gates = 0;
+  m.visit_params("model", [&](Param<float>& p) {
+    CHECK(p.name.starts_with("model."));
+    gates += p.role == ParamRole::gate;
+  });
+  CHECK(gates == 2 * 6);
+  CHECK(optim::group_parameters<float>(m).gates.size() == 2 * 6);
+}
+
+TEST_CASE("parameters, trainable_parameters and zero_grad are one set of free functions") {
+  model::Transformer<double> m(tiny_config(false, model::Head::classification));
+  m.apply_peft(peft_for(Method::lora));
+  const auto all = sora::parameters(m);
+  const auto trained = sora::trainable_parameters(m);
+  Index visited = 0, trainable = 0;
+  m.visit_params([&](Param<double>& p) {
+    CHECK(all[static_cast<std::size_t>(visited)] == &p);
+    ++visited;
+    trainable += p.trainable();
+  });
+  CHECK(static_cast<Index>(all.size()) == visited);
+  CHECK(static_cast<Index>(trained.size()) == trainable);
+  CHECK(trainable < visited);
+  CHECK(m.trainable_parameters() == trained);  // the members are the same functions
+  for (Param<double>* p : trained) p->gradient().setConstant(1.0);
+  m.zero_grad();
+  for (Param<double>* p : trained) CHECK(p->gradient().cwiseAbs().maxCoeff() == 0.0);
+  // On a layer too: its one-argument visitor names parameters locally.
+  nn::SoraLinear<double> layer(4, 3);
+  std::vector<std::string> names;
+  for (Param<double>* p : sora::parameters(layer)) names.push_back(p->name);
+  CHECK(names == std::vector<std::string>{"weight", "bias", "lora_A", "lora_B", "lora_gate"});
+  CHECK(sora::trainable_parameters(layer).size() == 3);
+}
+
 TEST_CASE("target patterns follow PEFT: exact or suffix on a dot boundary") {
   CHECK(model::matches_target("blocks.0.attn.q", "q"));
   CHECK(model::matches_target("blocks.0.attn.q", "attn.q"));
@@ -193,7 +255,7 @@ TEST_CASE("frozen weights own no gradient buffer, trainable ones do") {
   m.apply_peft(peft_for(Method::sora));
   m.visit_params([&](Param<float>& p) {
     CAPTURE(p.name);
-    const std::string kind = model::module_kind(p.name);
+    const std::string kind = model::module_kind(p);
     const bool expect = kind == "adapters" || kind == "layernorm" || kind == "head";
     CHECK(p.trainable() == expect);
     CHECK((p.grad_bytes() > 0) == expect);
@@ -203,7 +265,7 @@ TEST_CASE("frozen weights own no gradient buffer, trainable ones do") {
   m.visit_params([&](Param<float>& p) {
     CAPTURE(p.name);
     CHECK(p.trainable());
-    CHECK(model::module_kind(p.name) != "adapters");
+    CHECK(model::module_kind(p) != "adapters");
   });
 }
 
@@ -342,7 +404,7 @@ TEST_CASE("SoRA with xi > 0 zeroes gates, and the pruned model predicts what the
   CHECK(run.final_loss < 0.1);
   Index gates = 0, zeros = 0;
   m.visit_params([&](Param<float>& p) {
-    if (!optim::is_sora_gate(p.name)) return;
+    if (!optim::is_sora_gate(p)) return;
     gates += p.size();
     zeros += (p.value.array() == 0.0f).count();
   });
@@ -372,6 +434,59 @@ TEST_CASE("SoRA with xi > 0 zeroes gates, and the pruned model predicts what the
     CHECK((m.logits() - logits_before[i]).cwiseAbs().maxCoeff() <=
           1e-5f * std::max(1.0f, logits_before[i].cwiseAbs().maxCoeff()));
   }
+}
+
+TEST_CASE("after pruning, a stale optimizer refuses by name, a rebound one carries over") {
+  model::Transformer<float> m(needle_config());
+  auto peft = peft_for(Method::sora);
+  peft.rank = 4;
+  peft.alpha = 8.0;
+  m.apply_peft(peft);
+  optim::FineTuneOptions o;
+  o.lr = 1e-2;
+  auto opt = optim::FineTuneOptimizer<float>::for_model(m, o);
+  const auto batches = needle_task(8, 16, 11);
+  auto step = [&](std::size_t i) {
+    m.zero_grad();
+    m.forward(batches[i % batches.size()]);
+    m.backward();
+    opt.step();
+  };
+  for (std::size_t i = 0; i < 5; ++i) step(i);
+  const MatrixF ln_m = opt.state_for("ln_f.weight")->m;
+  const MatrixF k_m = opt.state_for("blocks.0.attn.k.lora_A")->m;
+  const std::size_t gate_tensors = opt.gate_optimizer().params().size();
+  // Two ranks of one module die; pruning replaces that module's A and B with (2, in), (out, 2).
+  nn::AdaptedLinear<float>& q = m.blocks[0].attn.q;
+  q.adapter->gate.value(0, 0) = 0.0f;
+  q.adapter->gate.value(0, 2) = 0.0f;
+  CHECK(prune::prune(q) == 2);
+
+  m.zero_grad();
+  m.forward(batches[0]);
+  m.backward();
+  // The first stale parameter checked is the module's old gate (gates are checked first).
+  CHECK_THROWS_WITH_AS(
+      opt.step(), doctest::Contains("'blocks.0.attn.q.lora_gate' was frozen or replaced"), Error);
+
+  CHECK_THROWS_WITH_AS(
+      opt.adamw().check_all_fit("AdamW"),
+      doctest::Contains(
+          "'blocks.0.attn.q.lora_A' has shape (2, 32) but its optimizer state has (4, 32)"),
+      Error);
+
+  opt.rebind(m);
+  CHECK(opt.adamw().step_count() == 5);  // the refused step changed nothing
+  CHECK(opt.gate_optimizer().params().size() == gate_tensors - 1);  // q is ungated LoRA now
+  CHECK(opt.state_for("ln_f.weight")->m == ln_m);
+  CHECK(opt.state_for("blocks.0.attn.k.lora_A")->m == k_m);
+  const optim::AdamState<float>* qa = opt.state_for("blocks.0.attn.q.lora_A");
+  REQUIRE(qa != nullptr);
+  CHECK(qa->m.rows() == 2);
+  CHECK(qa->m.isZero(0.0));
+  CHECK(opt.state_for("blocks.0.attn.q.lora_gate") == nullptr);
+  for (std::size_t i = 0; i < 3; ++i) step(i);  // steps again
+  CHECK_FALSE(opt.state_for("blocks.0.attn.q.lora_A")->m.isZero(0.0));
 }
 
 TEST_CASE("the optimizer keeps state for trainable parameters only") {

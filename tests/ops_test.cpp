@@ -5,6 +5,7 @@
 #include <complex>
 #include <numbers>
 #include <sora/ops.hpp>
+#include <span>
 #include <vector>
 
 #include "support/gradcheck.hpp"
@@ -254,6 +255,46 @@ TEST_CASE("tanh, and the pooled-row gather with its scatter: gradients match cen
   SORA_CHECK_GRADS(gradcheck(pool_loss, pool_targets), 1e-6);
   CHECK_THROWS_AS(ops::gather_rows<double>(pooled, x, std::vector<int>{0, 1, 7}), Error);
   CHECK_THROWS_AS(ops::scatter_rows<double>(dpooled_in, Gp, std::vector<int>{0, -1, 2}), Error);
+}
+
+TEST_CASE("mean pool: the mean of each sequence's real tokens, gradient by central differences") {
+  Rng rng(23);
+  const Index B = 3, T_len = 4, C = 5;
+  MatrixD x = random_matrix(rng, B * T_len, C);
+  // Sequence 0 unpadded, 1 with two pads at the end, 2 with one real token.
+  const std::vector<float> mask{1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0};
+  MatrixD pooled(B, C), dx(B * T_len, C);
+  const MatrixD G = random_matrix(rng, B, C);
+  for (const bool masked : {false, true}) {
+    CAPTURE(masked);
+    const std::span<const float> m =
+        masked ? std::span<const float>(mask) : std::span<const float>();
+    auto loss = [&] {
+      ops::mean_pool_forward<double>(pooled, x, T_len, m);
+      return linear_functional(pooled, G);
+    };
+    loss();
+    // Against the mean written out.
+    const MatrixD first = x.topRows(T_len).colwise().mean();
+    CHECK(pooled.row(0).isApprox(first));
+    if (masked) {
+      CHECK(pooled.row(1).isApprox(0.5 * (x.row(4) + x.row(5))));
+      CHECK(pooled.row(2).isApprox(x.row(10)));
+    } else {
+      CHECK(pooled.row(2).isApprox(x.middleRows(8, T_len).colwise().mean()));
+    }
+    dx.setConstant(9.0);  // overwritten, not accumulated
+    ops::mean_pool_backward<double>(dx, G, T_len, m);
+    if (masked) CHECK(dx.row(6).isZero(0.0));
+    std::vector<GradTarget> targets{{"x", &x, dx}};
+    SORA_CHECK_GRADS(gradcheck(loss, targets), 1e-6);
+  }
+  const std::vector<float> all_padding{1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1};
+  CHECK_THROWS_WITH_AS(ops::mean_pool_forward<double>(pooled, x, T_len, all_padding),
+                       doctest::Contains("sequence 1 has no unmasked token"), Error);
+  CHECK_THROWS_AS(ops::mean_pool_forward<double>(pooled, x, 5, {}), Error);  // 12 % 5 != 0
+  CHECK_THROWS_AS(ops::mean_pool_backward<double>(dx, G, T_len, std::vector<float>(3, 1.0f)),
+                  Error);
 }
 
 namespace {

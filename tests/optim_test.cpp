@@ -5,10 +5,13 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "sora/core/param.hpp"
 #include "sora/nn/adapter.hpp"
+#include "sora/nn/embedding.hpp"
+#include "sora/nn/layernorm.hpp"
 #include "sora/optim/adamw.hpp"
 #include "sora/optim/param_groups.hpp"
 #include "sora/optim/sparse_adamw.hpp"
@@ -238,14 +241,62 @@ struct OneSoraLayer {
 }  // namespace
 
 TEST_CASE("a standalone SoraLinear visited with an empty prefix still has its gate grouped") {
-  CHECK(sora::optim::is_sora_gate("lora_gate"));
-  CHECK(sora::optim::is_sora_gate("blocks.0.attn.q.lora_gate"));
-  CHECK_FALSE(sora::optim::is_sora_gate("my_lora_gate"));
-  CHECK_FALSE(sora::optim::is_sora_gate("blocks.0.attn.q.lora_gate.weight"));
   // Its gate must get the proximal step, not plain AdamW.
   OneSoraLayer model;
   const auto groups = sora::optim::group_parameters<double>(model);
   REQUIRE(groups.gates.size() == 1);
   CHECK(groups.gates[0]->name == "lora_gate");
+  CHECK(groups.gates[0]->role == sora::ParamRole::gate);
   CHECK(groups.no_decay.empty());  // the base weight and bias are frozen
+}
+
+namespace {
+// A model of one's own whose visitor renames every parameter "p<k>": a gate is still a gate.
+struct RenamingModel {
+  sora::nn::SoraLinear<double> layer{6, 4};
+  sora::Param<double> lookalike{"lora_gate", Matrix<double>::Ones(1, 3), true, true};
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    int k = 0;
+    layer.visit_params("", [&](sora::Param<double>& p) {
+      p.name = "p" + std::to_string(k++);
+      fn(p);
+    });
+    fn(lookalike);  // named like a gate, but a plain vector parameter (role weight)
+  }
+};
+}  // namespace
+
+TEST_CASE("group_parameters reads the role, not the name") {
+  RenamingModel model;
+  const auto groups = sora::optim::group_parameters<double>(model);
+  REQUIRE(groups.gates.size() == 1);
+  CHECK(groups.gates[0] == &model.layer.adapter->gate);
+  CHECK(groups.gates[0]->name != "lora_gate");
+  REQUIRE(groups.no_decay.size() == 1);
+  CHECK(groups.no_decay[0] == &model.lookalike);
+  REQUIRE(groups.decay.size() == 2);  // lora_A and lora_B
+  CHECK(groups.decay[0]->role == sora::ParamRole::adapter_A);
+  CHECK(groups.decay[1]->role == sora::ParamRole::adapter_B);
+}
+
+TEST_CASE("layers set the roles of their parameters") {
+  using sora::ParamRole;
+  sora::nn::Linear<double> lin(3, 2);
+  CHECK(lin.weight.role == ParamRole::weight);
+  CHECK(lin.bias.role == ParamRole::bias);
+  lin.mark_as_head();
+  CHECK(lin.weight.role == ParamRole::head);
+  CHECK(lin.bias.role == ParamRole::head);
+  sora::nn::LayerNorm<double> ln(3);
+  CHECK(ln.weight.role == ParamRole::norm);
+  CHECK(ln.bias.role == ParamRole::norm);
+  sora::nn::Embedding<double> emb(5, 3);
+  CHECK(emb.weight.role == ParamRole::embedding);
+  sora::nn::AdaLoraLinear<double> ada(3, 2);
+  CHECK(ada.adapter->lora_A.role == ParamRole::adapter_A);
+  CHECK(ada.adapter->lora_B.role == ParamRole::adapter_B);
+  CHECK(ada.adapter->gate.role == ParamRole::singular_value);
+  CHECK(sora::is_adapter_role(ParamRole::singular_value));
+  CHECK_FALSE(sora::is_adapter_role(ParamRole::head));
 }

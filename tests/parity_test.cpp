@@ -96,7 +96,7 @@ model::Batch parity_batch(const model::TransformerConfig& c) {
 void perturb(model::Transformer<float>& m) {
   Rng rng(4242);
   m.visit_params([&](Param<float>& p) {
-    const std::string kind = model::module_kind(p.name);
+    const std::string kind = model::module_kind(p);
     if (p.name.ends_with("lora_B")) rng.fill_normal(p.value, 0.0, 0.1);
     if (p.name.ends_with("lora_gate")) rng.fill_normal(p.value, 0.0, 1.0);
     if (kind == "layernorm")
@@ -264,7 +264,7 @@ void run_parity(const ParityCase& pc) {
     const double scale = std::max(0.1, static_cast<double>(r.cwiseAbs().maxCoeff()));
     CHECK(diff <= 1e-4 * scale);
     param_error = std::max(param_error, diff / scale);
-    if (optim::is_sora_gate(p.name)) {
+    if (optim::is_sora_gate(p)) {
       zero_gates += (p.value.array() == 0.0f).count();
       ref_zero_gates += (r.array() == 0.0f).count();
     }

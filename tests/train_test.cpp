@@ -42,6 +42,18 @@ TEST_CASE("learning-rate schedules follow their closed forms") {
   CHECK(parse_lr_schedule("cosine") == LrScheduleKind::warmup_cosine);
 }
 
+TEST_CASE("a schedule built without a rate is the multiplier fit applies") {
+  const LrSchedule s(LrScheduleKind::warmup_linear, 4, 20);
+  for (const long step : {0L, 3L, 12L, 25L}) CHECK(s.lr(step) == s.multiplier(step));
+  CHECK(s.multiplier(1) == doctest::Approx(0.5));
+  CHECK(s.base_lr() == 1.0);
+  const auto r = LrSchedule::with_warmup_ratio(LrScheduleKind::warmup_cosine, 0.1, 50);
+  CHECK(r.warmup() == 5);
+  CHECK(r.total() == 50);
+  CHECK(r.lr(10) == r.multiplier(10));
+  CHECK_THROWS_AS(LrSchedule(LrScheduleKind::warmup_linear, 30, 20), Error);
+}
+
 TEST_CASE("xi schedules match their closed forms and end points") {
   const double xi0 = 1e-5, xi_max = 1e-3;
   const int K = 6;

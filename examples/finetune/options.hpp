@@ -2,6 +2,10 @@
 // sora-finetune's command line: every flag, its default and its check, in one place (CLI11).
 // parse_options never exits the process: it returns an exit code for --help and for errors,
 // so that tests can drive it.
+//
+// Exit codes, one per kind of outcome (also in --help): 0 success; 1 the run failed (data, files,
+// training diverged); 2 the command line is wrong (any flag, whatever CLI11's own code for the
+// error would be); 128 + N stopped by signal N (SIGINT: 130, SIGTERM: 143).
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -173,6 +177,9 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       "'polarity' task, SoRA, 3 seeds.",
       "sora-finetune"};
   app.get_formatter()->column_width(34);
+  app.footer(
+      "Exit codes: 0 success, 1 the run failed, 2 a wrong command line, 128 + N stopped by "
+      "signal N.");
   auto* g_run = "What to run";
   app.add_option("--method", o.method, "fine-tuning method")
       ->check(CLI::IsMember(method_names()))
@@ -457,7 +464,7 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
     return 0;
   } catch (const CLI::ParseError& e) {
     err << "sora-finetune: " << e.what() << "\n(run sora-finetune --help for the flags)\n";
-    return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
+    return 2;  // every command-line error alike (CLI11's own codes differ by error: 105, 114, ...)
   }
 
   // Checks across flags, each naming the flag at fault.

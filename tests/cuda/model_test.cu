@@ -173,7 +173,7 @@ void check_method(Method method, Head head, bool causal) {
   auto cpu_opt = sora::optim::FineTuneOptimizer<T>::for_model(cpu, o);
   cu::DeviceFineTuneOptimizer<T> gpu_opt(gpu, o);
   Index gates = 0;
-  cpu.visit_params([&](sora::Param<T>& p) { gates += sora::optim::is_sora_gate(p.name) ? 1 : 0; });
+  cpu.visit_params([&](sora::Param<T>& p) { gates += sora::optim::is_sora_gate(p) ? 1 : 0; });
   CHECK(gpu_opt.gate_tensors() == gates);  // every gate in the one batched launch
   for (int step = 0; step < 5; ++step) {
     const auto b = tiny_batch(config, 20u + static_cast<unsigned>(step));

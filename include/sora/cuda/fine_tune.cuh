@@ -42,7 +42,7 @@ class DeviceFineTuneOptimizer {
       Slot s;
       s.p = &p;
       s.name = p.name;
-      s.gate = sora::optim::is_sora_gate(p.name);
+      s.gate = sora::optim::is_sora_gate(p);
       s.weight_decay = (s.gate || p.is_vector) ? 0.0 : options.weight_decay;
       s.m = DeviceTensor<T>::zeros(p.value.rows(), p.value.cols(), context().stream());
       s.v = DeviceTensor<T>::zeros(p.value.rows(), p.value.cols(), context().stream());

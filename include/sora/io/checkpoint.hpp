@@ -42,6 +42,7 @@
 #include <utility>
 #include <vector>
 
+#include "sora/core/concepts.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
 #include "sora/core/rng.hpp"
@@ -322,6 +323,7 @@ inline bool in_adapter_of(std::string_view tensor, const std::set<std::string>& 
 template <class Model, class Optimizer>
 void save_checkpoint(const std::filesystem::path& path, Model& model, Optimizer& optimizer,
                      const TrainingState& state) {
+  SORA_REQUIRE_CHECKPOINTABLE(Model, "io::save_checkpoint");
   using T = typename Model::Scalar;
   namespace cd = ckpt_detail;
   const cd::OptimizerParts<T> parts = cd::parts_of(optimizer);
@@ -385,6 +387,7 @@ void save_checkpoint(const std::filesystem::path& path, Model& model, Optimizer&
 template <class Model, class Optimizer>
 TrainingState load_checkpoint(const std::filesystem::path& path, Model& model,
                               Optimizer& optimizer) {
+  SORA_REQUIRE_CHECKPOINTABLE(Model, "io::load_checkpoint");
   using T = typename Model::Scalar;
   namespace cd = ckpt_detail;
   const SafetensorsFile file = SafetensorsFile::open(path);

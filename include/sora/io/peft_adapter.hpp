@@ -45,6 +45,7 @@
 #include <utility>
 #include <vector>
 
+#include "sora/core/concepts.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
 #include "sora/io/atomic_dir.hpp"
@@ -152,12 +153,35 @@ inline std::map<std::string, PeftModuleTensors> group_peft_tensors(
   return modules;
 }
 
+// PEFT's modules_to_save for a model: every module (a parameter's dotted path without its last
+// part) that holds a trainable parameter which is not an adapter's, in visiting order: the
+// trained head, LayerNorms, embeddings. Read from the parameters' roles, so it holds for a model
+// of one's own as for model::Transformer.
+template <class Model>
+std::vector<std::string> trained_modules(Model& model) {
+  SORA_REQUIRE_TRAINABLE(Model, "io::trained_modules");
+  using P = Param<typename Model::Scalar, typename backend_of<Model>::type>;
+  std::vector<std::string> modules;
+  model.visit_params([&](P& p) {
+    if (!p.trainable() || is_adapter_role(p.role)) return;
+    const auto dot = p.name.rfind('.');
+    SORA_CHECK(dot != std::string::npos, "io::trained_modules: parameter '", p.name,
+               "' has no module path (visit the model with a prefix)");
+    std::string module = p.name.substr(0, dot);
+    if (std::find(modules.begin(), modules.end(), module) == modules.end())
+      modules.push_back(std::move(module));
+  });
+  return modules;
+}
+
 // Writes the model's adapters, pruned, as a PEFT LoRA adapter folder `dir` (its parent created
 // if needed; the folder replaced as a whole). The model must offer
-// visit_linears(fn(name, layer)) (model::Transformer). The model itself is not changed.
+// visit_linears(fn(name, layer)) (sora::HasAdapters, core/concepts.hpp). The model itself is not
+// changed.
 template <class Model>
 PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& dir,
                                      const PeftExportOptions& options = {}) {
+  SORA_REQUIRE_HAS_ADAPTERS(Model, "io::export_peft_adapter");
   using Linear = typename Model::Linear;
   using T = typename Model::Scalar;
   PeftExportReport report;
@@ -199,7 +223,7 @@ PeftExportReport export_peft_adapter(Model& model, const std::filesystem::path& 
   for (const std::string& module : options.modules_to_save) {
     Index written = 0;
     model.visit_params([&](Param<T>& p) {
-      if (!p.trainable() || p.name.find(".lora_") != std::string::npos) return;
+      if (!p.trainable() || is_adapter_role(p.role)) return;
       if (p.name.size() <= module.size() || !p.name.starts_with(module) ||
           p.name[module.size()] != '.')
         return;

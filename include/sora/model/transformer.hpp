@@ -34,6 +34,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sora/core/parameters.hpp"
 #include "sora/core/rng.hpp"
 #include "sora/model/block.hpp"
 #include "sora/model/config.hpp"
@@ -54,23 +55,23 @@ struct SummaryRow {
   Index total = 0;
 };
 
-// The kind of module a parameter belongs to, from its name.
-inline std::string module_kind(std::string_view name) {
-  if (name.find(".lora_") != std::string_view::npos) return "adapters";
-  if (name.starts_with("wte.") || name.starts_with("wpe.")) return "embeddings";
-  if (name.starts_with("ln_f.") || name.find(".ln1.") != std::string_view::npos ||
-      name.find(".ln2.") != std::string_view::npos)
-    return "layernorm";
-  if (name.find(".attn.") != std::string_view::npos) return "attention";
-  if (name.find(".mlp.") != std::string_view::npos) return "mlp";
-  if (name.starts_with("lm_head.") || name.starts_with("head.")) return "head";
+// The kind of module a parameter belongs to: its role says what it is; for base weights and
+// biases, the module path says where (attention or MLP).
+template <class P>
+std::string module_kind(const P& p) {
+  if (is_adapter_role(p.role)) return "adapters";
+  if (p.role == ParamRole::embedding) return "embeddings";
+  if (p.role == ParamRole::norm) return "layernorm";
+  if (p.role == ParamRole::head) return "head";
+  if (p.name.find(".attn.") != std::string::npos) return "attention";
+  if (p.name.find(".mlp.") != std::string::npos) return "mlp";
   return "other";
 }
 
 using namespace nn::op_names;  // ops found by name and by the tensor type (nn/common.hpp)
 
 template <class T, class Backend = Cpu>
-class Transformer {
+class Transformer : public ParameterLists<Transformer<T, Backend>> {
  public:
   using Scalar = T;
   using BackendTag = Backend;
@@ -104,6 +105,8 @@ class Transformer {
       dense.emplace(c.width, c.width, c.bias, base + 4);
       out.emplace(c.width, c.num_labels, c.bias, base + 5);
     }
+    for (auto* head : {&lm_head, &dense, &out})
+      if (*head) (*head)->mark_as_head();
   }
 
   // The layers point into each other's buffers: a copy or move would leave them dangling.
@@ -165,22 +168,7 @@ class Transformer {
     if (out) fn(std::string("head.out"), *out);
   }
 
-  std::vector<ParamT*> parameters() {
-    std::vector<ParamT*> all;
-    visit_params([&](ParamT& p) { all.push_back(&p); });
-    return all;
-  }
-  // The parameters that own a gradient, i.e. what an optimizer and clipping see.
-  std::vector<ParamT*> trainable_parameters() {
-    std::vector<ParamT*> all;
-    visit_params([&](ParamT& p) {
-      if (p.trainable()) all.push_back(&p);
-    });
-    return all;
-  }
-  void zero_grad() {
-    visit_params([](ParamT& p) { p.zero_grad(); });
-  }
+  // parameters(), trainable_parameters(), zero_grad(): from ParameterLists.
 
   // ---- fine-tuning method --------------------------------------------------------------------
 
@@ -240,7 +228,7 @@ class Transformer {
       rows.push_back(SummaryRow{kind, 0, 0});
     SummaryRow total{"total", 0, 0};
     visit_params([&](ParamT& p) {
-      const std::string kind = module_kind(p.name);
+      const std::string kind = module_kind(p);
       for (auto& row : rows) {
         if (row.kind != kind) continue;
         row.total += p.size();

@@ -42,10 +42,16 @@ struct AdapterConfig {
 inline const char* gate_name(AdapterKind kind) {
   return kind == AdapterKind::adalora ? "lora_E" : "lora_gate";
 }
+// SoRA's gate gets the proximal step; AdaLoRA's E is masked by rank allocation instead.
+inline ParamRole gate_role(AdapterKind kind) {
+  return kind == AdapterKind::adalora ? ParamRole::singular_value : ParamRole::gate;
+}
 
 template <class T, class Backend = Cpu>
 class LowRankAdapter {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   using Ref = typename Backend::template Ref<T>;
@@ -83,8 +89,8 @@ class LowRankAdapter {
     SORA_CHECK(std::isfinite(static_cast<double>(scale_)) && scale_ > T(0),
                "LowRankAdapter: ", "the scale alpha / rank = ", config.alpha, " / ", R,
                " is not a finite number > 0 ", "in this scalar type");
-    lora_A = Param<T, Backend>("lora_A", std::move(A), true);
-    lora_B = Param<T, Backend>("lora_B", std::move(B), true);
+    lora_A = Param<T, Backend>("lora_A", std::move(A), true, false, ParamRole::adapter_A);
+    lora_B = Param<T, Backend>("lora_B", std::move(B), true, false, ParamRole::adapter_B);
     if (kind_ != AdapterKind::lora) {
       Matrix<T> g(1, R);
       if (kind_ == AdapterKind::adalora) {
@@ -94,7 +100,8 @@ class LowRankAdapter {
       } else {
         rng.fill_normal(g, 0.0, 1.0);
       }
-      gate = Param<T, Backend>(gate_name(kind_), std::move(g), true, /*vector=*/true);
+      gate = Param<T, Backend>(gate_name(kind_), std::move(g), true, /*vector=*/true,
+                               gate_role(kind_));
     }
   }
 
@@ -117,10 +124,10 @@ class LowRankAdapter {
     out.kind_ = kind;
     out.scale_ = scale;
     out.r_max_ = r_max;
-    out.lora_A = Param<T, Backend>("lora_A", std::move(A), true);
-    out.lora_B = Param<T, Backend>("lora_B", std::move(B), true);
+    out.lora_A = Param<T, Backend>("lora_A", std::move(A), true, false, ParamRole::adapter_A);
+    out.lora_B = Param<T, Backend>("lora_B", std::move(B), true, false, ParamRole::adapter_B);
     if (kind != AdapterKind::lora)
-      out.gate = Param<T, Backend>(gate_name(kind), std::move(g), true, true);
+      out.gate = Param<T, Backend>(gate_name(kind), std::move(g), true, true, gate_role(kind));
     return out;
   }
 
@@ -175,6 +182,11 @@ class LowRankAdapter {
     residual_backward<T>(dx, Backend::template absent<T>(), dxd_);
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     detail::visit_one(lora_A, prefix, "lora_A", fn);
@@ -202,6 +214,8 @@ class LowRankAdapter {
 template <class T, class Backend = Cpu>
 class AdaptedLinear {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
   using Adapter = LowRankAdapter<T, Backend>;
 
@@ -236,6 +250,10 @@ class AdaptedLinear {
 
   Index in_features() const { return base.in_features(); }
   Index out_features() const { return base.out_features(); }
+  // A task head's layer (nn::Linear::mark_as_head); an adapter attached later keeps its own
+  // adapter roles.
+  void mark_as_head() { base.mark_as_head(); }
+  bool is_head() const { return base.is_head(); }
   bool merged() const { return merged_; }
   const Tensor& output() const { return y_; }  // the last forward's output
   void set_merged(bool on) { merged_ = on; }   // used by prune::merge / unmerge
@@ -251,6 +269,7 @@ class AdaptedLinear {
     return y_;
   }
   const Tensor& forward(Tensor&&) = delete;
+  SORA_LAYER_INPUT_ONLY(forward)
 
   // forward without the base layer's bias, for a caller that adds it in a fused epilogue
   // (MLP: bias + GELU in one pass). The returned buffer is this layer's output: the caller must
@@ -270,6 +289,11 @@ class AdaptedLinear {
     return dx_;
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     base.visit_params(prefix, fn);

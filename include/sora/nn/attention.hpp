@@ -19,6 +19,8 @@ namespace sora::nn {
 template <class T, class Backend = Cpu>
 class Attention {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   AdaptedLinear<T, Backend> q, k, v, o;
@@ -106,6 +108,11 @@ class Attention {
     return dx_;
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     q.visit_params(join_name(prefix, "q"), fn);

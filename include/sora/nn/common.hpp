@@ -8,16 +8,21 @@
 //
 // Every parameter is reached through one visitor, `layer.visit_params(prefix, fn)`, which
 // calls fn(Param<T>&) for each parameter in a fixed order after setting its name to the stable
-// dotted path "<prefix>.<local name>" (PEFT's names: "q.weight", "q.lora_A", ...). The
-// optimizer, pruning, parameter counts and I/O all go through it.
+// dotted path "<prefix>.<local name>" (PEFT's names: "q.weight", "q.lora_A", ...); every layer,
+// block and model also has `visit_params(fn)`, the same with an empty prefix (the protocol of
+// core/concepts.hpp). The optimizer, pruning, parameter counts and I/O all go through it, and
+// read what a parameter is from its role (core/param.hpp), which the layer sets.
 //
 // Ops are called unqualified (`linear_forward<T>(y, x, w, b)`): the using-declarations below
 // make the CPU ops visible, and argument-dependent lookup on a device tensor finds a device
 // backend's twins (a qualified sora::ops:: call would see only what was declared before the
 // layer, i.e. never a backend added later).
 
+#include <concepts>
+#include <exception>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "sora/core/param.hpp"
 #include "sora/ops/activation.hpp"
@@ -63,6 +68,8 @@ using ops::linear_backward;
 using ops::linear_forward;
 using ops::lowrank_backward;
 using ops::lowrank_forward;
+using ops::mean_pool_backward;
+using ops::mean_pool_forward;
 using ops::mse_backward;
 using ops::mse_forward;
 using ops::position_embedding_backward;
@@ -82,6 +89,38 @@ using ops::tanh_forward;
 using namespace op_names;
 
 namespace detail {
+
+template <class>
+inline constexpr bool dependent_false = false;
+
+// A layer's forward takes the layer's own tensor (on the CPU a row-major sora::Matrix<T>) by
+// reference and keeps a pointer to it for backward. Any other argument (a column-major
+// Eigen::MatrixXf, a matrix of another scalar, an expression, a Map) would convert through a
+// temporary gone by backward; SORA_LAYER_INPUT_ONLY(forward) gives such a call a compile-time
+// message that says which of these it is, instead of "use of deleted function".
+template <class X, class Tensor>
+const Tensor& refuse_layer_input() {
+  if constexpr (requires { X::IsRowMajor; }) {
+    if constexpr (!X::IsRowMajor) {
+      static_assert(dependent_false<X>,
+                    "a layer's input must be row-major: activations are (N, C) row-major "
+                    "(docs/design.md section 2), and this matrix is column-major (e.g. "
+                    "Eigen::MatrixXf); copy it into a sora::Matrix<T> first");
+    } else if constexpr (requires { typename Tensor::Scalar; } &&
+                         !std::same_as<typename X::Scalar, typename Tensor::Scalar>) {
+      static_assert(dependent_false<X>,
+                    "a layer's input must have the layer's scalar type: a Layer<float> takes a "
+                    "sora::Matrix<float>, a Layer<double> a sora::Matrix<double>");
+    } else {
+      static_assert(dependent_false<X>,
+                    "a layer's input must be a stored sora::Matrix<T> (backward reads it after "
+                    "forward returns): evaluate an Eigen expression, block or map into one first");
+    }
+  } else {
+    static_assert(dependent_false<X>, "a layer's input must be the layer's tensor type");
+  }
+  std::terminate();  // never reached: every branch above fails to compile
+}
 
 // Names p "<prefix>.<local>" and hands it to fn.
 template <class T, class B, class Fn>
@@ -112,3 +151,11 @@ typename B::template ConstRef<T> value_or_absent(const Param<T, B>& p, bool pres
 
 }  // namespace detail
 }  // namespace sora::nn
+
+// Inside a layer class with `using Tensor`: refuses, with a message, any argument of `method` that
+// is not the layer's Tensor (see refuse_layer_input).
+#define SORA_LAYER_INPUT_ONLY(method)                                                      \
+  template <class X>                                                                       \
+  requires(!std::same_as<std::remove_cvref_t<X>, Tensor>) const Tensor& method(const X&) { \
+    return ::sora::nn::detail::refuse_layer_input<std::remove_cvref_t<X>, Tensor>();       \
+  }

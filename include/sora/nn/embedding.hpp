@@ -15,6 +15,8 @@ namespace sora::nn {
 template <class T, class Backend = Cpu>
 class Embedding {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   Param<T, Backend> weight;  // (V, C)
@@ -28,7 +30,7 @@ class Embedding {
     Rng rng(seed);
     Matrix<T> w(vocab, channels);
     rng.fill_normal(w, 0.0, stddev);
-    weight = Param<T, Backend>("weight", std::move(w), trainable);
+    weight = Param<T, Backend>("weight", std::move(w), trainable, false, ParamRole::embedding);
   }
 
   Index vocab_size() const { return weight.value.rows(); }
@@ -49,6 +51,11 @@ class Embedding {
     if (weight.trainable()) embedding_backward<T>(weight.gradient(), dy, tokens_);
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     detail::visit_one(weight, prefix, "weight", fn);
@@ -63,6 +70,8 @@ class Embedding {
 template <class T, class Backend = Cpu>
 class PositionEmbedding {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   Param<T, Backend> weight;  // (P, C), P the longest sequence
@@ -76,7 +85,7 @@ class PositionEmbedding {
     Rng rng(seed);
     Matrix<T> w(max_positions, channels);
     rng.fill_normal(w, 0.0, stddev);
-    weight = Param<T, Backend>("weight", std::move(w), trainable);
+    weight = Param<T, Backend>("weight", std::move(w), trainable, false, ParamRole::embedding);
   }
 
   // y[b T + t] += wpe[t].
@@ -88,6 +97,11 @@ class PositionEmbedding {
     if (weight.trainable()) position_embedding_backward<T>(weight.gradient(), dy, T_);
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     detail::visit_one(weight, prefix, "weight", fn);

@@ -10,6 +10,8 @@ namespace sora::nn {
 template <class T, class Backend = Cpu>
 class LayerNorm {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   Param<T, Backend> weight;  // (1, C)
@@ -18,8 +20,10 @@ class LayerNorm {
   LayerNorm() = default;
   explicit LayerNorm(Index channels, bool trainable = true, T eps = T(1e-5)) : eps_(eps) {
     SORA_CHECK(channels > 0, "LayerNorm: channels must be positive, got ", channels);
-    weight = Param<T, Backend>("weight", Matrix<T>::Ones(1, channels), trainable, true);
-    bias = Param<T, Backend>("bias", Matrix<T>::Zero(1, channels), trainable, true);
+    weight =
+        Param<T, Backend>("weight", Matrix<T>::Ones(1, channels), trainable, true, ParamRole::norm);
+    bias =
+        Param<T, Backend>("bias", Matrix<T>::Zero(1, channels), trainable, true, ParamRole::norm);
   }
 
   Index channels() const { return weight.value.cols(); }
@@ -33,6 +37,7 @@ class LayerNorm {
     return y_;
   }
   const Tensor& forward(Tensor&&) = delete;
+  SORA_LAYER_INPUT_ONLY(forward)
 
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
     SORA_CHECK(x_ != nullptr, "LayerNorm::backward called before forward");
@@ -43,6 +48,11 @@ class LayerNorm {
     return dx_;
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     detail::visit_one(weight, prefix, "weight", fn);

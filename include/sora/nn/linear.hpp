@@ -16,6 +16,8 @@ namespace sora::nn {
 template <class T, class Backend = Cpu>
 class Linear {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   Param<T, Backend> weight;  // (OC, C)
@@ -29,17 +31,25 @@ class Linear {
     Rng rng(seed);
     Matrix<T> w(out, in);
     rng.fill_kaiming_uniform(w, in);
-    weight = Param<T, Backend>("weight", std::move(w), trainable);
+    weight = Param<T, Backend>("weight", std::move(w), trainable, false, ParamRole::weight);
     if (with_bias) {
       Matrix<T> b(1, out);
       rng.fill_kaiming_uniform(b, in);
-      bias = Param<T, Backend>("bias", std::move(b), trainable, /*vector=*/true);
+      bias = Param<T, Backend>("bias", std::move(b), trainable, /*vector=*/true, ParamRole::bias);
     }
   }
 
   Index in_features() const { return weight.value.cols(); }
   Index out_features() const { return weight.value.rows(); }
   bool has_bias() const { return has_bias_; }
+
+  // A task head's layer: its weight and bias take the role `head` (what PEFT's
+  // modules_to_save keeps beside the adapters); the model that owns the layer says so.
+  void mark_as_head() {
+    weight.role = ParamRole::head;
+    bias.role = ParamRole::head;
+  }
+  bool is_head() const { return weight.role == ParamRole::head; }
 
   void set_trainable(bool on) {
     weight.set_trainable(on);
@@ -70,6 +80,7 @@ class Linear {
     return y_;
   }
   const Tensor& forward(Tensor&&) = delete;  // a temporary would be gone by backward
+  SORA_LAYER_INPUT_ONLY(forward)
 
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
     SORA_CHECK(x_ != nullptr, "Linear::backward called before forward");
@@ -77,6 +88,11 @@ class Linear {
     return dx_;
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     detail::visit_one(weight, prefix, "weight", fn);

@@ -14,6 +14,8 @@ namespace sora::nn {
 template <class T, class Backend = Cpu>
 class MLP {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   AdaptedLinear<T, Backend> fc, proj;
@@ -43,6 +45,7 @@ class MLP {
     }
     return proj.forward(hact_);
   }
+  SORA_LAYER_INPUT_ONLY(forward)
 
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
     const Tensor& dhact = proj.backward(dy);
@@ -51,6 +54,11 @@ class MLP {
     return fc.backward(dhpre_, want_dx);
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     fc.visit_params(join_name(prefix, "fc"), fn);

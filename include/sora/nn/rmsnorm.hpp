@@ -10,6 +10,8 @@ namespace sora::nn {
 template <class T, class Backend = Cpu>
 class RMSNorm {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   Param<T, Backend> weight;  // (1, C)
@@ -18,7 +20,8 @@ class RMSNorm {
   // eps: config.json's rms_norm_eps (1e-6 for LLaMA and Qwen2, 1e-5 for Mistral and LLaMA 2).
   explicit RMSNorm(Index channels, bool trainable = true, T eps = T(1e-6)) : eps_(eps) {
     SORA_CHECK(channels > 0, "RMSNorm: channels must be positive, got ", channels);
-    weight = Param<T, Backend>("weight", Matrix<T>::Ones(1, channels), trainable, true);
+    weight =
+        Param<T, Backend>("weight", Matrix<T>::Ones(1, channels), trainable, true, ParamRole::norm);
   }
 
   Index channels() const { return weight.value.cols(); }
@@ -32,6 +35,7 @@ class RMSNorm {
     return y_;
   }
   const Tensor& forward(Tensor&&) = delete;
+  SORA_LAYER_INPUT_ONLY(forward)
 
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
     SORA_CHECK(x_ != nullptr, "RMSNorm::backward called before forward");
@@ -41,6 +45,11 @@ class RMSNorm {
     return dx_;
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     detail::visit_one(weight, prefix, "weight", fn);

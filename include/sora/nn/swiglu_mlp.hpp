@@ -17,6 +17,8 @@ namespace sora::nn {
 template <class T, class Backend = Cpu>
 class SwiGLUMLP {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
 
   AdaptedLinear<T, Backend> gate_proj, up_proj, down_proj;
@@ -42,6 +44,7 @@ class SwiGLUMLP {
     return down_proj.forward(act_);
   }
   const Tensor& forward(Tensor&&) = delete;
+  SORA_LAYER_INPUT_ONLY(forward)
 
   // x feeds both gate_proj and up_proj, so dx is the sum of their input gradients.
   const Tensor& backward(const Tensor& dy, bool want_dx = true) {
@@ -57,6 +60,11 @@ class SwiGLUMLP {
     return dx_;
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     gate_proj.visit_params(join_name(prefix, "gate_proj"), fn);

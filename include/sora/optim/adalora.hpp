@@ -89,7 +89,8 @@ std::string adalora_shape(const Tensor& t) {
 }  // namespace detail
 
 // The AdaLoRA modules of anything with visit_params(fn) over Param<T, Backend>: every parameter
-// named "<m>.lora_E" with its "<m>.lora_A" and "<m>.lora_B", in visiting order. Throws on an
+// of role singular_value ("<m>.lora_E") with the adapter_A and adapter_B parameters of the same
+// module "<m>", in visiting order. Throws on an
 // incomplete or misshapen triplet. The pointers stay valid while the model is neither rebuilt
 // nor pruned.
 template <class T, class Backend = Cpu, class Model>
@@ -105,12 +106,12 @@ std::vector<AdaLoraModule<T, Backend>> collect_adalora_modules(Model& model) {
   model.visit_params([&](P& p) {
     const auto dot = p.name.rfind('.');
     if (dot == std::string::npos) return;
-    const std::string_view local = std::string_view(p.name).substr(dot + 1);
+    if (!is_adapter_role(p.role)) return;
     P** slot = nullptr;
     Parts& entry = parts[p.name.substr(0, dot)];
-    if (local == "lora_A") slot = &entry.A;
-    if (local == "lora_B") slot = &entry.B;
-    if (local == "lora_E") {
+    if (p.role == ParamRole::adapter_A) slot = &entry.A;
+    if (p.role == ParamRole::adapter_B) slot = &entry.B;
+    if (p.role == ParamRole::singular_value) {
       slot = &entry.E;
       order.push_back(p.name.substr(0, dot));
     }
@@ -552,6 +553,9 @@ class AdaLoraOptimizer {
 
   // Regularizer gradient (if not added yet) -> AdamW -> importance and allocation.
   void step() {
+    // Before the regularizer reads the modules: a model pruned since the optimizer was built
+    // is refused, naming the parameter, rather than read at its old shapes.
+    adamw_.check_all_fit("AdaLoraOptimizer");
     if (!orth_added_) add_orth_regularizer();
     adamw_.step();
     last_ = allocator_.update_and_allocate(adamw_.step_count());

@@ -155,18 +155,24 @@ class AdamW {
   // One step over every trainable parameter, reading its gradient. Throws if a parameter was
   // frozen or reshaped since the optimizer was built (its state would not fit).
   void step() {
+    check_all_fit("AdamW");  // before anything changes: a refused step changes nothing
     ++step_;
     const AdamWScalars s = adamw_scalars(options_, step_);
     for (std::size_t i = 0; i < params_.size(); ++i) {
       Param<T>& p = *params_[i];
       AdamState<T>& st = state_[i];
-      check_fits("AdamW", p, st);
       detail::adamw_update(p.value, st.m, st.v, p.gradient(), s, st.weight_decay);
     }
   }
 
   void zero_grad() {
     for (Param<T>* p : params_) p->zero_grad();
+  }
+
+  // Throws, naming the parameter, when one was frozen, replaced or reshaped since the optimizer
+  // was built (its state would not fit).
+  void check_all_fit(const char* who) const {
+    for (std::size_t i = 0; i < params_.size(); ++i) check_fits(who, *params_[i], state_[i]);
   }
 
   long step_count() const { return step_; }
@@ -200,6 +206,20 @@ class AdamW {
     state_ = std::move(state);
   }
 
+  // Takes over `previous`'s step count and the moments of every parameter that kept its name
+  // and shape (the rest keep their zero moments): an optimizer rebuilt after pruning continues
+  // where the old one was. Reads only `previous`'s own state, never its parameters (a pruned
+  // module's old parameters no longer exist).
+  void carry_over_from(const AdamW& previous) {
+    step_ = previous.step_;
+    for (AdamState<T>& st : state_) {
+      const AdamState<T>* old = previous.state_for(st.name);
+      if (old == nullptr || old->m.rows() != st.m.rows() || old->m.cols() != st.m.cols()) continue;
+      st.m = old->m;
+      st.v = old->v;
+    }
+  }
+
   // Bytes of optimizer state (two moments per trainable element).
   std::size_t state_bytes() const {
     std::size_t bytes = 0;
@@ -210,12 +230,16 @@ class AdamW {
   }
 
  protected:
+  // Named by the state's name, the parameter's name when the optimizer was built: a parameter
+  // that pruning replaced has not been named yet.
   static void check_fits(const char* who, const Param<T>& p, const AdamState<T>& st) {
-    SORA_CHECK(p.trainable(), who, ": parameter '", p.name,
-               "' was frozen after the optimizer was built");
+    SORA_CHECK(p.trainable(), who, ": parameter '", st.name,
+               "' was frozen or replaced after the optimizer was built (after pruning, rebind "
+               "the optimizer to the model: FineTuneOptimizer::rebind)");
     SORA_CHECK(p.value.rows() == st.m.rows() && p.value.cols() == st.m.cols(), who, ": parameter '",
-               p.name, "' has shape ", shape_of(p.value), " but its optimizer state has ",
-               shape_of(st.m), " (rebuild the optimizer after pruning)");
+               st.name, "' has shape ", shape_of(p.value), " but its optimizer state has ",
+               shape_of(st.m),
+               " (after pruning, rebind the optimizer to the model: FineTuneOptimizer::rebind)");
   }
 
   AdamWOptions options_;

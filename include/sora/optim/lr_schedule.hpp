@@ -6,6 +6,11 @@
 //   warmup_cosine:   the same warmup, then half a cosine from 1 to 0 at `total`
 // The warmup counts the first step as 1/warmup rather than 0 so that no step is wasted
 // with a zero learning rate (the multiplier reaches 1 on the last warmup step).
+//
+// A schedule is a multiplier: train::fit calls optimizer.set_lr_multiplier(multiplier(step)),
+// which scales the optimizer's own base rates (FineTuneOptimizer has two: lr and gate_lr). So
+// build it without a rate, LrSchedule(kind, warmup, total). The forms that take a base_lr only
+// record it (lr(step) = base_lr * multiplier(step), kept in checkpoints); fit never reads it.
 
 #include <cmath>
 #include <numbers>
@@ -29,7 +34,9 @@ class LrSchedule {
  public:
   LrSchedule() = default;
   // total: the number of optimizer steps of the run (or of one stage of the sparsity
-  // scheduler, which gives each stage a schedule of its own).
+  // scheduler, which gives each stage a schedule of its own). lr(step) is the multiplier.
+  LrSchedule(LrScheduleKind kind, long warmup, long total) : LrSchedule(kind, 1.0, warmup, total) {}
+  // The same, recording a base rate for lr(step) (see above: fit does not read it).
   LrSchedule(LrScheduleKind kind, double base_lr, long warmup, long total)
       : kind_(kind), base_lr_(base_lr), warmup_(warmup), total_(total) {
     SORA_CHECK(base_lr >= 0.0 && std::isfinite(base_lr),
@@ -42,6 +49,9 @@ class LrSchedule {
   }
 
   // Warmup as a fraction of the run (e.g. 0.06 as in the paper's runs).
+  static LrSchedule with_warmup_ratio(LrScheduleKind kind, double ratio, long total) {
+    return with_warmup_ratio(kind, 1.0, ratio, total);
+  }
   static LrSchedule with_warmup_ratio(LrScheduleKind kind, double base_lr, double ratio,
                                       long total) {
     SORA_CHECK(ratio >= 0.0 && ratio <= 1.0, "warmup ratio must be in [0, 1], got ", ratio);
@@ -66,7 +76,7 @@ class LrSchedule {
 
  private:
   LrScheduleKind kind_ = LrScheduleKind::constant;
-  double base_lr_ = 1e-3;
+  double base_lr_ = 1.0;
   long warmup_ = 0;
   long total_ = 0;
 };

@@ -3,9 +3,11 @@
 //   decay      trainable matrices (weights, embeddings, lora_A, lora_B): AdamW, weight decay
 //   no_decay   trainable vectors (biases, LayerNorm scales and shifts, AdaLoRA's lora_E):
 //              AdamW without weight decay
-//   gates      SoRA gates (".lora_gate"): SparseAdamW, an AdamW step without weight decay
+//   gates      SoRA gates (ParamRole::gate): SparseAdamW, an AdamW step without weight decay
 //              followed by the proximal step of the L1 penalty (soft threshold at ξ)
 // Frozen parameters belong to no group: they have no gradient and get no optimizer state.
+// Groups are read from each parameter's role, set by the layer that owns it, never from its
+// name: a model of one's own may name its modules as it likes.
 
 #include <cstddef>
 #include <set>
@@ -13,16 +15,17 @@
 #include <string_view>
 #include <vector>
 
+#include "sora/core/concepts.hpp"
 #include "sora/core/param.hpp"
 #include "sora/optim/adamw.hpp"
 #include "sora/optim/sparse_adamw.hpp"
 
 namespace sora::optim {
 
-// A gate is named "<module>.lora_gate", or just "lora_gate" when its layer was visited with an
-// empty prefix (a standalone SoraLinear): both get the proximal step.
-inline bool is_sora_gate(std::string_view name) {
-  return name == "lora_gate" || name.ends_with(".lora_gate");
+// A gate is a parameter whose role says so.
+template <class T, class Backend>
+bool is_sora_gate(const Param<T, Backend>& p) {
+  return p.role == ParamRole::gate;
 }
 
 template <class T>
@@ -40,15 +43,16 @@ struct ParamGroups {
   }
 };
 
-// Groups the trainable parameters of anything with visit_params(fn). A parameter is a vector
-// exactly when it is a bias, a LayerNorm parameter or a gate (Param::is_vector), which is the
-// usual "no decay for 1-D tensors" rule.
+// Groups the trainable parameters of anything with visit_params(fn): gates by role; of the
+// rest, vectors (biases, norms, AdaLoRA's E: Param::is_vector) without weight decay, which is
+// the usual "no decay for 1-D tensors" rule.
 template <class T, class Model>
 ParamGroups<T> group_parameters(Model& model) {
+  SORA_REQUIRE_VISIT_PARAMS(Model, "optim::group_parameters");
   ParamGroups<T> groups;
   model.visit_params([&](Param<T>& p) {
     if (!p.trainable()) return;
-    if (is_sora_gate(p.name)) {
+    if (is_sora_gate(p)) {
       groups.gates.push_back(&p);
     } else if (p.is_vector) {
       groups.no_decay.push_back(&p);
@@ -113,10 +117,31 @@ class FineTuneOptimizer {
 
   template <class Model>
   static FineTuneOptimizer for_model(Model& model, const FineTuneOptions& options) {
+    SORA_REQUIRE_VISIT_PARAMS(Model, "FineTuneOptimizer::for_model");
     return FineTuneOptimizer(group_parameters<T>(model), options);
   }
 
+  // After pruning (which replaces the adapters' parameters) or any other change to which
+  // parameters train: the optimizer over the model's parameters as they are now. A parameter
+  // that kept its name and shape keeps its moments, and the step count, learning rates and ξ
+  // carry over; a pruned adapter's A and B (new shapes) start from zero moments. Stepping an
+  // optimizer that was not rebound throws, naming the parameter, where the pruned parameters
+  // still exist; a module pruned to rank 0 loses its adapter and its parameters with it, so
+  // rebind before calling anything else on the optimizer.
+  template <class Model>
+  void rebind(Model& model) {
+    SORA_REQUIRE_VISIT_PARAMS(Model, "FineTuneOptimizer::rebind");
+    FineTuneOptimizer next(group_parameters<T>(model), options_);
+    next.adamw_.carry_over_from(adamw_);
+    next.gates_.carry_over_from(gates_);
+    next.adamw_.set_lr(adamw_.lr());
+    next.gates_.set_lr(gates_.lr());
+    next.gates_.set_xi(gates_.xi());
+    *this = std::move(next);
+  }
+
   void step() {
+    gates_.check_all_fit("SparseAdamW");  // both checked before either steps
     adamw_.step();
     gates_.step();
   }

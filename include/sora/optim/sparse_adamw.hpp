@@ -77,13 +77,13 @@ class SparseAdamW : public AdamW<T> {
   double threshold() const { return sparse_.scale_xi_by_lr ? sparse_.xi * this->lr() : sparse_.xi; }
 
   void step() {
+    this->check_all_fit("SparseAdamW");  // a refused step changes nothing
     ++this->step_;
     const AdamWScalars s = adamw_scalars(this->options_, this->step_);
     const T thr = static_cast<T>(threshold());
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       Param<T>& p = *this->params_[i];
       AdamState<T>& st = this->state_[i];
-      this->check_fits("SparseAdamW", p, st);
       detail::adamw_update(p.value, st.m, st.v, p.gradient(), s, 0.0);
       if (thr > T(0)) detail::gate_prox_inplace(p.value, thr, sparse_.official_compat);
     }

@@ -145,21 +145,21 @@ ParamCounts count_parameters(Model& model, std::string_view prefix = "") {
     const std::string& name = p.name;
     const auto dot = name.rfind('.');
     const std::string module = dot == std::string::npos ? std::string() : name.substr(0, dot);
-    const std::string local = dot == std::string::npos ? name : name.substr(dot + 1);
     auto [it, inserted] = index.try_emplace(module, groups.size());
     if (inserted) {
       groups.emplace_back();
       groups.back().module = module;
     }
     Group& g = groups[it->second];
-    if (local == "lora_A") {
+    // What a parameter is comes from its role; which module it belongs to, from its path.
+    if (p.role == ParamRole::adapter_A) {
       g.has_adapter = true;
       g.rank = p.value.rows();
       g.in = p.value.cols();
       g.adapter_trainable = g.adapter_trainable || p.trainable();
-    } else if (local == "lora_B") {
+    } else if (p.role == ParamRole::adapter_B) {
       g.out = p.value.rows();
-    } else if (local == "lora_gate" || local == "lora_E") {
+    } else if (p.role == ParamRole::gate || p.role == ParamRole::singular_value) {
       g.gated = true;
       g.kept = 0;
       for (Index i = 0; i < p.value.size(); ++i) g.kept += p.value(0, i) != 0;

@@ -249,7 +249,7 @@ template <class T, class Model>
 AdapterSnapshot<T> snapshot_adapters(Model& model) {
   AdapterSnapshot<T> out;
   model.visit_params([&](Param<T>& p) {
-    if (p.name.find(".lora_") != std::string::npos) out.emplace_back(p.name, p.value);
+    if (is_adapter_role(p.role)) out.emplace_back(p.name, p.value);
   });
   return out;
 }

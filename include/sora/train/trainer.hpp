@@ -4,8 +4,9 @@
 // gradient-norm clipping before the optimizer steps).
 //
 // One step:  zero grads -> forward -> backward -> (+ L1 gate term) -> clip -> lr schedule ->
-// optimizer step. The model needs forward(batch) -> loss, backward(), train(bool),
-// visit_params(fn); the optimizer needs step() and set_lr_multiplier(double)
+// optimizer step. The model is a sora::Model (core/concepts.hpp: forward(batch) -> loss,
+// backward(), train(bool), visit_params(fn)); the optimizer needs step() and
+// set_lr_multiplier(double)
 // (optim::FineTuneOptimizer, optim::SGD, optim::AdaLoraOptimizer).
 //
 // The loop is the same on every backend (the model's BackendTag, core/backend.hpp; Cpu for a
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "sora/core/backend.hpp"
+#include "sora/core/concepts.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
 #include "sora/optim/clip.hpp"
@@ -34,18 +36,7 @@
 
 namespace sora::train {
 
-// The backend a model computes on: Model::BackendTag, or Cpu.
-template <class Model>
-struct backend_of {
-  using type = Cpu;
-};
-template <class Model>
-requires requires {
-  typename Model::BackendTag;
-}
-struct backend_of<Model> {
-  using type = typename Model::BackendTag;
-};
+using sora::backend_of;
 
 // The optional L1 term on SoRA's gates, lambda * sum|g| / N_gates (N_gates: the number of gate
 // scalars), added to the loss. Its (sub)gradient lambda sign(g) / N_gates is added onto each
@@ -139,6 +130,7 @@ TrainResult fit(
     const std::function<const typename Model::Batch&(long)>& next_batch,
     const std::function<double()>& evaluate, const TrainerOptions& options,
     FitState<typename Model::Scalar, typename backend_of<Model>::type>* state = nullptr) {
+  SORA_REQUIRE_MODEL(Model, "train::fit");
   using T = typename Model::Scalar;
   using Backend = typename backend_of<Model>::type;
   using P = Param<T, Backend>;
@@ -154,7 +146,7 @@ TrainResult fit(
   model.visit_params([&](P& p) {
     if (!p.trainable()) return;
     params.push_back(&p);
-    if (optim::is_sora_gate(p.name)) gates.push_back(&p);
+    if (optim::is_sora_gate(p)) gates.push_back(&p);
   });
 
   FitState<T, Backend> local;

@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sora/core/parameters.hpp"
 #include "sora/core/rng.hpp"
 #include "sora/model/config.hpp"
 #include "sora/model/hf/common.hpp"
@@ -46,7 +47,7 @@ inline std::vector<std::string> default_targets(Family family) {
 }
 
 template <class T, class Backend = Cpu>
-class BertModel {
+class BertModel : public ParameterLists<BertModel<T, Backend>> {
  public:
   using Scalar = T;
   using BackendTag = Backend;
@@ -89,6 +90,10 @@ class BertModel {
         dense.emplace(c.hidden_size, c.hidden_size, true, base + 4);
       }
       out.emplace(c.hidden_size, c.num_labels, true, base + 5);
+      // The classifier is the head (PEFT's modules_to_save); BERT's pooler belongs to the base
+      // model (PEFT keeps it frozen too).
+      if (dense) dense->mark_as_head();
+      out->mark_as_head();
     }
     if (init == Init::random)
       visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
@@ -142,33 +147,14 @@ class BertModel {
     visit_heads(fn);
   }
 
-  std::vector<ParamT*> parameters() {
-    std::vector<ParamT*> all;
-    visit_params([&](ParamT& p) { all.push_back(&p); });
-    return all;
-  }
-  std::vector<ParamT*> trainable_parameters() {
-    std::vector<ParamT*> all;
-    visit_params([&](ParamT& p) {
-      if (p.trainable()) all.push_back(&p);
-    });
-    return all;
-  }
-  void zero_grad() {
-    visit_params([](ParamT& p) { p.zero_grad(); });
-  }
+  // parameters(), trainable_parameters(), zero_grad(): from ParameterLists.
 
   // ---- fine-tuning method --------------------------------------------------------------------
 
   // Adapters by PEFT's rules (hf/common.hpp); the LayerNorms are the norms, the embedding
-  // tables (not their LayerNorm) the embeddings.
+  // tables (not their LayerNorm) the embeddings, as their layers' roles say.
   Index apply_peft(const PeftConfig& peft) {
     return apply_peft_by_name(*this, peft, layer_name(0) + ".attention.self.query");
-  }
-  ParamKind param_kind(std::string_view name) const {
-    if (name.find("LayerNorm.") != std::string_view::npos) return ParamKind::norm;
-    if (name.find("embeddings.") != std::string_view::npos) return ParamKind::embedding;
-    return ParamKind::other;
   }
 
   // ---- forward / backward ------------------------------------------------------------------

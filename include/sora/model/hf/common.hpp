@@ -19,15 +19,12 @@
 
 namespace sora::model::hf {
 
-// What a non-adapter parameter is, for PeftConfig's train_layernorms / train_embeddings.
-enum class ParamKind { norm, embedding, other };
-
 // model::Transformer::apply_peft for a Hugging Face model: adapters on the linear layers matching
 // peft.target_modules (PEFT's rule; "all-linear" selects every linear layer but the task head,
 // as PEFT does), the head trainable when peft.train_head (PEFT's modules_to_save), norms when
-// peft.train_layernorms, embeddings when peft.train_embeddings; everything else frozen. The
-// model names its parameters' kinds (param_kind) and its head (is_head). Throws when the
-// patterns match nothing, naming an example module. Returns the number of adapted modules.
+// peft.train_layernorms, embeddings when peft.train_embeddings; everything else frozen. Norms,
+// embeddings and the head are found by their parameters' roles. Throws when the patterns match
+// nothing, naming an example module. Returns the number of adapted modules.
 template <class Model>
 Index apply_peft_by_name(Model& model, const PeftConfig& peft, const std::string& example) {
   using T = typename Model::Scalar;
@@ -43,7 +40,7 @@ Index apply_peft_by_name(Model& model, const PeftConfig& peft, const std::string
   model.visit_params([](ParamT& p) { p.set_trainable(false); });
   Index adapted = 0;
   model.visit_linears([&](const std::string& name, Linear& lin) {
-    if (!(all_linear ? !model.is_head(name) : matches_any(name, peft.target_modules))) return;
+    if (!(all_linear ? !lin.is_head() : matches_any(name, peft.target_modules))) return;
     nn::AdapterConfig ac;
     ac.kind = adapter_kind(peft.method);
     ac.rank = peft.rank;
@@ -62,15 +59,13 @@ Index apply_peft_by_name(Model& model, const PeftConfig& peft, const std::string
                         "] (modules are named like ", example, ")");
   }
   model.visit_params([&](ParamT& p) {
-    if (p.name.find(".lora_") != std::string::npos) return;
-    const ParamKind kind = model.param_kind(p.name);
-    if (kind == ParamKind::norm) p.set_trainable(peft.train_layernorms);
-    if (kind == ParamKind::embedding) p.set_trainable(peft.train_embeddings);
+    if (p.role == ParamRole::norm) p.set_trainable(peft.train_layernorms);
+    if (p.role == ParamRole::embedding) p.set_trainable(peft.train_embeddings);
   });
-  model.visit_linears([&](const std::string& name, Linear& lin) {
+  model.visit_linears([&](const std::string&, Linear& lin) {
     // A head with an adapter of its own keeps its base frozen; BERT's pooler belongs to the base
     // model (PEFT keeps it frozen too).
-    if (!lin.adapter && model.is_head(name)) lin.base.set_trainable(peft.train_head);
+    if (!lin.adapter && lin.is_head()) lin.base.set_trainable(peft.train_head);
   });
   return adapted;
 }

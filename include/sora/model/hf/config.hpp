@@ -107,7 +107,8 @@ Emb make_embedding(Init init, Index rows, Index cols, bool trainable, std::uint6
                    double stddev) {
   if (init == Init::random) return Emb(rows, cols, trainable, seed, stddev);
   Emb e;
-  e.weight = decltype(e.weight)("weight", Matrix<T>::Zero(rows, cols), trainable);
+  e.weight = decltype(e.weight)("weight", Matrix<T>::Zero(rows, cols), trainable, false,
+                                ParamRole::embedding);
   return e;
 }
 

@@ -9,7 +9,7 @@
 //   void backward_hidden(const Tensor& dhidden)  from the final hidden states down
 //   visit_body_params(fn), visit_body_linears(fn), train_body(bool)
 //   Param<T>& token_embedding()                  what a tied LM head reuses
-//   ParamKind param_kind(name), std::string example_module()   for apply_peft's rules
+//   std::string example_module()                 for apply_peft's error message
 // and calls initialise(init) at the end of its constructor, once its layers exist.
 
 #include <cstdint>
@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sora/core/parameters.hpp"
 #include "sora/core/rng.hpp"
 #include "sora/model/config.hpp"
 #include "sora/model/hf/common.hpp"
@@ -28,7 +29,7 @@
 namespace sora::model::hf {
 
 template <class Derived, class T>
-class DecoderModel {
+class DecoderModel : public ParameterLists<Derived> {
  public:
   using Scalar = T;
   using BackendTag = Cpu;
@@ -77,16 +78,7 @@ class DecoderModel {
     self().visit_body_linears(fn);
     visit_heads(fn);
   }
-  std::vector<ParamT*> trainable_parameters() {
-    std::vector<ParamT*> all;
-    visit_params([&](ParamT& p) {
-      if (p.trainable()) all.push_back(&p);
-    });
-    return all;
-  }
-  void zero_grad() {
-    visit_params([](ParamT& p) { p.zero_grad(); });
-  }
+  // parameters(), trainable_parameters(), zero_grad(): from ParameterLists.
 
   // Adapters by PEFT's rules (hf/common.hpp).
   Index apply_peft(const PeftConfig& peft) {
@@ -145,10 +137,14 @@ class DecoderModel {
     SORA_CHECK(config.family == family, "a ", family_name(config.family), " config cannot build a ",
                family_name(family), " model");
     const std::uint64_t base = seed * 1000003ULL;
-    if (task_ == Task::sequence_classification)
+    if (task_ == Task::sequence_classification) {
       score.emplace(config.hidden_size, config.num_labels, false, base + 4);
-    if (task_ == Task::causal_lm && !config.tie_word_embeddings)
+      score->mark_as_head();
+    }
+    if (task_ == Task::causal_lm && !config.tie_word_embeddings) {
       lm_head.emplace(config.hidden_size, config.vocab_size, false, base + 3);
+      lm_head->mark_as_head();
+    }
   }
   // Draws every linear layer as transformers would for a fresh model (not when loading).
   void initialise(Init init) {

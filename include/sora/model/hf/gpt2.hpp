@@ -154,12 +154,6 @@ class Gpt2Model : public DecoderModel<Gpt2Model<T>, T> {
     for (auto& b : blocks) b.train(on);
   }
   Param<T>& token_embedding() { return wte.weight; }
-  ParamKind param_kind(std::string_view name) const {
-    if (name.find("ln_") != std::string_view::npos) return ParamKind::norm;
-    if (name.find("wte.") != std::string_view::npos || name.find("wpe.") != std::string_view::npos)
-      return ParamKind::embedding;
-    return ParamKind::other;
-  }
   std::string example_module() const { return block_name(0) + ".attn.c_attn"; }
 
  private:

@@ -248,11 +248,6 @@ class LlamaModel : public DecoderModel<LlamaModel<T>, T> {
     for (auto& l : layers) l.train(on);
   }
   Param<T>& token_embedding() { return embed_tokens.weight; }
-  ParamKind param_kind(std::string_view name) const {
-    if (name.ends_with("norm.weight")) return ParamKind::norm;
-    if (name.find("embed_tokens.") != std::string_view::npos) return ParamKind::embedding;
-    return ParamKind::other;
-  }
   std::string example_module() const { return layer_name(0) + ".self_attn.q_proj"; }
 
  private:

@@ -25,11 +25,11 @@ io::PeftExportOptions peft_export_options(Model& model, const std::string& base_
                                                                     : "FEATURE_EXTRACTION";
   options.fan_in_fan_out = model.config().family == Family::gpt2;
   model.visit_params([&](Param<T>& p) {
-    if (!p.trainable() || p.name.find(".lora_") != std::string::npos) return;
+    if (!p.trainable() || is_adapter_role(p.role)) return;
     std::string module = p.name.substr(0, p.name.rfind('.'));
     // The head is one module for PEFT's task models (RoBERTa's classifier.dense and
     // classifier.out_proj are both "classifier").
-    if (model.is_head(p.name)) module = module.substr(0, module.find('.'));
+    if (p.role == ParamRole::head) module = module.substr(0, module.find('.'));
     if (std::find(options.modules_to_save.begin(), options.modules_to_save.end(), module) ==
         options.modules_to_save.end())
       options.modules_to_save.push_back(module);

@@ -33,6 +33,8 @@ using namespace nn::op_names;  // ops found by name and by the tensor type (nn/c
 template <class T, class Backend = Cpu>
 class PostLnLayer {
  public:
+  using Scalar = T;  // the model protocol (core/concepts.hpp)
+  using BackendTag = Backend;
   using Tensor = typename Backend::template Tensor<T>;
   using Linear = nn::AdaptedLinear<T, Backend>;
 
@@ -86,6 +88,11 @@ class PostLnLayer {
     return dx_;
   }
 
+  // The same without a prefix: names are local to this layer ("weight", "q.lora_A").
+  template <class Fn>
+  void visit_params(Fn&& fn) {
+    visit_params(std::string_view{}, fn);
+  }
   template <class Fn>
   void visit_params(std::string_view prefix, Fn&& fn) {
     visit_linears(prefix,

@@ -177,7 +177,7 @@ WeightsReport load_weights(Model& model, const fs::path& dir) {
                                : transposed ? io::Shape{cols, rows}
                                             : io::Shape{rows, cols};
     if (entry == nullptr) {
-      if (model.is_head(p.name) || p.name.find("pooler.") != std::string::npos) {
+      if (p.role == ParamRole::head || p.name.find("pooler.") != std::string::npos) {
         report.initialised.push_back(p.name);
       } else {
         problems.push_back(
