@@ -136,6 +136,10 @@ namespace detail {
 // general each outer slab is an (inner, G) column-major block whose column g belongs to group
 // g: the squared norms are a sum over slabs of column norms, then column g of every slab is
 // scaled; two sequential sweeps over memory, and a kept group is not written.
+// Slabs of at most this many elements (16 KiB of fp32) accumulate their squares in one
+// L1-resident (inner, G) buffer.
+inline constexpr Index kSlabAccumulator = 4096;
+
 template <class X, class Thr>
 void axis_group_apply(X& x, Index axis, GroupMode mode, const Thr& thr) {
   using T = tensor_scalar_of<X>;
@@ -157,9 +161,19 @@ void axis_group_apply(X& x, Index axis, GroupMode mode, const Thr& thr) {
     lines_two_pass(Block(x.data(), G, outer), mode, thr);  // (G, outer)
     return;
   }
-  Eigen::Array<T, 1, Eigen::Dynamic> f = Eigen::Array<T, 1, Eigen::Dynamic>::Zero(G);  // (G)
-  for (Index o = 0; o < outer; ++o) {
-    f += Block(x.data() + o * inner * G, inner, G).abs2().colwise().sum();  // slab (inner, G)
+  Eigen::Array<T, 1, Eigen::Dynamic> f(G);  // (G) squared norms, then factors
+  if (inner * G <= kSlabAccumulator) {
+    // Small slabs: add the slabs' squares elementwise (vertical, vectorized adds), then sum
+    // each column once, instead of a short horizontal reduction per column per slab.
+    Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic> acc =
+        Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic>::Zero(inner, G);  // (inner, G)
+    for (Index o = 0; o < outer; ++o) acc += Block(x.data() + o * inner * G, inner, G).abs2();
+    f = acc.colwise().sum();
+  } else {
+    f.setZero();
+    for (Index o = 0; o < outer; ++o) {
+      f += Block(x.data() + o * inner * G, inner, G).abs2().colwise().sum();  // slab (inner, G)
+    }
   }
   bool all_one = true;
   for (Index g = 0; g < G; ++g) {
