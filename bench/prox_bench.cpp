@@ -23,12 +23,19 @@
 // not written back, so its traffic depends on the fraction kept (about half here).
 //
 // Sizes 2^10 .. 2^24 elements; 2^24 fp32 (64 MiB) is far beyond the 32 MiB L3.
+//
+// Eigen tensors (prox/eigen_tensor.hpp) are a rank-3 (32, 32, N / 1024) column-major Tensor:
+// the elementwise operators run on its flat storage, so they must match the dense rate; the
+// group operators along axis 2 have contiguous 1024-element groups (one pass), along axis 1
+// the general layout (32 groups interleaved in runs of 32: norms first, then the scaling).
 
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstring>
 #include <sora/core/rng.hpp>
 #include <sora/prox.hpp>
+#include <sora/prox/eigen_tensor.hpp>
 
 namespace {
 
@@ -202,6 +209,52 @@ void BM_GroupHardThreshold_Blocks16_InPlace(benchmark::State& state) {
   set_bytes<T>(state, n);
 }
 
+template <class T>
+Eigen::Tensor<T, 3> random_tensor(Index n) {
+  Eigen::Tensor<T, 3> t(32, 32, n / 1024);
+  sora::prox::flat(t) = random_array<T>(1, n).transpose();
+  return t;
+}
+
+template <class T>
+void BM_TensorSoftThreshold_InPlace(benchmark::State& state) {
+  const Index n = state.range(0);
+  auto x = random_tensor<T>(n);
+  for (auto _ : state) {
+    sora::prox::soft_threshold_inplace(x, T(0.01));
+    benchmark::DoNotOptimize(x.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes<T>(state, n);
+}
+
+template <class T>
+void BM_TensorGroupSoftThreshold_Axis2_InPlace(benchmark::State& state) {
+  const Index n = state.range(0);
+  auto x = random_tensor<T>(n);
+  for (auto _ : state) {
+    sora::prox::group_soft_threshold_inplace(x, sora::prox::Axis{2}, T(0.05));
+    benchmark::DoNotOptimize(x.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes<T>(state, n);
+}
+
+// Axis 1: each of the 32 groups holds N / 32 elements, norm about sqrt(N / 96); a τ of that
+// keeps about half, and repeated application then leaves the same groups kept.
+template <class T>
+void BM_TensorGroupHardThreshold_Axis1_InPlace(benchmark::State& state) {
+  const Index n = state.range(0);
+  auto x = random_tensor<T>(n);
+  const T tau = static_cast<T>(std::sqrt(static_cast<double>(n) / 96.0));
+  for (auto _ : state) {
+    sora::prox::group_hard_threshold_inplace(x, sora::prox::Axis{1}, tau);
+    benchmark::DoNotOptimize(x.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes<T>(state, n);
+}
+
 #define SORA_PROX_BENCH(fn)                                                                   \
   BENCHMARK_TEMPLATE(fn, float)->RangeMultiplier(16)->Range(1 << 10, 1 << 24)->UseRealTime(); \
   BENCHMARK_TEMPLATE(fn, double)->RangeMultiplier(16)->Range(1 << 10, 1 << 24)->UseRealTime()
@@ -218,5 +271,8 @@ SORA_PROX_BENCH(BM_GroupSoftThreshold_Blocks16_InPlace);
 SORA_PROX_BENCH(BM_GroupHardThreshold_Rows1024_InPlace);
 SORA_PROX_BENCH(BM_GroupHardThreshold_Rows1024_OutOfPlace);
 SORA_PROX_BENCH(BM_GroupHardThreshold_Blocks16_InPlace);
+SORA_PROX_BENCH(BM_TensorSoftThreshold_InPlace);
+SORA_PROX_BENCH(BM_TensorGroupSoftThreshold_Axis2_InPlace);
+SORA_PROX_BENCH(BM_TensorGroupHardThreshold_Axis1_InPlace);
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include "sora/optim/param_groups.hpp"
 #include "sora/prune/prune.hpp"
 #include "sora/train/trainer.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace sora;
 
@@ -35,11 +36,7 @@ namespace {
 constexpr long kHalf = 10;  // N: steps before and after the save
 
 std::filesystem::path temp_dir(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("sora_ckpt_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
+  return sora::testing::unique_temp_dir("sora-ckpt-" + name);
 }
 
 std::vector<char> file_bytes(const std::filesystem::path& path) {
@@ -150,6 +147,11 @@ struct Setup {
     if (adalora) return io::load_checkpoint(path, model, *adalora);
     return io::load_checkpoint(path, model, *fine_tune);
   }
+  // The learning rates the optimizers would step with now (AdamW's, then the gates').
+  std::vector<double> lrs() const {
+    if (adalora) return {adalora->lr()};
+    return {fine_tune->adamw().lr(), fine_tune->gate_optimizer().lr()};
+  }
   std::vector<Matrix<float>> values() {
     std::vector<Matrix<float>> out;
     model.visit_params([&](Param<float>& p) { out.push_back(p.value); });
@@ -206,6 +208,12 @@ void check_resume(model::Method method) {
   CHECK(st.schedule.total() == want.schedule.total());
   CHECK(st.rngs == want.rngs);
   CHECK(st.metadata == want.metadata);
+  // The optimizers' rates come back as saved. fit sets them again from the schedule on its
+  // next step, so only this look can tell a restored rate from a reset one: the saved rates
+  // (mid-schedule) differ from the constructor's base rate the fresh optimizer started with.
+  const std::vector<double> saved_lrs = first.lrs();
+  CHECK(resumed.lrs() == saved_lrs);
+  for (double lr : saved_lrs) CHECK(lr != 1e-2);
   resumed.steps(kHalf, 2 * kHalf);
 
   if (method == model::Method::sora) CHECK(resumed.dead_gates() > first.dead_gates());

@@ -106,6 +106,8 @@ def main(out, device):
     width = summary["model"]["width"]
     rows = list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))
     check(rows, "metrics.csv has no rows")
+    adapters = 0
+    exporting = set()
     for run in summary["runs"]:
         mine = [r for r in rows if r["method"] == run["method"] and int(r["seed"]) == run["seed"]]
         check(mine, "metrics.csv has no rows for %s seed %d" % (run["method"], run["seed"]))
@@ -121,8 +123,20 @@ def main(out, device):
         if run["method"] == "lora":
             check(all(r == summary["hyperparameters"]["rank"] for r in run["ranks"].values()),
                   "lora ranks are not all the configured rank")
-        if run["method"] != "full" and run["adapter_dir"]:
-            check_adapter(os.path.join(out, run["adapter_dir"]), run, width, summary.get("run_id"))
+        first_seed = run["method"] not in exporting
+        exporting.add(run["method"])
+        if run["method"] != "full":
+            # The first seed of each method exports its adapter, skipped only for a stated
+            # reason (every rank pruned; LoRA never prunes, so it always has one). Later seeds
+            # export none.
+            has = bool(run.get("adapter_dir"))
+            if first_seed:
+                check(has or (run["method"] != "lora" and run.get("adapter_not_exported")),
+                      "%s seed %d: no adapter_dir and no adapter_not_exported reason"
+                      % (run["method"], run["seed"]))
+            if has:
+                check_adapter(os.path.join(out, run["adapter_dir"]), run, width, summary.get("run_id"))
+                adapters += 1
     for name in ("curves.svg", "loss.svg", "ranks_sora.svg", "ranks_adalora.svg"):
         path = os.path.join(out, name)
         check(os.path.exists(path) and open(path).read().startswith("<svg"), "%s is not an SVG" % name)
@@ -136,7 +150,7 @@ def main(out, device):
         for f in FAILURES:
             print("FAIL:", f)
         return 1
-    print("OK: %d runs, %d metric rows, adapters checked" % (len(summary["runs"]), len(rows)))
+    print("OK: %d runs, %d metric rows, %d adapters checked" % (len(summary["runs"]), len(rows), adapters))
     return 0
 
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "finetune.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace sora_finetune;
@@ -39,10 +40,7 @@ Parsed parse(std::vector<const char*> args) {
 }
 
 fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("sora-finetune-test-" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return sora::testing::unique_temp_dir("sora-finetune-test-" + name);
 }
 
 // Options for runs of a few seconds.
@@ -584,9 +582,13 @@ TEST_CASE("finetune --model: the task's texts are encoded by the folder's tokeni
   REQUIRE(e.types.size() == e.tokens.size());
   CHECK(e.types.front() == 0);
   CHECK(e.types.back() == 1);
-  for (std::size_t i = 1; i + 1 < e.tokens.size(); ++i)
-    if (e.tokens[i] != 3)
-      CHECK(vocab[static_cast<std::size_t>(e.tokens[i])] == lex.word(before.tokens[i]).text);
+  std::size_t words = 0;
+  for (std::size_t i = 1; i + 1 < e.tokens.size(); ++i) {
+    if (e.tokens[i] == 3) continue;  // the [SEP] between the two texts
+    ++words;
+    CHECK(vocab[static_cast<std::size_t>(e.tokens[i])] == lex.word(before.tokens[i]).text);
+  }
+  CHECK(words + 3 == e.tokens.size());  // every token but [CLS] and the two [SEP]s was checked
   // Batches carry the types, padded with 0 beside the padding tokens.
   sora::model::Batch batch;
   const std::vector<std::size_t> order = {0, 1, 2};

@@ -8,6 +8,7 @@
 #include <sora/io/glue_tsv.hpp>
 #include <string>
 #include <vector>
+#include "support/temp_dir.hpp"
 
 using namespace sora;
 using namespace sora::io;
@@ -184,9 +185,7 @@ TEST_CASE("malformed rows are errors naming the file, the line and what was expe
 }
 
 TEST_CASE("reading from a file names the file in errors") {
-  char dir_template[] = "/tmp/sora-glue-XXXXXX";
-  REQUIRE(::mkdtemp(dir_template) != nullptr);
-  const fs::path dir = dir_template;
+  const fs::path dir = sora::testing::unique_temp_dir("sora-glue");
   std::ofstream(dir / "train.tsv") << "sentence\tlabel\nfine\t1\nbroken\t1\textra\n";
   std::ofstream(dir / "good.tsv") << "sentence\tlabel\nfine\t1\n";
   CHECK(read_glue_tsv(dir / "good.tsv", GlueTask::SST2).size() == 1);

@@ -13,6 +13,7 @@
 #include <iterator>
 #include <limits>
 #include <optional>
+#include <sora/core/rng.hpp>
 #include <sora/io/atomic_file.hpp>
 #include <sora/io/dtype.hpp>
 #include <sora/io/named_tensors.hpp>
@@ -511,8 +512,10 @@ TEST_CASE("memory-mapped reading: views into the file, kept alive by copies") {
   TempDir dir;
   const fs::path path = dir.path / "big.safetensors";
   const Index R = 513, C = 1031;  // ~2 MB of F32
-  Matrix<float> w = Matrix<float>::Random(R, C);
-  Matrix<float> h = Matrix<float>::Random(3, 5);
+  Rng rng(17);  // not Matrix::Random: std::rand is global state shared with everything else
+  Matrix<float> w(R, C), h(3, 5);
+  rng.fill_uniform(w, -1.0, 1.0);
+  rng.fill_uniform(h, -1.0, 1.0);
   SafetensorsWriter writer;
   writer.add("w", w, Dtype::F32);
   writer.add("h", h, Dtype::F16);
@@ -600,10 +603,16 @@ TEST_CASE("loading by name lists every missing, unexpected and misshapen tensor"
 }
 
 TEST_CASE("parameters save and load through a visitor; vectors are 1-D in the file") {
+  Rng rng(19);
+  const auto uniform = [&](Index rows, Index cols) {
+    Matrix<double> m(rows, cols);
+    rng.fill_uniform(m, -1.0, 1.0);
+    return m;
+  };
   std::vector<Param<double>> params;
-  params.emplace_back("blocks.0.attn.q.weight", Matrix<double>::Random(4, 3), false);
-  params.emplace_back("blocks.0.attn.q.bias", Matrix<double>::Random(1, 4), false, true);
-  params.emplace_back("blocks.0.attn.q.lora_gate", Matrix<double>::Random(1, 2), true, true);
+  params.emplace_back("blocks.0.attn.q.weight", uniform(4, 3), false);
+  params.emplace_back("blocks.0.attn.q.bias", uniform(1, 4), false, true);
+  params.emplace_back("blocks.0.attn.q.lora_gate", uniform(1, 2), true, true);
   const auto visit = [&](auto&& f) {
     for (Param<double>& p : params) f(p);
   };

@@ -169,7 +169,7 @@ TEST_CASE("adapter initialisation follows docs/design.md 4 and 6") {
   CHECK(a.lora_A.value.cwiseAbs().maxCoeff() > 0.1);
   CHECK(a.lora_B.value.isZero(0.0));
   CHECK_FALSE(a.gate.value.isOnes(0.0));  // standard normal by default
-  CHECK(a.scale() == doctest::Approx(2.0));
+  CHECK(a.scale() == doctest::Approx(2.0).epsilon(1e-12));
   CHECK(a.r_max() == 8);
 
   nn::AdaLoraLinear<double> ada(64, 32, config);

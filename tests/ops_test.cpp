@@ -449,7 +449,7 @@ TEST_CASE("cross-entropy with ignore index and MSE: values and gradients") {
   // Changing an ignored row's logits changes nothing.
   MatrixD logits2 = logits;
   logits2.row(2).array() += 5.0;
-  CHECK(ops::cross_entropy_forward<double>(probs, logits2, targets) == doctest::Approx(L));
+  CHECK(ops::cross_entropy_forward<double>(probs, logits2, targets) == doctest::Approx(L).epsilon(1e-12));
   const std::vector<int> all_ignored(N, ops::kIgnoreIndex);
   CHECK(ops::cross_entropy_forward<double>(probs, logits, all_ignored) == 0.0);
   const std::vector<int> bad{0, 5, 0, 0, 0, 0};
@@ -459,7 +459,7 @@ TEST_CASE("cross-entropy with ignore index and MSE: values and gradients") {
   MatrixD pred = random_matrix(rng, 4, 2);
   const MatrixD target = random_matrix(rng, 4, 2);
   auto mse = [&] { return ops::mse_forward<double>(pred, target); };
-  CHECK(mse() == doctest::Approx((pred - target).squaredNorm() / 8));
+  CHECK(mse() == doctest::Approx((pred - target).squaredNorm() / 8).epsilon(1e-12));
   MatrixD dpred(4, 2);
   ops::mse_backward<double>(dpred, pred, target);
   std::vector<GradTarget> t2{{"pred", &pred, dpred}};
@@ -838,23 +838,24 @@ TEST_CASE("attention-probability dropout: (P * M) v, gradients match, all-ones M
 
 TEST_CASE("ops whose outputs must not alias an input check it") {
   // out = inp W^T in place would read rows of inp already overwritten: a silent wrong answer.
-  MatrixD x = MatrixD::Random(4, 4), W = MatrixD::Random(4, 4);
+  Rng rng(31);
+  MatrixD x = random_matrix(rng, 4, 4), W = random_matrix(rng, 4, 4);
   const MatrixD x_before = x;
   CHECK_THROWS_WITH_AS(ops::linear_forward<double>(x, x, W),
                        doctest::Contains("linear_forward: out must not alias inp"), Error);
   CHECK_THROWS_WITH_AS(ops::linear_forward<double>(W, x, W),
                        doctest::Contains("out must not alias weight"), Error);
   // A block that overlaps part of the input counts too; disjoint blocks of one buffer do not.
-  MatrixD buffer = MatrixD::Random(8, 4);
+  MatrixD buffer = random_matrix(rng, 8, 4);
   CHECK_THROWS_AS(
       ops::linear_forward<double>(buffer.middleRows(2, 4), buffer.topRows(4), W, absent<double>()),
       Error);
   ops::linear_forward<double>(buffer.bottomRows(4), buffer.topRows(4), W, absent<double>());
   CHECK(x == x_before);  // a rejected call changes nothing
-  MatrixD dout = MatrixD::Random(4, 4), dW = MatrixD::Zero(4, 4);
+  MatrixD dout = random_matrix(rng, 4, 4), dW = MatrixD::Zero(4, 4);
   CHECK_THROWS_WITH_AS(ops::linear_backward<double>(dout, dW, absent<double>(), dout, x, W),
                        doctest::Contains("linear_backward: dinp must not alias dout"), Error);
-  MatrixD A = MatrixD::Random(2, 4), B = MatrixD::Random(4, 2), h(4, 2), u(4, 2);
+  MatrixD A = random_matrix(rng, 2, 4), B = random_matrix(rng, 4, 2), h(4, 2), u(4, 2);
   CHECK_THROWS_WITH_AS(ops::lowrank_forward<double>(x, h, u, x, A, B, absent<double>(), 1.0),
                        doctest::Contains("lowrank_forward: out must not alias inp"), Error);
 }

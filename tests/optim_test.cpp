@@ -74,7 +74,7 @@ TEST_CASE("AdamW matches a scalar reference over several steps, with per-paramet
   CHECK(opt.step_count() == 5);
   REQUIRE(opt.state_for("blocks.0.fc.bias") != nullptr);
   CHECK(opt.state_for("blocks.0.fc.bias")->weight_decay == 0.0);
-  CHECK(opt.state_for("blocks.0.fc.weight")->weight_decay == doctest::Approx(0.1));
+  CHECK(opt.state_for("blocks.0.fc.weight")->weight_decay == doctest::Approx(0.1).epsilon(1e-12));
   CHECK(std::abs(opt.state_for("blocks.0.fc.weight")->m(0, 0) - rw[0].m) < 1e-15);
 }
 
@@ -138,7 +138,7 @@ TEST_CASE("SparseAdamW = AdamW without decay, then a true soft threshold") {
     opt.step();
     CHECK((g.value - pg).cwiseAbs().maxCoeff() < 1e-12);
   }
-  CHECK(opt.threshold() == doctest::Approx(o.xi));
+  CHECK(opt.threshold() == doctest::Approx(o.xi).epsilon(1e-12));
 }
 
 TEST_CASE("SparseAdamW threshold scaled by lr when asked") {
@@ -148,9 +148,9 @@ TEST_CASE("SparseAdamW threshold scaled by lr when asked") {
   o.scale_xi_by_lr = true;
   Param<double> g("g", Matrix<double>::Zero(1, 1), true, true);
   SparseAdamW<double> opt({&g}, o);
-  CHECK(opt.threshold() == doctest::Approx(0.05));
+  CHECK(opt.threshold() == doctest::Approx(0.05).epsilon(1e-12));
   opt.set_lr(0.1);
-  CHECK(opt.threshold() == doctest::Approx(0.01));
+  CHECK(opt.threshold() == doctest::Approx(0.01).epsilon(1e-12));
   CHECK_THROWS_AS(opt.set_xi(-1.0), sora::Error);
 }
 
@@ -204,19 +204,19 @@ TEST_CASE("gate prox: default kills |g| <= xi only; official_compat kills the (x
     CHECK(v(0, 0) == 0.0);
     if (!compat) {
       CHECK(v(0, 1) == 0.0);                    // |g| == xi: true soft gives 0
-      CHECK(v(0, 2) == doctest::Approx(0.05));  // in the band: shrunk, alive
-      CHECK(v(0, 3) == doctest::Approx(0.09));
-      CHECK(v(0, 5) == doctest::Approx(-0.05));
+      CHECK(v(0, 2) == doctest::Approx(0.05).epsilon(1e-12));  // in the band: shrunk, alive
+      CHECK(v(0, 3) == doctest::Approx(0.09).epsilon(1e-12));
+      CHECK(v(0, 5) == doctest::Approx(-0.05).epsilon(1e-12));
       CHECK(v(0, 6) == 0.0);
     } else {
-      CHECK(v(0, 1) == doctest::Approx(0.1));  // |g| == xi: no mask fires, kept as is
+      CHECK(v(0, 1) == doctest::Approx(0.1).epsilon(1e-12));  // |g| == xi: no mask fires, kept as is
       CHECK(v(0, 2) == 0.0);                   // the band dies
       CHECK(v(0, 3) == 0.0);
       CHECK(v(0, 5) == 0.0);
-      CHECK(v(0, 6) == doctest::Approx(-0.1));
+      CHECK(v(0, 6) == doctest::Approx(-0.1).epsilon(1e-12));
     }
-    CHECK(v(0, 4) == doctest::Approx(0.15));  // beyond 2 xi: both shrink by xi
-    CHECK(v(0, 7) == doctest::Approx(-0.2));
+    CHECK(v(0, 4) == doctest::Approx(0.15).epsilon(1e-12));  // beyond 2 xi: both shrink by xi
+    CHECK(v(0, 7) == doctest::Approx(-0.2).epsilon(1e-12));
   }
 }
 

@@ -214,14 +214,17 @@ TEST_CASE("weighted soft, hard and L0 equal the brute force with per-element thr
       INFO("x = ", xi, ", w = ", wi);
       CHECK(ys(i, j) ==
             doctest::Approx(brute_prox([&](double y) { return f_l1(y, tau * wi); }, xi, 1.0))
+                .epsilon(1e-8)
                 .epsilon(1e-7));
       const double lh = (tau * wi) * (tau * wi) / 2.0;  // hard at tau*w = L0 prox, gamma 1
-      CHECK(yh(i, j) ==
-            doctest::Approx(brute_prox([&](double y) { return f_l0(y, lh); }, xi, 1.0)));
+      CHECK(yh(i, j) == doctest::Approx(brute_prox([&](double y) { return f_l0(y, lh); }, xi, 1.0))
+                            .epsilon(1e-8));
       CHECK(yl(i, j) ==
-            doctest::Approx(brute_prox([&](double y) { return f_l0(y, lambda * wi); }, xi, gamma)));
+            doctest::Approx(brute_prox([&](double y) { return f_l0(y, lambda * wi); }, xi, gamma))
+                .epsilon(1e-8));
       CHECK(y1(i, j) ==
             doctest::Approx(brute_prox([&](double y) { return f_l1(y, lambda * wi); }, xi, gamma))
+                .epsilon(1e-8)
                 .epsilon(1e-7));
     }
   }
@@ -254,7 +257,7 @@ TEST_CASE("topk_project equals the best subset by exhaustive search, ties to the
         }
       }
       const auto y = px::topk_project(x, k);
-      CHECK((y - x).squaredNorm() == doctest::Approx((best_y - x).squaredNorm()));
+      CHECK((y - x).squaredNorm() == doctest::Approx((best_y - x).squaredNorm()).epsilon(1e-8));
       CHECK(px::l0(y) <= static_cast<double>(k));
     }
   }
@@ -288,21 +291,21 @@ TEST_CASE("subgradient optimality (x - y)/gamma in the subdifferential of f at y
     // L1: ∂(λ|y|) = {λ sign y} for y != 0, [-λ, λ] at 0.
     const double g1 = (xi - y1(i)) / gamma;
     if (y1(i) != 0.0) {
-      CHECK(g1 == doctest::Approx(lambda * (y1(i) > 0 ? 1.0 : -1.0)));
+      CHECK(g1 == doctest::Approx(lambda * (y1(i) > 0 ? 1.0 : -1.0)).epsilon(1e-9));
     } else {
       CHECK(std::abs(g1) <= lambda + tol);
     }
     // Elastic net: (x - y)/γ - λ2 y ∈ λ1 ∂|y|.
     const double ge = (xi - ye(i)) / gamma - l2 * ye(i);
     if (ye(i) != 0.0) {
-      CHECK(ge == doctest::Approx(lambda * (ye(i) > 0 ? 1.0 : -1.0)));
+      CHECK(ge == doctest::Approx(lambda * (ye(i) > 0 ? 1.0 : -1.0)).epsilon(1e-9));
     } else {
       CHECK(std::abs(ge) <= lambda + tol);
     }
     // Nonneg: ∂(τy + ι(y >= 0)) = {τ} for y > 0, (-inf, τ] at 0; and y >= 0.
     CHECK(yn(i) >= 0.0);
     if (yn(i) > 0.0) {
-      CHECK(xi - yn(i) == doctest::Approx(tau));
+      CHECK(xi - yn(i) == doctest::Approx(tau).epsilon(1e-9));
     } else {
       CHECK(xi <= tau + tol);
     }
@@ -313,7 +316,7 @@ TEST_CASE("subgradient optimality (x - y)/gamma in the subdifferential of f at y
     if (yf(i) == 0.0) {
       CHECK(std::abs(gf) <= lambda + tol);
     } else if (ay < mu * lambda) {
-      CHECK(gf == doctest::Approx((yf(i) > 0 ? 1.0 : -1.0) * (lambda - ay / mu)));
+      CHECK(gf == doctest::Approx((yf(i) > 0 ? 1.0 : -1.0) * (lambda - ay / mu)).epsilon(1e-9));
     } else {
       CHECK(std::abs(gf) <= tol);
     }
@@ -498,10 +501,10 @@ TEST_CASE("regression: gates in (xi, 2 xi) are shrunk by xi, not zeroed (officia
 
   sora::RowVector<double> g = Eigen::Map<sora::RowVector<double>>(gates.data(), 5);
   px::soft_threshold_inplace(g, xi);
-  CHECK(g(0) == doctest::Approx(0.2 * xi));
-  CHECK(g(1) == doctest::Approx(0.5 * xi));
-  CHECK(g(2) == doctest::Approx(-0.9 * xi));
-  CHECK(g(3) == doctest::Approx(1.5 * xi));
+  CHECK(g(0) == doctest::Approx(0.2 * xi).epsilon(1e-12));
+  CHECK(g(1) == doctest::Approx(0.5 * xi).epsilon(1e-12));
+  CHECK(g(2) == doctest::Approx(-0.9 * xi).epsilon(1e-12));
+  CHECK(g(3) == doctest::Approx(1.5 * xi).epsilon(1e-12));
   CHECK(g(4) == 0.0);
   sora::RowVector<float> gf = g.cast<float>();
   gf << 1.2f * 3e-4f, 1.5f * 3e-4f, -1.9f * 3e-4f, 2.5f * 3e-4f, 0.5f * 3e-4f;
@@ -631,21 +634,21 @@ TEST_CASE_TEMPLATE("float agrees with double; uniform weights == unweighted", T,
 TEST_CASE("regularizer values match their definitions") {
   sora::Matrix<double> x(2, 3);
   x << 1.0, -2.0, 0.0, 0.5, 0.0, -3.0;
-  CHECK(px::l1(x) == doctest::Approx(6.5));
+  CHECK(px::l1(x) == doctest::Approx(6.5).epsilon(1e-12));
   CHECK(px::l0(x) == 4.0);
   sora::Matrix<double> w(2, 3);
   w << 1.0, 2.0, 3.0, 0.0, 1.0, 0.5;
-  CHECK(px::l1(x, w) == doctest::Approx(1.0 + 4.0 + 1.5));
-  CHECK(px::l0(x, w) == doctest::Approx(1.0 + 2.0 + 0.0 + 0.5));
+  CHECK(px::l1(x, w) == doctest::Approx(1.0 + 4.0 + 1.5).epsilon(1e-12));
+  CHECK(px::l0(x, w) == doctest::Approx(1.0 + 2.0 + 0.0 + 0.5).epsilon(1e-12));
   double en = 0.0, mc = 0.0;
   for (Index i = 0; i < x.size(); ++i) {
     en += f_elastic(x.data()[i], 0.3, 0.8);
     mc += f_mcp(x.data()[i], 0.7, 2.0);
   }
-  CHECK(px::elastic_net(x, 0.3, 0.8) == doctest::Approx(en));
-  CHECK(px::mcp(x, 0.7, 2.0) == doctest::Approx(mc));
+  CHECK(px::elastic_net(x, 0.3, 0.8) == doctest::Approx(en).epsilon(1e-12));
+  CHECK(px::mcp(x, 0.7, 2.0) == doctest::Approx(mc).epsilon(1e-12));
   CHECK(px::nonneg_l1(x) == kInf);
-  CHECK(px::nonneg_l1(x.cwiseAbs()) == doctest::Approx(6.5));
+  CHECK(px::nonneg_l1(x.cwiseAbs()) == doctest::Approx(6.5).epsilon(1e-12));
   CHECK(px::box_indicator(x, -3.0, 1.0) == 0.0);
   CHECK(px::box_indicator(x, -2.5, 1.0) == kInf);
   CHECK(px::l0_ball_indicator(x, 4) == 0.0);

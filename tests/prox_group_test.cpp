@@ -505,25 +505,28 @@ TEST_CASE_TEMPLATE("rank triplets == an explicit partition of the concatenated (
     CHECK(gg.transpose().isApprox(eg, T(1e-6)));
   }
   // Values: Σ w_i n_i over triplets == group_l21 over the partition.
-  CHECK(px::group_l21_triplets(A, B, g) == doctest::Approx(px::group_l21(v, groups)));
-  CHECK(px::group_l21_triplets(A, B, g, w) == doctest::Approx(px::group_l21(v, groups, w)));
-  CHECK(px::group_l0_triplets(A, B, g, w) == doctest::Approx(5.0));  // 1 + .5 + 2 + 0 + 1.5
+  CHECK(px::group_l21_triplets(A, B, g) ==
+        doctest::Approx(px::group_l21(v, groups)).epsilon(1e-12));
+  CHECK(px::group_l21_triplets(A, B, g, w) ==
+        doctest::Approx(px::group_l21(v, groups, w)).epsilon(1e-12));
+  CHECK(px::group_l0_triplets(A, B, g, w) ==
+        doctest::Approx(5.0).epsilon(1e-12));  // 1 + .5 + 2 + 0 + 1.5
 }
 
 TEST_CASE("group regularizer values") {
   sora::Matrix<double> x(2, 3);
   x << 3.0, 4.0, 0.0, 0.0, 0.0, 0.0;
-  CHECK(px::group_l21(x, Groups::rows()) == doctest::Approx(5.0));
+  CHECK(px::group_l21(x, Groups::rows()) == doctest::Approx(5.0).epsilon(1e-12));
   CHECK(px::group_l0(x, Groups::rows()) == 1.0);
-  CHECK(px::group_l21(x, Groups::cols()) == doctest::Approx(7.0));
+  CHECK(px::group_l21(x, Groups::cols()) == doctest::Approx(7.0).epsilon(1e-12));
   CHECK(px::group_l0(x, Groups::cols()) == 2.0);
   const Eigen::Vector3d w(2.0, 0.5, 1.0);
-  CHECK(px::group_l21(x, Groups::cols(), w) == doctest::Approx(8.0));
-  CHECK(px::group_l0(x, Groups::cols(), w) == doctest::Approx(2.5));
-  CHECK(px::group_l21(x, Groups::blocks(2)) == doctest::Approx(5.0));
+  CHECK(px::group_l21(x, Groups::cols(), w) == doctest::Approx(8.0).epsilon(1e-12));
+  CHECK(px::group_l0(x, Groups::cols(), w) == doctest::Approx(2.5).epsilon(1e-12));
+  CHECK(px::group_l21(x, Groups::blocks(2)) == doctest::Approx(5.0).epsilon(1e-12));
   CHECK(px::group_l0(x, Groups::blocks(2)) == 1.0);
   CHECK(px::group_l21(x, Groups::partition({{0, 4}, {1, 2, 3, 5}}, 6)) ==
-        doctest::Approx(3.0 + 4.0));
+        doctest::Approx(3.0 + 4.0).epsilon(1e-12));
 }
 
 TEST_CASE("bad groups and arguments throw sora::Error naming the problem") {

@@ -317,9 +317,11 @@ TEST_CASE("NFC: a composed character keeps its starter's alignment") {
 #include <filesystem>
 #include <fstream>
 
+#include "support/temp_dir.hpp"
+
 TEST_CASE("SentencePiece: a .model file trained here encodes like the library, with offsets") {
-  const auto dir = std::filesystem::temp_directory_path() / "sora_text_sp_test";
-  std::filesystem::create_directories(dir);
+  const sora::testing::TempDir temp("sora-text-sp-test");
+  const auto& dir = temp.path;
   {
     std::ofstream corpus(dir / "corpus.txt");
     for (int i = 0; i < 50; ++i) {

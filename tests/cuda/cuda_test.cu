@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -429,6 +430,52 @@ TEST_CASE_TEMPLATE("group operators match the CPU for rows, cols, blocks and par
     hp::group_hard_threshold_inplace(big.block(1, 2, 4, 6), hp::Groups::cols(), T(1.5));
     CHECK_CLOSE(d.to_host(), big, T(std::is_same_v<T, float> ? 1e-5 : 1e-12));
   }
+}
+
+TEST_CASE("column group norms are summed in a fixed order: repeated runs give the same bits") {
+  // 65536 rows: 1024 chunks of 64 rows per column. Added with atomics in scheduling order, the
+  // float sums (and so the scaled values) differed in their last bits between runs.
+  const Index r = 65536, c = 8;
+  const Matrix<float> x = random_matrix<float>(r, c, 4242);
+  const Matrix<float> want = [&] {
+    Matrix<float> y = x;
+    hp::group_soft_threshold_inplace(y, hp::Groups::cols(), 200.0f);
+    return y;
+  }();
+  Matrix<float> first;
+  for (int run = 0; run < 5; ++run) {
+    auto d = cu::DeviceTensor<float>::from_host(x);
+    cp::group_soft_threshold_inplace(d.view(), hp::Groups::cols(), 200.0f);
+    const Matrix<float> got = d.to_host();
+    if (run == 0) first = got;
+    CHECK(std::memcmp(got.data(), first.data(),
+                      sizeof(float) * static_cast<std::size_t>(got.size())) == 0);
+  }
+  CHECK_CLOSE(first, want, 1e-5);
+}
+
+TEST_CASE("set_stream: a non-blocking stream waits for the work queued on the old one") {
+  // Uploads and a zeroing queued on the legacy stream, then the operator on a non-blocking
+  // stream (which does not synchronise with the legacy stream by itself): it must see them.
+  const Matrix<float> x = random_matrix<float>(2048, 512, 99);
+  Matrix<float> want = x;
+  hp::soft_threshold_inplace(want, 0.5f);
+  cu::Stream s;
+  cudaStream_t old = cu::context().stream();
+  auto d = cu::DeviceTensor<float>::zeros(2048, 512);
+  cu::upload(d.view(), x);
+  const cp::DeviceGroups groups(hp::Groups::partition({{0, 1}, {2}}, 3));  // a table upload
+  cu::context().set_stream(s);
+  CHECK(cu::context().stream() == s.get());
+  cp::soft_threshold_inplace(d.view(), 0.5f);  // on s by default now
+  CHECK_CLOSE(d.to_host(), want, 1e-6);
+  auto g = cu::DeviceTensor<float>::from_host(Matrix<float>(Matrix<float>::Constant(1, 3, 4.0f)));
+  cp::group_hard_threshold_inplace(g.view(), groups, 5.0f);  // {0, 1}: norm sqrt(32) > 5, kept
+  const Matrix<float> gh = g.to_host();
+  CHECK(gh(0, 0) == 4.0f);
+  CHECK(gh(0, 2) == 0.0f);
+  cu::context().set_stream(old);
+  CHECK(cu::context().stream() == old);
 }
 
 TEST_CASE("group operator errors throw sora::Error") {

@@ -10,7 +10,10 @@
 // analytic value by relative error |a - n| / max(|a|, |n|, floor). A point where the two
 // one-sided differences disagree by more than kink_tolerance sits on (or within h of) a kink
 // of the function (a threshold, a max, a mask boundary): the derivative is not defined there
-// and the point is skipped rather than reported.
+// and the point is skipped rather than reported. Skips are bounded (max_skipped_share of the
+// entries tried): a backward that is wrong everywhere can make the one-sided differences of a
+// smooth function look like a kink only if the loss itself is broken, but a loss with kinks
+// everywhere (a wrong mask, a threshold at the wrong place) would otherwise pass unchecked.
 
 #include <algorithm>
 #include <cmath>
@@ -29,6 +32,7 @@ struct GradcheckOptions {
   double floor = 1e-4;           // relative-error denominator floor: near-zero gradients
   double kink_tolerance = 1e-2;  // one-sided differences further apart than this: a kink
   Index max_entries = 96;        // per tensor; larger tensors are sampled at random entries
+  double max_skipped_share = 0.1;  // of all entries tried; more skips fail the check
   std::uint64_t seed = 7;
 };
 
@@ -45,13 +49,18 @@ struct GradcheckResult {
   std::string worst;  // "<name>(i, j): analytic a, numeric n"
   Index checked = 0;
   Index skipped = 0;
-  bool ok(double tolerance) const { return max_error <= tolerance; }
+  double max_skipped_share = 0.1;  // copied from the options
+  bool skips_ok() const {
+    return static_cast<double>(skipped) <= max_skipped_share * static_cast<double>(checked + skipped);
+  }
+  bool ok(double tolerance) const { return max_error <= tolerance && skips_ok(); }
 };
 
 inline GradcheckResult gradcheck(const std::function<double()>& loss,
                                  std::vector<GradTarget>& targets,
                                  const GradcheckOptions& options = {}) {
   GradcheckResult result;
+  result.max_skipped_share = options.max_skipped_share;
   Rng rng(options.seed, 99);
   const double L0 = loss();
   for (auto& target : targets) {
@@ -123,4 +132,5 @@ inline MatrixD random_matrix(Rng& rng, Index rows, Index cols, double stddev = 1
          gc_result_.skipped, ")");                                                    \
     CHECK(gc_result_.checked > 0);                                                    \
     CHECK(gc_result_.max_error <= (tol));                                             \
+    CHECK(gc_result_.skips_ok());                                                     \
   } while (false)

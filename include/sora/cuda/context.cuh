@@ -5,7 +5,9 @@
 // ordered stream of work (the issue's "one stream") with no host synchronisation unless a
 // value is read back.
 //
-//   cuda::context().set_stream(s)          run later ops on s (default: the legacy stream 0)
+//   cuda::context().set_stream(s)          run later ops on s (default: the legacy stream 0);
+//                                          s first waits for the work already queued on the
+//                                          old stream, so nothing is reordered by the switch
 //   cuda::context().set_math(Math::tf32)   GEMMs of fp32 tensors on TF32 / bf16 tensor cores,
 //                                          accumulating in fp32; Math::exact (the default) keeps
 //                                          full fp32, which the CPU-twin tests compare against
@@ -29,6 +31,16 @@ class Context {
  public:
   cudaStream_t stream() const { return stream_; }
   void set_stream(cudaStream_t s) {
+    if (s == stream_) return;
+    // Work queued on the old stream (an upload, a step, a zeroed gradient) may still be
+    // running; ops queued on s read its results, so s waits for an event recorded after it.
+    // (A non-blocking stream does not synchronise with the legacy stream by itself.) The wait
+    // is queued on s: the host does not block.
+    cudaEvent_t done = nullptr;
+    SORA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    SORA_CUDA_CHECK(cudaEventRecord(done, stream_));
+    SORA_CUDA_CHECK(cudaStreamWaitEvent(s, done, 0));
+    SORA_CUDA_CHECK(cudaEventDestroy(done));  // released once the wait has been satisfied
     stream_ = s;
     if (cublas_) cublas_->set_stream(s);
   }

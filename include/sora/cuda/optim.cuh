@@ -175,7 +175,7 @@ inline void check_threshold(const char* op, double t) {
 // weight decay `weight_decay` (0 for biases and LayerNorms).
 template <DeviceArg P, DeviceArg G, DeviceArg M, DeviceArg V>
 void adamw_step(P&& p, const G& g, M&& m, V&& v, const AdamWScalars& scalars, double weight_decay,
-                cudaStream_t s = nullptr) {
+                cudaStream_t s = context().stream()) {
   using T = scalar_t<P>;
   SORA_CHECK(std::isfinite(weight_decay) && weight_decay >= 0.0,
              "cuda::adamw_step: weight_decay must be finite and >= 0, got ", weight_decay);
@@ -188,7 +188,8 @@ void adamw_step(P&& p, const G& g, M&& m, V&& v, const AdamWScalars& scalars, do
 // `threshold` (soft threshold, or the official code's masked updates).
 template <DeviceArg P, DeviceArg G, DeviceArg M, DeviceArg V>
 void sparse_adamw_step(P&& p, const G& g, M&& m, V&& v, const AdamWScalars& scalars,
-                       double threshold, bool official_compat = false, cudaStream_t s = nullptr) {
+                       double threshold, bool official_compat = false,
+                       cudaStream_t s = context().stream()) {
   using T = scalar_t<P>;
   detail::check_threshold("cuda::sparse_adamw_step", threshold);
   detail::run_adam<T>("cuda::sparse_adamw_step", view_of(p), cview_of(g), view_of(m), view_of(v),
@@ -234,10 +235,15 @@ class GateBatch {
     if (count_ > 0) {
       slots_ = DeviceBuffer(slots.size() * sizeof(Slot));
       offsets_ = DeviceBuffer(offsets.size() * sizeof(Index));
-      SORA_CUDA_CHECK(cudaMemcpy(slots_.get(), slots.data(), slots.size() * sizeof(Slot),
-                                 cudaMemcpyHostToDevice));
-      SORA_CUDA_CHECK(cudaMemcpy(offsets_.get(), offsets.data(), offsets.size() * sizeof(Index),
-                                 cudaMemcpyHostToDevice));
+      // On the context's stream, ordered before the steps queued there (a blocking cudaMemcpy
+      // runs on the legacy stream, which a non-blocking stream does not wait for). From
+      // pageable memory the calls return once the host tables are staged, so the vectors
+      // may go out of scope.
+      cudaStream_t s = context().stream();
+      SORA_CUDA_CHECK(cudaMemcpyAsync(slots_.get(), slots.data(), slots.size() * sizeof(Slot),
+                                      cudaMemcpyHostToDevice, s));
+      SORA_CUDA_CHECK(cudaMemcpyAsync(offsets_.get(), offsets.data(),
+                                      offsets.size() * sizeof(Index), cudaMemcpyHostToDevice, s));
     }
   }
 
@@ -246,7 +252,7 @@ class GateBatch {
 
   // One SparseAdamW step of every gate: one kernel launch, no host-device copies.
   void step(const AdamWScalars& scalars, double threshold, bool official_compat = false,
-            cudaStream_t s = nullptr) const {
+            cudaStream_t s = context().stream()) const {
     detail::check_threshold("GateBatch::step", threshold);
     if (total_ == 0) return;
     const auto a = detail::step_args<T>(scalars, 0.0, threshold, official_compat);

@@ -12,13 +12,13 @@
 //                               norm reduced there, then scaled and stored -- 8 bytes/element
 //                               for fp32, like a copy. Groups too long for the registers
 //                               are re-read, mostly from L2.
-//   columns of row-major        three passes (column sums of squares with atomics, factors,
+//   columns of row-major        three passes (column sums of squares by chunk, factors,
 //                               scale): each column is spread over the whole tensor, so no
 //                               group is in cache when its norm is known (12 bytes/element).
 //   partitions, strided blocks  a warp per group gathers its norm and scatters the scale.
 //   triplets                    row norms of A, column norms of B, g, then one scale pass each.
 // Norms accumulate in the compute type (float for float and bf16, double for double), in a
-// fixed order per group kind except the column sums (atomics: the order varies by run).
+// fixed order for every group kind (no atomics), so a run's verdicts do not vary.
 
 #include <vector>
 
@@ -49,8 +49,10 @@ class DeviceGroups {
   static DeviceTensor<Index> upload_indices(const std::vector<Index>& v) {
     DeviceTensor<Index> t(1, static_cast<Index>(v.size()));
     if (!v.empty()) {
-      SORA_CUDA_CHECK(
-          cudaMemcpy(t.data(), v.data(), v.size() * sizeof(Index), cudaMemcpyHostToDevice));
+      // On the context's stream, so that ops queued there (on any stream set with
+      // set_stream) see the table; from pageable memory the call returns once v is staged.
+      SORA_CUDA_CHECK(cudaMemcpyAsync(t.data(), v.data(), v.size() * sizeof(Index),
+                                      cudaMemcpyHostToDevice, context().stream()));
     }
     return t;
   }
@@ -198,11 +200,16 @@ void launch_lines(T* x, Index G, Index L, Index ld, bool shrink, const Thr<T>& t
   }
 }
 
-// n2[c] += Σ_r x(r, c)² over a chunk of rows per block (atomics combine the chunks).
+// n2[c] += Σ_r x(r, c)², in a fixed order. Each block sums a chunk of kColRows rows per
+// column into its own slot of `partial` (chunks, cols), then one thread per column adds the
+// chunks in chunk order. Float addition is not associative: with atomics the chunks were
+// added in scheduling order, so a column whose norm is at the threshold (a rank exactly at
+// the cut) could be kept on one run and dropped on the next. Now every run gives the same bits.
 inline constexpr int kColRows = 64;
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) col_sumsq_kernel(ConstView<T> x, compute_t<T>* n2) {
+__global__ void __launch_bounds__(kThreads)
+    col_sumsq_partial_kernel(ConstView<T> x, compute_t<T>* partial) {
   using C = compute_t<T>;
   const Index c = Index(blockIdx.x) * kThreads + threadIdx.x;
   if (c >= x.cols) return;
@@ -215,18 +222,34 @@ __global__ void __launch_bounds__(kThreads) col_sumsq_kernel(ConstView<T> x, com
       const C e = to_compute(x.data[r * x.stride + c]);
       acc += e * e;
     }
-    atomicAdd(n2 + c, acc);
+    partial[chunk * x.cols + c] = acc;
+  }
+}
+
+template <class C>
+__global__ void __launch_bounds__(kThreads)
+    col_sumsq_reduce_kernel(const C* partial, Index chunks, Index cols, C* n2) {
+  for (Index c = Index(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
+       c += Index(gridDim.x) * blockDim.x) {
+    C acc = 0;
+    for (Index k = 0; k < chunks; ++k) acc += partial[k * cols + c];  // coalesced over c
+    n2[c] += acc;
   }
 }
 
 template <class T>
 void launch_col_sumsq(ConstView<T> x, compute_t<T>* n2, cudaStream_t s) {
+  using C = compute_t<T>;
   if (x.empty()) return;
   const Index chunks = (x.rows + kColRows - 1) / kColRows;
+  Scratch<C> partial(chunks * x.cols, s);  // (chunks, cols), 1/64 of x; freed in stream order
   const dim3 grid(static_cast<unsigned>((x.cols + kThreads - 1) / kThreads),
                   static_cast<unsigned>(std::min<Index>(chunks, 65535)));
-  col_sumsq_kernel<T><<<grid, kThreads, 0, s>>>(x, n2);
-  SORA_CUDA_CHECK_LAUNCH("col_sumsq_kernel");
+  col_sumsq_partial_kernel<T><<<grid, kThreads, 0, s>>>(x, partial.get());
+  SORA_CUDA_CHECK_LAUNCH("col_sumsq_partial_kernel");
+  col_sumsq_reduce_kernel<C>
+      <<<grid_for(x.cols), kThreads, 0, s>>>(partial.get(), chunks, x.cols, n2);
+  SORA_CUDA_CHECK_LAUNCH("col_sumsq_reduce_kernel");
 }
 
 // f[g] = factor(sqrt(n2[g] (+ extra[g]²)), thr(g)), in place over n2. With `extra` (the gate
@@ -453,27 +476,27 @@ DeviceTensor<scalar_t<X>> copy_like(const X& x, cudaStream_t s) {
 // --- group soft threshold (group lasso): x_g max(0, 1 - τ w_g / ||x_g||) ----------------------
 template <DeviceArg X>
 void group_soft_threshold_inplace(X&& x, const DeviceGroups& groups, arg_t<X> tau,
-                                  cudaStream_t s = nullptr) {
+                                  cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_soft_threshold", "tau", tau);
   detail::run_group<scalar_t<X>>("group_soft_threshold", view_of(x), groups, true, tau, s);
 }
 template <DeviceArg X, DeviceArg W>
 void group_soft_threshold_inplace(X&& x, const DeviceGroups& groups, arg_t<X> tau, const W& w,
-                                  cudaStream_t s = nullptr) {
+                                  cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_soft_threshold", "tau", tau);
   detail::run_group_w<scalar_t<X>>("group_soft_threshold", view_of(x), groups, true, tau, false,
                                    cview_of(w), s);
 }
 template <DeviceArg X>
 DeviceTensor<scalar_t<X>> group_soft_threshold(const X& x, const DeviceGroups& groups, arg_t<X> tau,
-                                               cudaStream_t s = nullptr) {
+                                               cudaStream_t s = context().stream()) {
   auto y = detail::copy_like(x, s);
   group_soft_threshold_inplace(y, groups, tau, s);
   return y;
 }
 template <DeviceArg X, DeviceArg W>
 DeviceTensor<scalar_t<X>> group_soft_threshold(const X& x, const DeviceGroups& groups, arg_t<X> tau,
-                                               const W& w, cudaStream_t s = nullptr) {
+                                               const W& w, cudaStream_t s = context().stream()) {
   auto y = detail::copy_like(x, s);
   group_soft_threshold_inplace(y, groups, tau, w, s);
   return y;
@@ -482,14 +505,14 @@ DeviceTensor<scalar_t<X>> group_soft_threshold(const X& x, const DeviceGroups& g
 // --- group L2,1 prox: group soft threshold at γλ --------------------------------------------
 template <DeviceArg X>
 void group_l21_prox_inplace(X&& x, const DeviceGroups& groups, arg_t<X> gamma, arg_t<X> lambda,
-                            cudaStream_t s = nullptr) {
+                            cudaStream_t s = context().stream()) {
   detail::pd::check_positive("group_l21_prox", "gamma", gamma);
   detail::pd::check_threshold("group_l21_prox", "lambda", lambda);
   detail::run_group<scalar_t<X>>("group_l21_prox", view_of(x), groups, true, gamma * lambda, s);
 }
 template <DeviceArg X, DeviceArg W>
 void group_l21_prox_inplace(X&& x, const DeviceGroups& groups, arg_t<X> gamma, arg_t<X> lambda,
-                            const W& w, cudaStream_t s = nullptr) {
+                            const W& w, cudaStream_t s = context().stream()) {
   detail::pd::check_positive("group_l21_prox", "gamma", gamma);
   detail::pd::check_threshold("group_l21_prox", "lambda", lambda);
   detail::run_group_w<scalar_t<X>>("group_l21_prox", view_of(x), groups, true, gamma * lambda,
@@ -499,27 +522,27 @@ void group_l21_prox_inplace(X&& x, const DeviceGroups& groups, arg_t<X> gamma, a
 // --- group hard threshold: keep x_g iff ||x_g|| > τ w_g ---------------------------------------
 template <DeviceArg X>
 void group_hard_threshold_inplace(X&& x, const DeviceGroups& groups, arg_t<X> tau,
-                                  cudaStream_t s = nullptr) {
+                                  cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_hard_threshold", "tau", tau);
   detail::run_group<scalar_t<X>>("group_hard_threshold", view_of(x), groups, false, tau, s);
 }
 template <DeviceArg X, DeviceArg W>
 void group_hard_threshold_inplace(X&& x, const DeviceGroups& groups, arg_t<X> tau, const W& w,
-                                  cudaStream_t s = nullptr) {
+                                  cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_hard_threshold", "tau", tau);
   detail::run_group_w<scalar_t<X>>("group_hard_threshold", view_of(x), groups, false, tau, false,
                                    cview_of(w), s);
 }
 template <DeviceArg X>
 DeviceTensor<scalar_t<X>> group_hard_threshold(const X& x, const DeviceGroups& groups, arg_t<X> tau,
-                                               cudaStream_t s = nullptr) {
+                                               cudaStream_t s = context().stream()) {
   auto y = detail::copy_like(x, s);
   group_hard_threshold_inplace(y, groups, tau, s);
   return y;
 }
 template <DeviceArg X, DeviceArg W>
 DeviceTensor<scalar_t<X>> group_hard_threshold(const X& x, const DeviceGroups& groups, arg_t<X> tau,
-                                               const W& w, cudaStream_t s = nullptr) {
+                                               const W& w, cudaStream_t s = context().stream()) {
   auto y = detail::copy_like(x, s);
   group_hard_threshold_inplace(y, groups, tau, w, s);
   return y;
@@ -528,27 +551,28 @@ DeviceTensor<scalar_t<X>> group_hard_threshold(const X& x, const DeviceGroups& g
 // --- group L0 prox: keep x_g iff ||x_g|| > sqrt(2γλ w_g) --------------------------------------
 template <DeviceArg X>
 void group_l0_prox_inplace(X&& x, const DeviceGroups& groups, arg_t<X> gamma, arg_t<X> lambda,
-                           cudaStream_t s = nullptr) {
+                           cudaStream_t s = context().stream()) {
   const auto cut = detail::pd::l0_cutoff("group_l0_prox", gamma, lambda);
   detail::run_group<scalar_t<X>>("group_l0_prox", view_of(x), groups, false, cut, s);
 }
 template <DeviceArg X, DeviceArg W>
 void group_l0_prox_inplace(X&& x, const DeviceGroups& groups, arg_t<X> gamma, arg_t<X> lambda,
-                           const W& w, cudaStream_t s = nullptr) {
+                           const W& w, cudaStream_t s = context().stream()) {
   const auto cut = detail::pd::l0_cutoff("group_l0_prox", gamma, lambda);
   detail::run_group_w<scalar_t<X>>("group_l0_prox", view_of(x), groups, false, cut, true,
                                    cview_of(w), s);
 }
 template <DeviceArg X>
 DeviceTensor<scalar_t<X>> group_l0_prox(const X& x, const DeviceGroups& groups, arg_t<X> gamma,
-                                        arg_t<X> lambda, cudaStream_t s = nullptr) {
+                                        arg_t<X> lambda, cudaStream_t s = context().stream()) {
   auto y = detail::copy_like(x, s);
   group_l0_prox_inplace(y, groups, gamma, lambda, s);
   return y;
 }
 template <DeviceArg X, DeviceArg W>
 DeviceTensor<scalar_t<X>> group_l0_prox(const X& x, const DeviceGroups& groups, arg_t<X> gamma,
-                                        arg_t<X> lambda, const W& w, cudaStream_t s = nullptr) {
+                                        arg_t<X> lambda, const W& w,
+                                        cudaStream_t s = context().stream()) {
   auto y = detail::copy_like(x, s);
   group_l0_prox_inplace(y, groups, gamma, lambda, w, s);
   return y;
@@ -557,14 +581,14 @@ DeviceTensor<scalar_t<X>> group_l0_prox(const X& x, const DeviceGroups& groups, 
 // --- rank triplets (row i of A, column i of B, g_i) ------------------------------------------
 template <DeviceArg A, DeviceArg B, DeviceArg G>
 void group_soft_threshold_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> tau,
-                                           cudaStream_t s = nullptr) {
+                                           cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_soft_threshold_triplets", "tau", tau);
   detail::run_triplets<scalar_t<A>>("group_soft_threshold_triplets", view_of(a), view_of(b),
                                     view_of(g), true, tau, false, nullptr, s);
 }
 template <DeviceArg A, DeviceArg B, DeviceArg G, DeviceArg W>
 void group_soft_threshold_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> tau, const W& w,
-                                           cudaStream_t s = nullptr) {
+                                           cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_soft_threshold_triplets", "tau", tau);
   const ConstView<scalar_t<A>> wv = cview_of(w);
   detail::run_triplets<scalar_t<A>>("group_soft_threshold_triplets", view_of(a), view_of(b),
@@ -572,14 +596,14 @@ void group_soft_threshold_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> tau, co
 }
 template <DeviceArg A, DeviceArg B, DeviceArg G>
 void group_hard_threshold_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> tau,
-                                           cudaStream_t s = nullptr) {
+                                           cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_hard_threshold_triplets", "tau", tau);
   detail::run_triplets<scalar_t<A>>("group_hard_threshold_triplets", view_of(a), view_of(b),
                                     view_of(g), false, tau, false, nullptr, s);
 }
 template <DeviceArg A, DeviceArg B, DeviceArg G, DeviceArg W>
 void group_hard_threshold_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> tau, const W& w,
-                                           cudaStream_t s = nullptr) {
+                                           cudaStream_t s = context().stream()) {
   detail::pd::check_threshold("group_hard_threshold_triplets", "tau", tau);
   const ConstView<scalar_t<A>> wv = cview_of(w);
   detail::run_triplets<scalar_t<A>>("group_hard_threshold_triplets", view_of(a), view_of(b),
@@ -587,14 +611,14 @@ void group_hard_threshold_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> tau, co
 }
 template <DeviceArg A, DeviceArg B, DeviceArg G>
 void group_l0_prox_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> gamma, arg_t<A> lambda,
-                                    cudaStream_t s = nullptr) {
+                                    cudaStream_t s = context().stream()) {
   const auto cut = detail::pd::l0_cutoff("group_l0_prox_triplets", gamma, lambda);
   detail::run_triplets<scalar_t<A>>("group_l0_prox_triplets", view_of(a), view_of(b), view_of(g),
                                     false, cut, false, nullptr, s);
 }
 template <DeviceArg A, DeviceArg B, DeviceArg G, DeviceArg W>
 void group_l0_prox_triplets_inplace(A&& a, B&& b, G&& g, arg_t<A> gamma, arg_t<A> lambda,
-                                    const W& w, cudaStream_t s = nullptr) {
+                                    const W& w, cudaStream_t s = context().stream()) {
   const auto cut = detail::pd::l0_cutoff("group_l0_prox_triplets", gamma, lambda);
   const ConstView<scalar_t<A>> wv = cview_of(w);
   detail::run_triplets<scalar_t<A>>("group_l0_prox_triplets", view_of(a), view_of(b), view_of(g),

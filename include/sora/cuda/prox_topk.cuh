@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace detail
 
 template <DeviceArg X>
-void topk_project_inplace(X&& x_arg, Index k, cudaStream_t s = nullptr) {
+void topk_project_inplace(X&& x_arg, Index k, cudaStream_t s = context().stream()) {
   using T = scalar_t<X>;
   using K = detail::key_t<T>;
   using namespace detail;
@@ -212,7 +212,7 @@ void topk_project_inplace(X&& x_arg, Index k, cudaStream_t s = nullptr) {
 }
 
 template <DeviceArg X>
-DeviceTensor<scalar_t<X>> topk_project(const X& x, Index k, cudaStream_t s = nullptr) {
+DeviceTensor<scalar_t<X>> topk_project(const X& x, Index k, cudaStream_t s = context().stream()) {
   auto y = DeviceTensor<scalar_t<X>>::copy_of(cview_of(x), s);
   topk_project_inplace(y, k, s);
   return y;

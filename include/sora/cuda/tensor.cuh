@@ -122,21 +122,22 @@ class DeviceTensor {
     return *this;
   }
 
-  static DeviceTensor zeros(Index rows, Index cols, cudaStream_t stream = nullptr) {
+  static DeviceTensor zeros(Index rows, Index cols, cudaStream_t stream = context().stream()) {
     DeviceTensor t(rows, cols);
     t.set_zero(stream);
     return t;
   }
 
   // A device copy of a host matrix (bf16 tensors take a float matrix and round it).
-  static DeviceTensor from_host(const Matrix<host_t<T>>& m, cudaStream_t stream = nullptr);
+  static DeviceTensor from_host(const Matrix<host_t<T>>& m,
+                                cudaStream_t stream = context().stream());
 
   // A device copy of a device view (device-to-device).
-  static DeviceTensor copy_of(ConstView<T> v, cudaStream_t stream = nullptr);
+  static DeviceTensor copy_of(ConstView<T> v, cudaStream_t stream = context().stream());
 
-  Matrix<host_t<T>> to_host(cudaStream_t stream = nullptr) const;
+  Matrix<host_t<T>> to_host(cudaStream_t stream = context().stream()) const;
 
-  void set_zero(cudaStream_t stream = nullptr) {
+  void set_zero(cudaStream_t stream = context().stream()) {
     if (size() > 0) {
       SORA_CUDA_CHECK(cudaMemsetAsync(data_, 0, bytes(), stream));
     }
@@ -231,7 +232,8 @@ void memcpy_2d(T* dst, Index dst_stride, const T* src, Index src_stride, Index r
 
 // Host -> device into an existing view of the same shape.
 template <class T>
-void upload(DeviceView<T> dst, const Matrix<host_t<T>>& src, cudaStream_t stream = nullptr) {
+void upload(DeviceView<T> dst, const Matrix<host_t<T>>& src,
+            cudaStream_t stream = context().stream()) {
   SORA_CHECK(dst.rows == src.rows() && dst.cols == src.cols(),
              "cuda::upload: host matrix has shape ", shape_of(src),
              " but the device view has shape ", shape_str(dst.rows, dst.cols));
@@ -251,7 +253,7 @@ void upload(DeviceView<T> dst, const Matrix<host_t<T>>& src, cudaStream_t stream
 
 // Device -> host, as a new matrix (bf16 widens to float exactly).
 template <class T>
-Matrix<host_t<T>> download(ConstView<T> src, cudaStream_t stream = nullptr) {
+Matrix<host_t<T>> download(ConstView<T> src, cudaStream_t stream = context().stream()) {
   using U = std::remove_const_t<T>;
   Matrix<host_t<U>> out(src.rows, src.cols);
   if constexpr (std::is_same_v<U, bf16>) {
@@ -270,13 +272,13 @@ Matrix<host_t<T>> download(ConstView<T> src, cudaStream_t stream = nullptr) {
 }
 
 template <class T>
-Matrix<host_t<T>> download(DeviceView<T> src, cudaStream_t stream = nullptr) {
+Matrix<host_t<T>> download(DeviceView<T> src, cudaStream_t stream = context().stream()) {
   return download(ConstView<T>(src), stream);
 }
 
 // Device -> device between views of one shape (asynchronous on `stream`).
 template <class T>
-void copy(DeviceView<T> dst, ConstView<T> src, cudaStream_t stream = nullptr) {
+void copy(DeviceView<T> dst, ConstView<T> src, cudaStream_t stream = context().stream()) {
   SORA_CHECK(dst.rows == src.rows && dst.cols == src.cols, "cuda::copy: source has shape ",
              shape_str(src.rows, src.cols), " but destination has shape ",
              shape_str(dst.rows, dst.cols));

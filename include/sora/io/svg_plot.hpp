@@ -75,6 +75,54 @@ inline std::vector<double> nice_ticks(double lo, double hi, int count = 6) {
   return ticks;
 }
 
+// A short label for a tick of a count axis: 500, 1k, 20k, 1.5M, 2G; below 1000 the %g form
+// (0.02, 2.5). Three significant digits at most, so 15849 reads 15.8k.
+inline std::string short_label(double v) {
+  char buffer[32];
+  const double a = std::fabs(v);
+  if (v == 0) return "0";
+  const char* suffix = "";
+  double scaled = v;
+  if (a >= 1e9) {
+    scaled = v / 1e9, suffix = "G";
+  } else if (a >= 1e6) {
+    scaled = v / 1e6, suffix = "M";
+  } else if (a >= 1e3) {
+    scaled = v / 1e3, suffix = "k";
+  }
+  std::snprintf(buffer, sizeof buffer, "%.3g%s", scaled, suffix);
+  return buffer;
+}
+
+// Ticks for a log-scale axis over [10^lo_exp, 10^hi_exp], as values (not exponents): the
+// sparsest of powers of ten, 1-2-5 steps, or every digit (1..9 x 10^k) that puts at least two
+// ticks on the axis, thinned to at most max_count by keeping every n-th power of ten when the
+// range spans many decades. A range too narrow for even that (inside one digit step) gets
+// linear nice ticks.
+inline std::vector<double> log_ticks(double lo_exp, double hi_exp, std::size_t max_count = 10) {
+  if (!(hi_exp > lo_exp)) return {std::pow(10.0, lo_exp)};
+  const double lo = std::pow(10.0, lo_exp) * (1 - 1e-9), hi = std::pow(10.0, hi_exp) * (1 + 1e-9);
+  const std::vector<std::vector<double>> mantissas = {{1}, {1, 2, 5}, {1, 2, 3, 4, 5, 6, 7, 8, 9}};
+  for (const auto& ms : mantissas) {
+    std::vector<double> ticks;
+    for (int k = static_cast<int>(std::floor(lo_exp)); k <= static_cast<int>(std::ceil(hi_exp));
+         ++k)
+      for (double m : ms) {
+        const double v = m * std::pow(10.0, k);
+        if (v >= lo && v <= hi) ticks.push_back(v);
+      }
+    if (ticks.size() < 2) continue;
+    if (ticks.size() > max_count) {  // only powers of ten get here: keep every n-th decade
+      const std::size_t every = (ticks.size() + max_count - 1) / max_count;
+      std::vector<double> thinned;
+      for (std::size_t i = 0; i < ticks.size(); i += every) thinned.push_back(ticks[i]);
+      ticks = thinned;
+    }
+    return ticks;
+  }
+  return nice_ticks(std::pow(10.0, lo_exp), std::pow(10.0, hi_exp), 4);
+}
+
 // Colour-blind-safe palette (Okabe-Ito).
 inline const char* series_colour(std::size_t i) {
   static const char* colours[] = {"#0072B2", "#D55E00", "#009E73", "#CC79A7",
@@ -90,10 +138,18 @@ struct Series {
   bool markers = true;
 };
 
+// A vertical mark at x across the plot area (dashed), labelled at the top: a stage boundary,
+// an event.
+struct XMark {
+  double x = 0;
+  std::string label;
+};
+
 struct LinePlot {
   std::string title, x_label, y_label;
   std::vector<Series> series;
-  bool log_x = false;
+  std::vector<XMark> marks;
+  bool log_x = false;  // log-scale x: 1-2-5 ticks with short labels (10k, 20k)
   int width = 720, height = 440;
 
   LinePlot& add(Series s) {
@@ -140,13 +196,22 @@ struct LinePlot {
       out += "<text x=\"" + number(left - 6) + "\" y=\"" + number(py(t) + 4) +
              "\" text-anchor=\"end\">" + tick_label(t) + "</text>\n";
     }
-    for (double t : nice_ticks(x_lo, x_hi)) {
-      const double value = log_x ? std::pow(10.0, t) : t;
-      const double x = left + (t - x_lo) / (x_hi - x_lo) * pw;
+    for (double value : log_x ? log_ticks(x_lo, x_hi) : nice_ticks(x_lo, x_hi)) {
+      const double x = px(value);
       out += "<line x1=\"" + number(x) + "\" x2=\"" + number(x) + "\" y1=\"" + number(top) +
              "\" y2=\"" + number(top + ph) + "\" stroke=\"#e5e5e5\"/>\n";
       out += "<text x=\"" + number(x) + "\" y=\"" + number(top + ph + 18) +
-             "\" text-anchor=\"middle\">" + tick_label(value) + "</text>\n";
+             "\" text-anchor=\"middle\">" + (log_x ? short_label(value) : tick_label(value)) +
+             "</text>\n";
+    }
+    for (const XMark& m : marks) {
+      if (!std::isfinite(m.x) || (log_x && m.x <= 0)) continue;
+      const double x = px(m.x);
+      out += "<line class=\"mark\" x1=\"" + number(x) + "\" x2=\"" + number(x) + "\" y1=\"" +
+             number(top) + "\" y2=\"" + number(top + ph) +
+             "\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n";
+      out += "<text x=\"" + number(x + 3) + "\" y=\"" + number(top + 12) +
+             "\" font-size=\"10\" fill=\"#555\">" + escape(m.label) + "</text>\n";
     }
     out += "<rect x=\"" + number(left) + "\" y=\"" + number(top) + "\" width=\"" + number(pw) +
            "\" height=\"" + number(ph) + "\" fill=\"none\" stroke=\"#333\"/>\n";

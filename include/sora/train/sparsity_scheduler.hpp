@@ -113,7 +113,11 @@ inline std::string sparsity_csv(const std::vector<SparsityRow>& rows) {
   return out;
 }
 
-// Memorization and generalization against the non-zero parameter count (log scale).
+// Memorization and generalization against the non-zero parameter count (log scale). Within
+// a stage, evaluations at an unchanged count (every evaluation of the dense phase, a sparse
+// stage where no gate died between two evaluations) would stack vertically at one x, drawn as
+// a vertical line; only the last of them (the stage's latest state at that count) is plotted.
+// Each stage's end is marked by a dashed line labelled "dense" or its ξ.
 inline std::string sparsity_svg(const std::vector<SparsityRow>& rows, const std::string& title) {
   io::LinePlot plot;
   plot.title = title;
@@ -123,11 +127,19 @@ inline std::string sparsity_svg(const std::vector<SparsityRow>& rows, const std:
   io::Series mem, gen;
   mem.name = "memorization";
   gen.name = "generalization";
-  for (const SparsityRow& r : rows) {
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const SparsityRow& r = rows[i];
+    const bool last_of_stage = i + 1 == rows.size() || rows[i + 1].stage != r.stage;
+    if (!last_of_stage && rows[i + 1].nonzero == r.nonzero) continue;  // a later row replaces it
     mem.x.push_back(static_cast<double>(r.nonzero));
     mem.y.push_back(r.memorization);
     gen.x.push_back(static_cast<double>(r.nonzero));
     gen.y.push_back(r.generalization);
+    if (last_of_stage) {
+      char label[48];
+      std::snprintf(label, sizeof label, "xi %.3g", r.xi);
+      plot.marks.push_back({static_cast<double>(r.nonzero), r.stage == 0 ? "dense" : label});
+    }
   }
   plot.add(std::move(mem));
   plot.add(std::move(gen));
