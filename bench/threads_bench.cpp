@@ -3,13 +3,18 @@
 //   BM_Gemm/macs/threads     an (M, K) x (K, N) product of about `macs` multiply-adds, the
 //                            shapes of a linear layer (N = 4K) at a falling token count M
 //   BM_RowLoop/rows/threads  a tanh-GELU over `rows` rows of 512, the row-wise ops' pattern
+//   BM_WakeJoin              an empty two-thread region after the worker has gone to sleep:
+//                            the fixed cost a split must repay
 // Read a threshold as the smallest size whose threads:2 time is <= 1 / 1.2 of its threads:1
-// time. Run it on an idle machine, under OMP_WAIT_POLICY=passive as the programs run.
+// time. Run it on an idle machine, under OMP_WAIT_POLICY=passive as the programs run; on a busy
+// one the threads:2 rows measure the load, not the split (the policy then uses one thread).
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cmath>
 #include <sora/core/threading.hpp>
+#include <thread>
 
 using namespace sora;
 
@@ -57,5 +62,19 @@ BENCHMARK(BM_RowLoop)
     ->ArgNames({"rows", "threads"})
     ->ArgsProduct({{4, 16, 32, 64, 128, 512}, {1, 2}})
     ->UseRealTime();
+
+void BM_WakeJoin(benchmark::State& state) {
+  int sink = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::this_thread::sleep_for(std::chrono::microseconds(300));  // the worker falls asleep
+    state.ResumeTiming();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(2)
+    benchmark::DoNotOptimize(sink += omp_get_thread_num());
+#endif
+  }
+}
+BENCHMARK(BM_WakeJoin)->UseRealTime();
 
 }  // namespace

@@ -22,9 +22,13 @@
 // product); elsewhere Eigen runs single-threaded, so a product nested in a parallel region, or
 // a small one somewhere else, never starts threads of its own.
 //
-// The thresholds were measured with bench/threads_bench.cpp (the README's performance section
-// has the run): each is the smallest size at which two threads beat one by at least 1.2x on an
-// otherwise idle two-core machine, under OMP_WAIT_POLICY=passive (see use_passive_wait).
+// How the thresholds were set (bench/threads_bench.cpp measures both inputs; the README's
+// performance section has the runs): a split must repay waking and joining a sleeping second
+// thread, a few microseconds at best under passive waiting (BM_WakeJoin: 2.6 us minimum, tens
+// of microseconds typical on a busy machine). A region splits when each thread's share is tens
+// of microseconds of work, 10-20x that cost: 4e6 multiply-adds of a GEMM (about 60 us on one
+// AVX-512 core) or 3e4 row elements of a row-wise op (about 30 us of GELU). Where the machine
+// is idle, BM_Gemm and BM_RowLoop show the break-even directly (threads:2 against threads:1).
 
 #include <Eigen/Core>
 #include <algorithm>
