@@ -25,9 +25,10 @@ namespace hf = sora::model::hf;
 using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
+  sora::use_passive_wait(argv);
   std::string model_dir, method = "lora";
   long batch = 32, seq = 128, steps = 10;
-  int threads = 1;
+  int threads = 0;  // all cores (SORA_NUM_THREADS overrides)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--model")
@@ -100,7 +101,7 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"side\": \"sora\", \"method\": \"%s\", \"threads\": %d, \"median_ms\": %.3f, "
         "\"best_ms\": %.3f, \"load_ms\": %.1f, \"peak_rss_mib\": %.1f}\n",
-        method.c_str(), threads, times[times.size() / 2], times.front(), load_ms,
+        method.c_str(), sora::num_threads(), times[times.size() / 2], times.front(), load_ms,
         static_cast<double>(usage.ru_maxrss) / 1024.0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sora_bench_hf: %s\n", e.what());

@@ -8,6 +8,10 @@
 // report getrusage's peak RSS) so that each method's peak memory is measured in a fresh
 // process; the figures appear in the benchmark context.
 //
+// `--skip-memory` (first argument) leaves the memory probes out. `--seq-sweep` instead times a LoRA
+// step at T = 128, 512, 1024 and 2048 (batch 1) with dense and with blocked attention, each in a
+// fresh process that also reports its peak RSS.
+//
 // Read the results as: full step FLOP/s / GEMM FLOP/s (target >= 0.60), LoRA time / full time
 // (target <= 0.70), SoRA time / LoRA time (target <= 1.05).
 //
@@ -18,7 +22,10 @@
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -160,14 +167,102 @@ double peak_rss_mib(const char* self, const char* method) {
   return kib < 0 ? -1.0 : static_cast<double>(kib) / 1024.0;
 }
 
+// ---- sequence-length sweep: dense against blocked attention --------------------------------
+
+// One fresh process per (T, kernel): a LoRA step of the benchmark's model on one sequence of T
+// tokens; prints the median wall time of 5 steps (after one that sizes the buffers) in ms, their
+// mean process CPU time in ms (on one thread the work itself, whatever else the machine runs),
+// and the peak RSS in MiB.
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
+}
+
+int probe_seq(Index T, bool blocked) {
+  bench::StepShape shape = kShape;
+  shape.batch = 1;
+  shape.seq = T;
+  model::TransformerConfig config = shape.config();
+  config.blocked_attention = blocked;
+  model::Transformer<float> m(config);
+  model::PeftConfig peft;
+  peft.method = Method::lora;
+  peft.rank = kRank;
+  m.apply_peft(peft);
+  optim::FineTuneOptions o = optim::sora_official_options();
+  o.xi = 0.0;
+  optim::FineTuneOptimizer<float> opt(optim::group_parameters<float>(m), o);
+  auto params = m.trainable_parameters();
+  const model::Batch batch = shape.make_batch();
+  std::vector<double> ms;
+  double cpu_start = 0;
+  for (int i = 0; i < 6; ++i) {
+    if (i == 1) cpu_start = cpu_seconds();
+    const auto start = std::chrono::steady_clock::now();
+    m.zero_grad();
+    benchmark::DoNotOptimize(m.forward(batch));
+    m.backward();
+    optim::clip_grad_norm(params, 0.1);
+    opt.step();
+    const auto end = std::chrono::steady_clock::now();
+    if (i > 0) ms.push_back(std::chrono::duration<double, std::milli>(end - start).count());
+  }
+  const double cpu_ms = (cpu_seconds() - cpu_start) * 1e3 / static_cast<double>(ms.size());
+  std::sort(ms.begin(), ms.end());
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("%.1f %.1f %.1f\n", ms[ms.size() / 2], cpu_ms,
+              static_cast<double>(usage.ru_maxrss) / 1024.0);
+  return 0;
+}
+
+int seq_sweep(const std::string& self) {
+  std::printf("LoRA step, width %ld, %ld layers, %ld heads, batch 1, %d thread(s)\n",
+              static_cast<long>(kWidth), static_cast<long>(kLayers), static_cast<long>(kHeads),
+              num_threads());
+  std::printf("%6s %10s %10s %10s %10s %11s %11s\n", "T", "dense ms", "blocked ms", "dense cpu",
+              "blocked cpu", "dense MiB", "blocked MiB");
+  for (const Index T : {128, 512, 1024, 2048}) {
+    double ms[2] = {-1, -1}, cpu[2] = {-1, -1}, mib[2] = {-1, -1};
+    for (int blocked = 0; blocked < 2; ++blocked) {
+      const std::string command =
+          "'" + self + "' --probe-seq " + std::to_string(T) + " " + std::to_string(blocked);
+      FILE* pipe = popen(command.c_str(), "r");
+      if (pipe == nullptr) return 1;
+      if (std::fscanf(pipe, "%lf %lf %lf", &ms[blocked], &cpu[blocked], &mib[blocked]) != 3)
+        ms[blocked] = -1;
+      pclose(pipe);
+    }
+    std::printf("%6ld %10.1f %10.1f %10.1f %11.1f %11.1f %11.1f\n", static_cast<long>(T), ms[0],
+                ms[1], cpu[0], cpu[1], mib[0], mib[1]);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Every core by default (SORA_NUM_THREADS=n for n), idle threads sleeping (see
+  // core/threading.hpp); each step's regions split only where their size pays.
+  use_passive_wait(argv);
   if (argc == 3 && std::strcmp(argv[1], "--probe-memory") == 0) return probe_memory(argv[2]);
+  if (argc == 4 && std::strcmp(argv[1], "--probe-seq") == 0)
+    return probe_seq(std::atol(argv[2]), std::atoi(argv[3]) != 0);
   // popen runs a shell, in which /proc/self/exe would be the shell: resolve our path first.
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const double full = peak_rss_mib(self.c_str(), "full");
+  if (argc == 2 && std::strcmp(argv[1], "--seq-sweep") == 0) return seq_sweep(self);
+  // --skip-memory (first argument): no probes, for repeated timing runs.
+  const bool probes = !(argc > 1 && std::strcmp(argv[1], "--skip-memory") == 0);
+  if (!probes) {
+    argv[1] = argv[0];
+    ++argv;
+    --argc;
+  }
+  const double full = probes ? peak_rss_mib(self.c_str(), "full") : -1.0;
   for (const char* method : {"full", "lora", "sora"}) {
+    if (!probes) break;
     const double rss = method == std::string("full") ? full : peak_rss_mib(self.c_str(), method);
     char text[96];
     std::snprintf(text, sizeof text, "%.1f MiB (%.2f of full)", rss, full > 0 ? rss / full : 0.0);

@@ -10,10 +10,12 @@
 
 using namespace sora;
 
-int main() {
-  // A model this small does microseconds of work per matrix product; a parallel region costs
-  // more than that (and far more on a busy machine), so the tour runs on one thread.
-  set_num_threads(1);
+int main(int, char** argv) {
+  // Every core (SORA_NUM_THREADS overrides), idle threads sleeping rather than spinning. A model
+  // this small does microseconds of work per matrix product: the threading policy keeps such
+  // regions on one thread by itself (core/threading.hpp).
+  use_passive_wait(argv);
+  set_num_threads(0);
 
   // 1. A bidirectional classifier: 2 layers of width 32 over a byte vocabulary.
   model::TransformerConfig config;

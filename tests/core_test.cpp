@@ -1,7 +1,9 @@
 // core/: errors, parameters, random streams, threading.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <set>
 #include <sora/core.hpp>
 #include <string>
@@ -114,4 +116,53 @@ TEST_CASE("threading controls") {
   for (int h : hits) CHECK(h == 1);
   set_num_threads(0);
   CHECK(num_threads() >= 1);  // 0 restores the default: at least one thread, OpenMP or not
+}
+
+TEST_CASE("threading policy: a region splits only when its size pays and threads are asked for") {
+  set_num_threads(2);
+  // Below the minimum work per thread a region stays on one thread, whatever was asked for.
+  CHECK(threads_for(1.0, 1000.0) == 1);
+  CHECK(threads_for(1999.0, 1000.0) == 1);
+  // Large work gets at most the requested count (fewer only when other processes hold cores).
+  const int big = threads_for(1e12, 1000.0);
+  CHECK(big >= 1);
+  CHECK(big <= (has_openmp() ? 2 : 1));
+  set_num_threads(1);
+  CHECK(threads_for(1e12, 1000.0) == 1);
+  // GemmThreads leaves products single-threaded once its scope ends.
+  set_num_threads(2);
+  {
+    GemmThreads threads(4096, 4096, 4096);
+    CHECK(Eigen::nbThreads() >= 1);
+  }
+  CHECK(Eigen::nbThreads() == 1);
+  // Every index runs exactly once, split or not.
+  for (double item_work : {1.0, 1e9}) {
+    std::vector<int> hits(777, 0);
+    parallel_for(
+        0, 777, [&](Index i) { hits[static_cast<std::size_t>(i)] += 1; }, item_work);
+    CHECK(std::count(hits.begin(), hits.end(), 1) == 777);
+  }
+  set_num_threads(0);
+}
+
+TEST_CASE("threading policy: SORA_NUM_THREADS sets the default, and a bad value is an error") {
+  if (!has_openmp()) return;  // without OpenMP the count is always 1
+  const char* before = std::getenv("SORA_NUM_THREADS");
+  const std::string saved = before ? before : "";
+  ::setenv("SORA_NUM_THREADS", "3", 1);
+  set_num_threads(0);
+  CHECK(num_threads() == 3);
+  set_num_threads(1);  // an explicit count wins over the variable
+  CHECK(num_threads() == 1);
+  for (const char* bad : {"0", "-2", "two", "4x"}) {
+    ::setenv("SORA_NUM_THREADS", bad, 1);
+    CHECK_THROWS_WITH_AS(set_num_threads(0), doctest::Contains("SORA_NUM_THREADS"), Error);
+  }
+  if (before) {
+    ::setenv("SORA_NUM_THREADS", saved.c_str(), 1);
+  } else {
+    ::unsetenv("SORA_NUM_THREADS");
+  }
+  set_num_threads(0);
 }

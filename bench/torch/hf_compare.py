@@ -7,7 +7,8 @@
 For each thread count and each of forward / LoRA step / SoRA step / full step: runs sora's
 program (one process per measurement) and the same work in PyTorch eager here (a fresh process
 per measurement too, so that peak memory is each run's own), and prints median step times,
-peak resident memory and the ratios torch / sora (> 1: sora is faster). The model defaults to
+peak resident memory and the ratios torch / sora (> 1: sora is faster), after a line naming the
+torch build and its BLAS (torch.__config__.show()). The model defaults to
 the reference stack's all-MiniLM-L6-v2. Dropout is off on both sides (evaluation mode; sora has
 no attention-probability dropout). The torch side: AutoModelForSequenceClassification, PEFT's
 LoRA (r 8, alpha 16, the family's default targets: query, value), AdamW; SoRA is timed on
@@ -21,6 +22,16 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+def torch_build():
+    """torch's version and the libraries its CPU matrix products come from (torch.__config__)."""
+    import re
+    import torch
+    settings = dict(re.findall(r"(BLAS_INFO|LAPACK_INFO|USE_MKLDNN|USE_OPENMP)=([^,\s]+)",
+                               torch.__config__.show()))
+    return (f"torch {torch.__version__}: BLAS {settings.get('BLAS_INFO', '?')}, oneDNN "
+            f"{settings.get('USE_MKLDNN', '?')}, OpenMP {settings.get('USE_OPENMP', '?')}")
 
 
 def torch_side(args):
@@ -96,6 +107,7 @@ def main():
         return
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     print(f"model {args.model}, batch {args.batch} x {args.seq}, median of {args.steps} steps")
+    print(torch_build())
     print(f"{'threads':>7} {'method':>8} {'sora ms':>9} {'torch ms':>9} {'torch/sora':>10} "
           f"{'sora MiB':>9} {'torch MiB':>9}")
     for threads in args.threads:

@@ -41,7 +41,7 @@ struct Options {
   int seeds = 3;
   std::uint64_t seed = 0;
   std::uint64_t data_seed = 7;
-  int threads = 1;
+  int threads = 0;
   bool plain = false;
   std::string device = "cpu";       // where pretraining and fine-tuning steps run
   std::string cuda_math = "exact";  // GEMMs on the GPU: exact fp32, tf32 or bf16 tensor cores
@@ -247,7 +247,7 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   app.add_option("--data-seed", o.data_seed, "seed of the synthetic corpus and tasks")
       ->capture_default_str()
       ->group(g_run);
-  app.add_option("--threads", o.threads, "threads (0: all cores; small models run fastest on one)")
+  app.add_option("--threads", o.threads, "threads (0: all cores, or SORA_NUM_THREADS when set)")
       ->check(CLI::Range(0, 1024))
       ->capture_default_str()
       ->group(g_run);

@@ -2,6 +2,7 @@
 // ops/: differentiable ops as free functions, <op>_forward / <op>_backward.
 #include "sora/ops/activation.hpp"
 #include "sora/ops/attention.hpp"
+#include "sora/ops/blocked_attention.hpp"
 #include "sora/ops/common.hpp"
 #include "sora/ops/dropout.hpp"
 #include "sora/ops/embedding.hpp"

@@ -44,7 +44,12 @@ class Block {
         attn(config.width, config.heads, config.causal, config.bias, 2 * seed + 1),
         ln2(config.width, true, static_cast<T>(config.ln_eps)),
         mlp(config.width, config.hidden(), config.gelu, config.bias, 2 * seed + 2),
-        dropout_(static_cast<T>(config.dropout)) {}
+        dropout_(static_cast<T>(config.dropout)) {
+    if constexpr (requires { attn.set_blocked(true); })
+      attn.set_blocked(config.blocked_attention);
+    else
+      SORA_CHECK(!config.blocked_attention, "Block: this attention has no blocked kernel");
+  }
 
   void train(bool on) {
     training_ = on;

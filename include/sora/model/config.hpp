@@ -60,6 +60,9 @@ struct TransformerConfig {
   bool tied_lm_head = true;  // the LM head reuses the token embedding (GPT-2)
   ops::Gelu gelu = ops::Gelu::tanh;
   bool bias = true;  // biases on every linear layer (the LM head never has one)
+  // Blocked attention (ops/blocked_attention.hpp, CPU): memory linear in the sequence length
+  // instead of (B H T, T) probabilities per layer, the same results to rounding.
+  bool blocked_attention = false;
   double ln_eps = 1e-5;
   Head head = Head::lm;
   Index num_labels = 2;  // classes (classification) or outputs (regression)

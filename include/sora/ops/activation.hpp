@@ -48,7 +48,7 @@ void gelu_forward(MatrixRef<T> out,       // (N, C)
           const auto x = inp.row(n).array();
           out.row(n).array() = T(0.5) * x * (T(1) + (K::k * (x + K::c * x.cube())).tanh());
         },
-        64);
+        static_cast<double>(inp.cols()));
     return;
   }
   // Exact form. In float, Eigen's vectorized erf (a rational approximation good to a few ulp,
@@ -65,13 +65,13 @@ void gelu_forward(MatrixRef<T> out,       // (N, C)
             out(n, c) = T(0.5) * x(c) * (T(1) + std::erf(x(c) * K::inv_sqrt2));
         }
       },
-      64);
+      static_cast<double>(inp.cols()));
 }
 
 // The epilogue of the MLP's first projection: pre += bias (broadcast over the rows), then
-// act = gelu(pre); pre keeps the biased value, which gelu_backward reads. The GPU twin does both
-// in one pass over (N, C), which saves the separate bias pass's read and write of the whole
-// activation; here the two steps stay as they are (each row is cache-resident anyway).
+// act = gelu(pre); pre keeps the biased value, which gelu_backward reads. One pass over
+// (N, C), as on the GPU: each row gets its bias and its activation while it is in cache,
+// instead of a bias pass that reads and writes the whole activation before the GELU pass.
 template <class T>
 void bias_gelu_forward(MatrixRef<T> act,        // (N, C)
                        MatrixRef<T> pre,        // (N, C) in: x W^T (+ adapter), out: + bias
@@ -79,8 +79,14 @@ void bias_gelu_forward(MatrixRef<T> act,        // (N, C)
                        Gelu kind = Gelu::tanh) {
   detail::check_shape("bias_gelu_forward", "bias", bias, 1, pre.cols());
   detail::check_shape("bias_gelu_forward", "act", act, pre.rows(), pre.cols());
-  pre.rowwise() += bias.row(0);
-  gelu_forward<T>(act, pre, kind);
+  parallel_for(
+      0, pre.rows(),
+      [&](Index n) {
+        pre.row(n) += bias.row(0);
+        // gelu_forward on this one row: the same arithmetic, so the results are bit-identical.
+        gelu_forward<T>(act.row(n), pre.row(n), kind);
+      },
+      static_cast<double>(pre.cols()));
 }
 
 // tanh form: with t = tanh(k (x + c x^3)),
@@ -115,7 +121,7 @@ void gelu_backward(MatrixRef<T> dinp,       // (N, C)
                 dout.row(n).segment(c0, len).array();
           }
         },
-        64);
+        static_cast<double>(inp.cols()));
     return;
   }
   // Exact form, vectorized in float as the forward (dinp may alias dout: each element is read
@@ -136,7 +142,7 @@ void gelu_backward(MatrixRef<T> dinp,       // (N, C)
           }
         }
       },
-      64);
+      static_cast<double>(inp.cols()));
 }
 
 // probs[n] = softmax(logits[n]), shifted by the row maximum so that exp never overflows.

@@ -66,31 +66,37 @@ void attention_forward(MatrixRef<Scalar> out,            // (N, H * D)
   const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
   const bool masked = present(key_mask);
   const bool dropping = present(drop);
-  parallel_for(0, B * H, [&](Index bh) {
-    const Index b = bh / H, h = bh % H, g = h / group;
-    auto P = att.block(bh * T, 0, T, T);  // (T, T)
-    P.noalias() = q.block(b * T, h * D, T, D) * k.block(b * T, g * D, T, D).transpose();
-    for (Index t = 0; t < T; ++t) {
-      const Index last = causal ? t + 1 : T;  // keys [0, last) pass the causal mask
-      auto visible = [&](Index j) { return j < last && (!masked || key_mask(b, j) != Scalar(0)); };
-      Scalar m = -std::numeric_limits<Scalar>::infinity();
-      for (Index j = 0; j < last; ++j)
-        if (visible(j)) m = std::max(m, P(t, j));
-      Scalar sum = 0;
-      for (Index j = 0; j < T; ++j) {
-        const Scalar p = visible(j) ? std::exp((P(t, j) - m) * scale) : Scalar(0);
-        P(t, j) = p;
-        sum += p;
-      }
-      if (sum > Scalar(0)) P.row(t) /= sum;
-    }
-    if (dropping) {
-      out.block(b * T, h * D, T, D).noalias() =
-          P.cwiseProduct(drop.block(bh * T, 0, T, T)) * v.block(b * T, g * D, T, D);
-    } else {
-      out.block(b * T, h * D, T, D).noalias() = P * v.block(b * T, g * D, T, D);
-    }
-  });
+  const double head_work = 2.0 * static_cast<double>(T) * static_cast<double>(T) * D;  // 2 GEMMs
+  parallel_for(
+      0, B * H,
+      [&](Index bh) {
+        const Index b = bh / H, h = bh % H, g = h / group;
+        auto P = att.block(bh * T, 0, T, T);  // (T, T)
+        P.noalias() = q.block(b * T, h * D, T, D) * k.block(b * T, g * D, T, D).transpose();
+        for (Index t = 0; t < T; ++t) {
+          const Index last = causal ? t + 1 : T;  // keys [0, last) pass the causal mask
+          auto visible = [&](Index j) {
+            return j < last && (!masked || key_mask(b, j) != Scalar(0));
+          };
+          Scalar m = -std::numeric_limits<Scalar>::infinity();
+          for (Index j = 0; j < last; ++j)
+            if (visible(j)) m = std::max(m, P(t, j));
+          Scalar sum = 0;
+          for (Index j = 0; j < T; ++j) {
+            const Scalar p = visible(j) ? std::exp((P(t, j) - m) * scale) : Scalar(0);
+            P(t, j) = p;
+            sum += p;
+          }
+          if (sum > Scalar(0)) P.row(t) /= sum;
+        }
+        if (dropping) {
+          out.block(b * T, h * D, T, D).noalias() =
+              P.cwiseProduct(drop.block(bh * T, 0, T, T)) * v.block(b * T, g * D, T, D);
+        } else {
+          out.block(b * T, h * D, T, D).noalias() = P * v.block(b * T, g * D, T, D);
+        }
+      },
+      head_work);
 }
 
 // Without attention-probability dropout.
@@ -155,48 +161,52 @@ void attention_backward(MatrixRef<Scalar> dq,         // (N, H * D)
   detail::check_optional("attention_backward", "drop", drop, B * H * T, T);
   const Scalar scale = Scalar(1) / std::sqrt(Scalar(D));
   const bool dropping = present(drop);
-  parallel_for(0, B * Hkv, [&](Index bg) {
-    const Index b = bg / Hkv, g = bg % Hkv;
-    auto dK = dk.block(b * T, g * D, T, D);      // (T, D)
-    auto dV = dv.block(b * T, g * D, T, D);      // (T, D)
-    const auto K = k.block(b * T, g * D, T, D);  // (T, D)
-    const auto V = v.block(b * T, g * D, T, D);  // (T, D)
-    for (Index h = g * group; h < (g + 1) * group; ++h) {
-      const Index bh = b * H + h;
-      const bool first = h == g * group;
-      const auto P = att.block(bh * T, 0, T, T);       // (T, T)
-      auto dS = datt.block(bh * T, 0, T, T);           // (T, T)
-      const auto dO = dout.block(b * T, h * D, T, D);  // (T, D)
-      if (dropping) {
-        // O = (P ⊙ M) v: dv = (P ⊙ M)^T dO and dP = (dO v^T) ⊙ M.
-        const auto M = drop.block(bh * T, 0, T, T);  // (T, T)
-        if (first) {
-          dV.noalias() = P.cwiseProduct(M).transpose() * dO;
-        } else {
-          dV.noalias() += P.cwiseProduct(M).transpose() * dO;
+  const double group_work = 4.0 * static_cast<double>(T) * static_cast<double>(T) * D * group;
+  parallel_for(
+      0, B * Hkv,
+      [&](Index bg) {
+        const Index b = bg / Hkv, g = bg % Hkv;
+        auto dK = dk.block(b * T, g * D, T, D);      // (T, D)
+        auto dV = dv.block(b * T, g * D, T, D);      // (T, D)
+        const auto K = k.block(b * T, g * D, T, D);  // (T, D)
+        const auto V = v.block(b * T, g * D, T, D);  // (T, D)
+        for (Index h = g * group; h < (g + 1) * group; ++h) {
+          const Index bh = b * H + h;
+          const bool first = h == g * group;
+          const auto P = att.block(bh * T, 0, T, T);       // (T, T)
+          auto dS = datt.block(bh * T, 0, T, T);           // (T, T)
+          const auto dO = dout.block(b * T, h * D, T, D);  // (T, D)
+          if (dropping) {
+            // O = (P ⊙ M) v: dv = (P ⊙ M)^T dO and dP = (dO v^T) ⊙ M.
+            const auto M = drop.block(bh * T, 0, T, T);  // (T, T)
+            if (first) {
+              dV.noalias() = P.cwiseProduct(M).transpose() * dO;
+            } else {
+              dV.noalias() += P.cwiseProduct(M).transpose() * dO;
+            }
+            dS.noalias() = dO * V.transpose();
+            dS.array() *= M.array();  // dP
+          } else {
+            if (first) {
+              dV.noalias() = P.transpose() * dO;
+            } else {
+              dV.noalias() += P.transpose() * dO;
+            }
+            dS.noalias() = dO * V.transpose();  // dP
+          }
+          for (Index t = 0; t < T; ++t) {
+            const Scalar dot = dS.row(t).dot(P.row(t));
+            dS.row(t).array() = P.row(t).array() * (dS.row(t).array() - dot) * scale;
+          }
+          dq.block(b * T, h * D, T, D).noalias() = dS * K;
+          if (first) {
+            dK.noalias() = dS.transpose() * q.block(b * T, h * D, T, D);
+          } else {
+            dK.noalias() += dS.transpose() * q.block(b * T, h * D, T, D);
+          }
         }
-        dS.noalias() = dO * V.transpose();
-        dS.array() *= M.array();  // dP
-      } else {
-        if (first) {
-          dV.noalias() = P.transpose() * dO;
-        } else {
-          dV.noalias() += P.transpose() * dO;
-        }
-        dS.noalias() = dO * V.transpose();  // dP
-      }
-      for (Index t = 0; t < T; ++t) {
-        const Scalar dot = dS.row(t).dot(P.row(t));
-        dS.row(t).array() = P.row(t).array() * (dS.row(t).array() - dot) * scale;
-      }
-      dq.block(b * T, h * D, T, D).noalias() = dS * K;
-      if (first) {
-        dK.noalias() = dS.transpose() * q.block(b * T, h * D, T, D);
-      } else {
-        dK.noalias() += dS.transpose() * q.block(b * T, h * D, T, D);
-      }
-    }
-  });
+      },
+      group_work);
 }
 
 // Without attention-probability dropout.

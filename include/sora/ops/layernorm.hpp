@@ -40,7 +40,7 @@ void layernorm_forward(MatrixRef<T> out,          // (N, C)
         mean(n, 0) = m;
         rstd(n, 0) = rs;
       },
-      64);
+      static_cast<double>(C));
 }
 
 // With xhat = (x - mean) * rstd and dxhat = dout ⊙ weight:
@@ -85,7 +85,7 @@ void layernorm_backward(MatrixRef<T> dinp,         // (N, C) or absent
         const T mean_dxhat_xhat = (dxhat * xhat).sum() / T(C);
         dinp.row(n).array() = rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
       },
-      64);
+      static_cast<double>(C));
 }
 
 }  // namespace sora::ops

@@ -11,6 +11,7 @@
 // Aliasing: no output of these ops may share memory with an input (each is a matrix product
 // that reads its inputs while writing); the ops check and throw.
 
+#include "sora/core/threading.hpp"
 #include "sora/ops/common.hpp"
 
 namespace sora::ops {
@@ -28,7 +29,10 @@ void linear_forward(MatrixRef<T> out,          // (N, OC)
   detail::check_no_alias("linear_forward", "out", out, "inp", inp);
   detail::check_no_alias("linear_forward", "out", out, "weight", weight);
   detail::check_no_alias("linear_forward", "out", out, "bias", bias);
-  out.noalias() = inp * weight.transpose();
+  {
+    GemmThreads threads(N, OC, C);
+    out.noalias() = inp * weight.transpose();
+  }
   if (present(bias)) out.rowwise() += bias.row(0);
 }
 
@@ -58,6 +62,7 @@ void linear_backward(MatrixRef<T> dinp,           // (N, C) or absent
   detail::check_no_alias("linear_backward", "dinp", dinp, "weight", weight);
   detail::check_no_alias("linear_backward", "dweight", dweight, "inp", inp);
   detail::check_no_alias("linear_backward", "dweight", dweight, "dout", dout);
+  GemmThreads threads(N, C, OC);  // both products: N x OC x C multiply-adds
   if (present(dinp)) dinp.noalias() = dout * weight;
   if (present(dweight)) dweight.noalias() += dout.transpose() * inp;
   if (present(dbias)) dbias.row(0) += dout.colwise().sum();
@@ -88,6 +93,7 @@ void lowrank_forward(MatrixRef<T> out,       // (N, OC)  accumulated into
   detail::check_no_alias("lowrank_forward", "out", out, "inp", inp);
   detail::check_no_alias("lowrank_forward", "h", h, "inp", inp);
   detail::check_no_alias("lowrank_forward", "u", u, "inp", inp);
+  GemmThreads threads(N, R, C + OC);  // (N, C) x (C, R) and (N, R) x (R, OC), by their sum
   h.noalias() = inp * A.transpose();
   if (present(g)) {
     u.array() = (h.array().rowwise() * g.row(0).array()) * scale;
@@ -132,6 +138,7 @@ void lowrank_backward(MatrixRef<T> dinp,       // (N, C) or absent, accumulated 
   detail::check_optional("lowrank_backward", "dg", dg, 1, R);
   SORA_CHECK(present(g) || !present(dg), "lowrank_backward: dg has shape ", shape_of(dg),
              " but g is absent (shape ", shape_of(g), "): an ungated product has no gate gradient");
+  GemmThreads threads(N, R, C + OC);
   if (present(dB)) dB.noalias() += dout.transpose() * u;
   dh.noalias() = dout * B;  // du
   if (present(g)) {

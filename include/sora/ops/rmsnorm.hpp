@@ -35,7 +35,7 @@ void rmsnorm_forward(MatrixRef<T> out,          // (N, C)
         out.row(n).array() = x * rs * weight.row(0).array();
         rstd(n, 0) = rs;
       },
-      64);
+      static_cast<double>(C));
 }
 
 // With r = rstd, xhat = x r and dxhat = dout ⊙ weight: dweight += dout ⊙ xhat, and since
@@ -70,7 +70,7 @@ void rmsnorm_backward(MatrixRef<T> dinp,         // (N, C) or absent
         const T mean_dxhat_xhat = (dxhat * xhat).sum() / T(C);
         dinp.row(n).array() = rs * (dxhat - xhat * mean_dxhat_xhat);
       },
-      64);
+      static_cast<double>(C));
 }
 
 }  // namespace sora::ops

@@ -170,7 +170,7 @@ void rope_rotate(MatrixRef<T> out, ConstMatrixRef<T> inp, std::span<const int> p
           }
         }
       },
-      64);
+      static_cast<double>(inp.cols()));
 }
 
 }  // namespace detail

@@ -30,7 +30,7 @@ void swiglu_forward(MatrixRef<T> out,        // (N, F)
         const auto g = gate.row(n).array();
         out.row(n).array() = g / (T(1) + (-g).exp()) * up.row(n).array();
       },
-      64);
+      static_cast<double>(F));
 }
 
 // With s = sigmoid(g): silu'(g) = s + g s (1 - s) = s (1 + g (1 - s)), so
@@ -60,7 +60,7 @@ void swiglu_backward(MatrixRef<T> dgate,      // (N, F) or absent
           if (want_dup) dup(n, f) = d * g * s;
         }
       },
-      64);
+      static_cast<double>(F));
 }
 
 }  // namespace sora::ops
