@@ -10,8 +10,13 @@ int main(int argc, char** argv) {
     return *code;
   sora_finetune::install_signal_handlers();
   try {
-    return sora_finetune::run(options, std::cout);
+    sora_finetune::join_world(options, &argc, &argv);  // under mpirun (distributed.hpp)
+    const int status = sora_finetune::run(
+        options, sora_finetune::is_root_rank() ? std::cout : sora_finetune::null_stream());
+    sora_finetune::leave_world();
+    return status;
   } catch (const std::exception& e) {
+    sora_finetune::abort_world_if_parallel(e.what());  // ends every rank, never returns
     std::cerr << "sora-finetune: " << e.what() << "\n";
     return sora_finetune::error_exit_code();
   }

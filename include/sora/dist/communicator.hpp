@@ -40,6 +40,14 @@ concept Communicator = requires(C& c, const C& cc, std::span<float> f, std::span
   c.abort(message);
 };
 
+// True when an MPI launcher (mpirun / mpiexec / srun) started this process: what a program's
+// `--distributed auto` asks before joining an MPI world (no MPI header needed to ask).
+inline bool started_by_mpi_launcher() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+    if (std::getenv(name) != nullptr) return true;
+  return false;
+}
+
 // One process: every collective is the identity. abort still ends the process (the contract
 // is the same for every communicator), but train::fit only aborts when size() > 1: with one
 // process an exception simply propagates to the caller.

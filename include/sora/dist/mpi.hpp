@@ -4,7 +4,7 @@
 //
 // Construct one Mpi per program, early in main: it initialises MPI (unless the program already
 // had) and finalises it when destroyed. Run under `mpirun -np N program ...`; started without
-// mpirun, the program is a world of one.
+// mpirun, the program is a world of one (started_by_mpi_launcher() tells which).
 //
 // all_reduce_sum reduces in rank order, (((x0 + x1) + x2) + ...), on rank 0 and broadcasts
 // the result: every rank gets the same bits, and the same world size gives the same sum run
@@ -89,14 +89,6 @@ class Mpi {
     int finalised = 0;
     MPI_Finalized(&finalised);
     if (owns_mpi_ && !finalised) MPI_Finalize();
-  }
-
-  // True when this process was started by an MPI launcher (mpirun / mpiexec / srun): what
-  // `--distributed auto` asks before initialising MPI in a program started on its own.
-  static bool launched() {
-    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
-      if (std::getenv(name) != nullptr) return true;
-    return false;
   }
 
   int rank() const { return rank_; }

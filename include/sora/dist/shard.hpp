@@ -21,7 +21,8 @@
 namespace sora::dist {
 
 // Sequences [first, first + count) of the global batch that rank r of P takes: the first
-// B mod P ranks take one more than the others.
+// B mod P ranks take one more than the others. A batch smaller than P (an epoch's last) leaves
+// the last ranks none: their share of the loss is 0.
 struct ShardRange {
   Index first = 0;
   Index count = 0;
@@ -30,9 +31,7 @@ struct ShardRange {
 inline ShardRange shard_range(Index batch, int rank, int size) {
   SORA_CHECK(size >= 1 && rank >= 0 && rank < size, "shard_range: rank ", rank,
              " is not in a world of ", size);
-  SORA_CHECK(batch >= size, "data-parallel training: a batch of ", batch,
-             " sequences cannot give each of ", size,
-             " ranks one; use a global batch of at least the number of ranks");
+  SORA_CHECK(batch > 0, "data-parallel training: an empty batch");
   const Index base = batch / size, extra = batch % size;
   const Index r = rank;
   return {r * base + (r < extra ? r : extra), base + (r < extra ? 1 : 0)};

@@ -221,12 +221,14 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
       shard_batch(shard, global, rank, ranks);
       const auto total = static_cast<double>(loss_terms(global));
       const double weight = total > 0 ? static_cast<double>(loss_terms(shard)) / total : 0.0;
-      const double local = static_cast<double>(model.forward(shard));
+      // A batch smaller than the world (an epoch's last) leaves some ranks no rows: they
+      // add zeros to the sum.
+      const double local = shard.batch > 0 ? static_cast<double>(model.forward(shard)) : 0.0;
       // Caught here, before the all-reduce, so the message names the rank whose data it was.
       if (!std::isfinite(local))
         throw NonFiniteError(step, "loss", local,
                              sora::detail::concat(" on rank ", rank, " of ", ranks));
-      model.backward();
+      if (shard.batch > 0) model.backward();
       const T w = static_cast<T>(weight);
       std::size_t offset = 0;
       for (const P* p : params) {
