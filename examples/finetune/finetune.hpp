@@ -42,6 +42,7 @@
 #include "data.hpp"
 #include "data_files.hpp"
 #include "device.hpp"
+#include "distributed.hpp"
 #include "options.hpp"
 #include "pretrained.hpp"
 #include "run_guard.hpp"
@@ -205,6 +206,7 @@ struct Pretrained {
 inline sora::train::ProgressBar::Options progress_options(const Options& o) {
   sora::train::ProgressBar::Options p;
   p.force_plain = o.plain;
+  if (!is_root_rank()) p.stream = null_file();  // under mpirun only rank 0 draws
   return p;
 }
 
@@ -480,9 +482,9 @@ sora::train::TrainResult fit_cpu(M& model, Optimizer& optimizer, BatchStream& st
                                  const std::function<double()>& evaluate,
                                  const sora::train::TrainerOptions& to, int grad_accum,
                                  sora::train::FitState<float>& state) {
-  if (grad_accum <= 1) return sora::train::fit(model, optimizer, next, evaluate, to, &state);
+  if (grad_accum <= 1) return fit_in_world(model, optimizer, next, evaluate, to, &state);
   Accumulating<M> accumulating(model, grad_accum, stream);
-  return sora::train::fit(accumulating, optimizer, next, evaluate, to, &state);
+  return fit_in_world(accumulating, optimizer, next, evaluate, to, &state);
 }
 
 inline std::string run_label(const std::string& method, std::uint64_t seed) {

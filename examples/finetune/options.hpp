@@ -43,6 +43,7 @@ struct Options {
   std::uint64_t data_seed = 7;
   int threads = 0;
   bool plain = false;
+  std::string distributed = "auto";  // auto: data-parallel when started by mpirun; off
   std::string device = "cpu";       // where pretraining and fine-tuning steps run
   std::string cuda_math = "exact";  // GEMMs on the GPU: exact fp32, tf32 or bf16 tensor cores
   // A pre-trained Hugging Face folder (config.json, safetensors, tokenizer) to fine-tune
@@ -252,6 +253,12 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->capture_default_str()
       ->group(g_run);
   app.add_flag("--plain", o.plain, "plain progress lines even on a terminal")->group(g_run);
+  app.add_option("--distributed", o.distributed,
+                 "auto: under mpirun -np N, fine-tune data-parallel over the N ranks (rank 0 "
+                 "prints and writes); off: every process runs alone")
+      ->check(CLI::IsMember({"auto", "off"}))
+      ->capture_default_str()
+      ->group(g_run);
   app.add_option("--model", o.model_dir,
                  "fine-tune this pre-trained Hugging Face folder (BERT family, GPT-2, LLaMA "
                  "family; config.json, safetensors, tokenizer) instead of pretraining; CPU only")

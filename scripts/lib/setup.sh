@@ -19,6 +19,7 @@ SORA_PACKAGES=(
   libicu-dev           # text/: Unicode normalization and character categories
   libpcre2-dev         # text/: the pre-tokenizers' regular expressions
   libsentencepiece-dev # text/: SentencePiece .model files
+  libopenmpi-dev openmpi-bin  # dist/: data-parallel training over MPI (mpirun)
   clang libclang-rt-dev  # libFuzzer for scripts/fuzz-safetensors (run by .ci/run)
 )
 

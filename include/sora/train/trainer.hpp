@@ -18,11 +18,27 @@
 // A run that diverges stops at once: a loss that is not finite (and, where the host clips, a
 // gradient norm that is not finite) throws NonFiniteError before the optimizer takes the step,
 // so no NaN reaches the parameters through it and the caller writes nothing from the run.
+//
+// Data-parallel (a communicator of size P > 1, dist/communicator.hpp): next_batch(step) gives
+// the global batch on every rank and each rank trains on its shard (dist/shard.hpp). After
+// backward, every trainable gradient, scaled by the rank's share of the batch's loss terms,
+// and the scaled loss go into one flat buffer and ONE all_reduce_sum: the result is the
+// gradient and loss of the whole global batch, the same bits on every rank. Everything after
+// it (the L1 gate term, clipping, the schedule, the optimizer's prox / AdaLoRA masking, the
+// evaluation metric, which rank 0 broadcasts, and so early stopping) then decides the same on
+// every rank. A hash of the trainable parameters, all-gathered every check_every steps, turns
+// any divergence into an error naming the step. An exception on any rank aborts every rank
+// with its message (comm.abort), so no rank waits forever in a collective.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
+#include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -30,6 +46,9 @@
 #include "sora/core/concepts.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
+#include "sora/dist/communicator.hpp"
+#include "sora/dist/param_hash.hpp"
+#include "sora/dist/shard.hpp"
 #include "sora/optim/clip.hpp"
 #include "sora/optim/lr_schedule.hpp"
 #include "sora/optim/param_groups.hpp"
@@ -62,9 +81,11 @@ double add_gate_l1(const std::vector<Param<T>*>& gates, double lambda) {
 // Callers that know which flag set the learning rate or the scale add it to the message.
 class NonFiniteError : public Error {
  public:
-  NonFiniteError(long step, const char* quantity, double value)
+  // `where`: empty, or the rank whose shard gave the value (" on rank 1 of 2").
+  NonFiniteError(long step, const char* quantity, double value, const std::string& where = {})
       : Error(sora::detail::concat("fit: step ", step, ": the ", quantity, " is ", value,
-                                   " (not finite): training diverged; a smaller learning rate or "
+                                   " (not finite)", where,
+                                   ": training diverged; a smaller learning rate or "
                                    "adapter alpha, or gradient clipping, may help")),
         step_(step),
         value_(value) {}
@@ -91,12 +112,20 @@ struct TrainerOptions {
   double max_grad_norm = 0.0;    // global clipping over all trainable parameters; 0: off
   double gate_l1 = 0.0;          // lambda of add_gate_l1; 0: off
   optim::LrSchedule schedule;    // multiplier on the optimizer's base rates (constant: 1)
-  // Called after every step with (step, loss); e.g. a progress bar.
+  // Called after every step with (step, loss); e.g. a progress bar. Data-parallel: on every
+  // rank, with the global batch's loss (let rank 0 print).
   std::function<void(long, double)> on_step;
   // Called at the end of every step that does not end the run, after that step's evaluation,
   // with the number of steps taken: the one point where model, optimizer and FitState agree,
   // so the place to write a checkpoint (sora-finetune's --save-every and SIGINT).
   std::function<void(long)> after_step;
+  // Data-parallel only (ignored with one process):
+  // all-gather a hash of the trainable parameters before the first step, every this many
+  // steps and after the last; 0: only before the first and after the last.
+  long check_every = 100;
+  // Each rank's dropout streams restart from a seed of its own, mixed from this, the rank and
+  // start_step (the ranks' shards must not share dropout masks).
+  std::uint64_t dropout_seed = 0;
 };
 
 struct TrainResult {
@@ -122,16 +151,16 @@ struct FitState {
   std::vector<typename Backend::template Tensor<T>> best;
 };
 
-// next_batch(step) supplies the batch of each step (it must stay alive until the step ends);
-// evaluate() returns the validation metric and is called with the model in eval mode.
-template <class Model, class Optimizer>
-TrainResult fit(
-    Model& model, Optimizer& optimizer,
-    const std::function<const typename Model::Batch&(long)>& next_batch,
-    const std::function<double()>& evaluate, const TrainerOptions& options,
-    FitState<typename Model::Scalar, typename backend_of<Model>::type>* state = nullptr) {
+namespace detail {
+
+template <class Model, class Optimizer, dist::Communicator Comm>
+TrainResult fit_impl(Model& model, Optimizer& optimizer,
+                     const std::function<const typename Model::Batch&(long)>& next_batch,
+                     const std::function<double()>& evaluate, const TrainerOptions& options,
+                     Comm& comm, FitState<typename Model::Scalar, typename backend_of<Model>::type>* state) {
   SORA_REQUIRE_MODEL(Model, "train::fit");
   using T = typename Model::Scalar;
+  using Batch = typename Model::Batch;
   using Backend = typename backend_of<Model>::type;
   using P = Param<T, Backend>;
   using Tensor = typename Backend::template Tensor<T>;
@@ -141,6 +170,7 @@ TrainResult fit(
              options.start_step);
   SORA_CHECK(options.eval_every == 0 || evaluate, "fit: eval_every is set but no evaluate()");
   SORA_CHECK(!std::isnan(options.max_grad_norm), "fit: max_grad_norm is NaN");
+  SORA_CHECK(options.check_every >= 0, "fit: check_every must be >= 0, got ", options.check_every);
   std::vector<P*> params;
   std::vector<P*> gates;
   model.visit_params([&](P& p) {
@@ -148,6 +178,86 @@ TrainResult fit(
     params.push_back(&p);
     if (optim::is_sora_gate(p)) gates.push_back(&p);
   });
+
+  const int ranks = comm.size(), rank = comm.rank();
+  const bool parallel = ranks > 1;
+  Batch shard;          // this rank's rows of the global batch (parallel runs)
+  std::vector<T> flat;  // (trainable scalars + 1): w_r * gradients, then w_r * loss
+  if (parallel) {
+    if constexpr (!std::is_same_v<Backend, Cpu>) {
+      sora::detail::throw_error("fit: data-parallel training runs on the CPU backend (", ranks,
+                                " ranks); a device model trains with one process");
+    } else if constexpr (!dist::Shardable<Batch>) {
+      sora::detail::throw_error("fit: this model's batches cannot be sharded over ", ranks,
+                                " ranks (no shard_batch / loss_terms for them)");
+    } else {
+      std::size_t scalars = 0;
+      for (const P* p : params) scalars += static_cast<std::size_t>(p->value.size());
+      flat.resize(scalars + 1);
+      if constexpr (requires { model.reseed_dropout(std::uint64_t{}); }) {
+        model.reseed_dropout(options.dropout_seed * 1000003ULL +
+                             static_cast<std::uint64_t>(rank) * 7919ULL +
+                             static_cast<std::uint64_t>(options.start_step));
+      }
+    }
+  }
+  // Every rank must hold the same parameters: the same before the first step (a model
+  // initialised or loaded differently on one rank), and the same after each step taken from
+  // the same summed gradient.
+  auto check_same_params = [&](long step) {
+    if constexpr (std::is_same_v<Backend, Cpu>) {
+      const std::vector<std::uint64_t> hashes = comm.all_gather(dist::hash_values(params));
+      for (int r = 1; r < ranks; ++r) {
+        SORA_CHECK(hashes[static_cast<std::size_t>(r)] == hashes[0], "fit: step ", step,
+                   ": the trainable parameters of rank ", r, " differ from rank 0's (hash ",
+                   hashes[static_cast<std::size_t>(r)], " vs ", hashes[0],
+                   "): the ranks diverged; something decided differently on one rank");
+      }
+    }
+  };
+  // The global batch's loss and gradient from this rank's shard: forward and backward on the
+  // shard, then the one all-reduce of the weighted gradients and loss.
+  auto forward_backward = [&](long step) -> double {
+    const Batch& global = next_batch(step);
+    if (!parallel) {
+      const double loss = static_cast<double>(model.forward(global));
+      model.backward();
+      return loss;
+    }
+    if constexpr (std::is_same_v<Backend, Cpu> && dist::Shardable<Batch>) {
+      using dist::loss_terms;  // found by argument-dependent lookup for other batch types
+      using dist::shard_batch;
+      shard_batch(shard, global, rank, ranks);
+      const auto total = static_cast<double>(loss_terms(global));
+      const double weight = total > 0 ? static_cast<double>(loss_terms(shard)) / total : 0.0;
+      // A batch smaller than the world (an epoch's last) leaves some ranks no rows: they
+      // add zeros to the sum.
+      const double local = shard.batch > 0 ? static_cast<double>(model.forward(shard)) : 0.0;
+      // Caught here, before the all-reduce, so the message names the rank whose data it was.
+      if (!std::isfinite(local))
+        throw NonFiniteError(step, "loss", local,
+                             sora::detail::concat(" on rank ", rank, " of ", ranks));
+      if (shard.batch > 0) model.backward();
+      const T w = static_cast<T>(weight);
+      std::size_t offset = 0;
+      for (const P* p : params) {
+        const T* g = p->gradient().data();
+        const auto n = static_cast<std::size_t>(p->value.size());
+        for (std::size_t i = 0; i < n; ++i) flat[offset + i] = w * g[i];
+        offset += n;
+      }
+      flat[offset] = static_cast<T>(weight * local);
+      comm.all_reduce_sum(std::span<T>(flat));
+      offset = 0;
+      for (P* p : params) {
+        const auto n = static_cast<std::size_t>(p->value.size());
+        std::copy_n(flat.data() + offset, n, p->gradient().data());
+        offset += n;
+      }
+      return static_cast<double>(flat[offset]);
+    }
+    return 0.0;  // unreachable: the set-up above threw
+  };
 
   FitState<T, Backend> local;
   FitState<T, Backend>& st = state != nullptr ? *state : local;
@@ -164,8 +274,11 @@ TrainResult fit(
   };
   auto run_eval = [&](long step) {
     model.train(false);
-    const double metric = evaluate();
+    double metric = evaluate();
     model.train(true);
+    // An evaluation sharded with dist::gather_outputs gives every rank the same metric; rank
+    // 0's broadcast makes the decisions below agree whatever evaluate() does.
+    if (parallel) comm.broadcast(std::span<double>(&metric, 1), 0);
     result.eval_steps.push_back(step);
     result.eval_metrics.push_back(metric);
     if (better(metric)) {
@@ -183,10 +296,10 @@ TrainResult fit(
   };
 
   model.train(true);
+  if (parallel) check_same_params(options.start_step);
   for (long step = options.start_step; step < options.max_steps; ++step) {
     for (P* p : params) p->zero_grad();
-    double loss = static_cast<double>(model.forward(next_batch(step)));
-    model.backward();
+    double loss = forward_backward(step);
     // Unqualified: a device backend's add_gate_l1 is found by argument-dependent lookup.
     if (options.gate_l1 > 0.0) loss += add_gate_l1(gates, options.gate_l1);
     if (!std::isfinite(loss)) throw NonFiniteError(step, "loss", loss);
@@ -207,6 +320,8 @@ TrainResult fit(
     result.steps = step + 1;
     if (options.on_step) options.on_step(step, loss);
     const bool last = step + 1 == options.max_steps;
+    if (parallel && (last || (options.check_every > 0 && (step + 1) % options.check_every == 0)))
+      check_same_params(step + 1);
     if (options.eval_every > 0 && ((step + 1) % options.eval_every == 0 || last)) {
       if (run_eval(step + 1)) {
         result.stopped_early = !last;
@@ -219,6 +334,39 @@ TrainResult fit(
     for (std::size_t i = 0; i < params.size(); ++i) Backend::copy(params[i]->value, best[i]);
   }
   return result;  // a copy: st.result stays the caller's
+}
+
+}  // namespace detail
+
+// next_batch(step) supplies the batch of each step (it must stay alive until the step ends);
+// evaluate() returns the validation metric and is called with the model in eval mode.
+// Data-parallel over `comm` (see the top of this file): next_batch gives the global batch on
+// every rank; an exception on any rank ends every rank through comm.abort.
+// `state`: see FitState (a caller's own, to checkpoint and resume the run).
+template <class Model, class Optimizer, dist::Communicator Comm>
+TrainResult fit(
+    Model& model, Optimizer& optimizer,
+    const std::function<const typename Model::Batch&(long)>& next_batch,
+    const std::function<double()>& evaluate, const TrainerOptions& options, Comm& comm,
+    FitState<typename Model::Scalar, typename backend_of<Model>::type>* state = nullptr) {
+  if (comm.size() == 1)
+    return detail::fit_impl(model, optimizer, next_batch, evaluate, options, comm, state);
+  try {
+    return detail::fit_impl(model, optimizer, next_batch, evaluate, options, comm, state);
+  } catch (const std::exception& e) {
+    comm.abort(e.what());  // the other ranks may be waiting in a collective: end them all
+  }
+}
+
+// One process (dist::Single).
+template <class Model, class Optimizer>
+TrainResult fit(
+    Model& model, Optimizer& optimizer,
+    const std::function<const typename Model::Batch&(long)>& next_batch,
+    const std::function<double()>& evaluate, const TrainerOptions& options,
+    FitState<typename Model::Scalar, typename backend_of<Model>::type>* state = nullptr) {
+  dist::Single single;
+  return detail::fit_impl(model, optimizer, next_batch, evaluate, options, single, state);
 }
 
 }  // namespace sora::train
