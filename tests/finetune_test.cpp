@@ -71,11 +71,11 @@ sora::Matrix<float> logits_of(Model& model, const sora::model::Batch& batch) {
 
 }  // namespace
 
-TEST_CASE("finetune options: defaults parse and name the embedded polarity task") {
+TEST_CASE("finetune options: defaults parse and name the embedded pair task") {
   const Parsed p = parse({});
   CHECK_FALSE(p.code.has_value());
   CHECK(p.options.method == "sora");
-  CHECK(p.options.task == "polarity");
+  CHECK(p.options.task == "pair");
   CHECK(p.options.synthetic());
   CHECK(p.options.seeds == 3);
 }
