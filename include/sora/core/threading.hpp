@@ -220,8 +220,8 @@ class GemmThreads {
 // that another process delays leaves its remaining chunks to the others.
 template <class Body>
 void parallel_for(Index begin, Index end, Body&& body, double item_work = -1.0) {
-  const Index count = end - begin;
 #ifdef _OPENMP
+  const Index count = end - begin;
   if (count >= 2) {
     const double work = item_work < 0 ? 1e300 : item_work * static_cast<double>(count);
     const int n = threads_for(work, detail::kLoopMinElementsPerThread);
@@ -232,6 +232,8 @@ void parallel_for(Index begin, Index end, Body&& body, double item_work = -1.0) 
       return;
     }
   }
+#else
+  (void)item_work;
 #endif
   for (Index i = begin; i < end; ++i) body(i);
 }
