@@ -156,24 +156,12 @@ inline const char* schedule_kind_name(optim::LrScheduleKind kind) {
   return "?";
 }
 
-inline const char* adapter_kind_name(nn::AdapterKind kind) {
-  switch (kind) {
-    case nn::AdapterKind::lora:
-      return "lora";
-    case nn::AdapterKind::sora:
-      return "sora";
-    case nn::AdapterKind::adalora:
-      return "adalora";
-  }
-  return "?";
-}
-
 // What an adapter must agree on beyond its tensors' shapes for a resume to be exact: the
 // kind, r_max and scale (a pruned SoRA module keeps alpha / r_max), the dropout rate, and
 // whether it is merged into the base weight.
 template <class Adapter>
 std::string adapter_descriptor(const Adapter& a, bool merged) {
-  return detail::concat(adapter_kind_name(a.kind()), " rank=", a.rank(), " r_max=", a.r_max(),
+  return detail::concat(nn::kind_name(a.kind()), " rank=", a.rank(), " r_max=", a.r_max(),
                         " scale=", hex_double(static_cast<double>(a.scale())),
                         " dropout=", hex_double(static_cast<double>(a.dropout())),
                         " merged=", merged ? 1 : 0);

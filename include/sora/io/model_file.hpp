@@ -44,18 +44,6 @@ inline constexpr const char* kModelWeightsFile = "model.safetensors";
 
 namespace model_file_detail {
 
-inline const char* kind_name(nn::AdapterKind kind) {
-  switch (kind) {
-    case nn::AdapterKind::lora:
-      return "lora";
-    case nn::AdapterKind::sora:
-      return "sora";
-    case nn::AdapterKind::adalora:
-      return "adalora";
-  }
-  return "?";
-}
-
 // One adapter's description, checked; problems are appended, and false returned, when it does
 // not describe an adapter.
 inline bool read_adapter(const std::string& module, const nlohmann::json& a,
@@ -120,7 +108,7 @@ void save_model(const std::filesystem::path& dir, model::Transformer<T>& net) {
   net.visit_linears([&](const std::string& name, Linear& lin) {
     if (!lin.adapter) return;
     const auto& a = *lin.adapter;
-    adapters[name] = {{"kind", model_file_detail::kind_name(a.kind())},
+    adapters[name] = {{"kind", nn::kind_name(a.kind())},
                       {"rank", a.rank()},
                       {"r_max", a.r_max()},
                       {"scale", static_cast<double>(a.scale())},

@@ -39,6 +39,19 @@ struct AdapterConfig {
   std::uint64_t seed = 0;  // initialisation (stream 0) and dropout (stream 1)
 };
 
+// The kind as files name it ("lora", "sora", "adalora": checkpoints, model files).
+inline const char* kind_name(AdapterKind kind) {
+  switch (kind) {
+    case AdapterKind::lora:
+      return "lora";
+    case AdapterKind::sora:
+      return "sora";
+    case AdapterKind::adalora:
+      return "adalora";
+  }
+  return "?";
+}
+
 inline const char* gate_name(AdapterKind kind) {
   return kind == AdapterKind::adalora ? "lora_E" : "lora_gate";
 }
