@@ -516,7 +516,8 @@ TEST_CASE("cross-entropy with ignore index and MSE: values and gradients") {
   // Changing an ignored row's logits changes nothing.
   MatrixD logits2 = logits;
   logits2.row(2).array() += 5.0;
-  CHECK(ops::cross_entropy_forward<double>(probs, logits2, targets) == doctest::Approx(L).epsilon(1e-12));
+  CHECK(ops::cross_entropy_forward<double>(probs, logits2, targets) ==
+        doctest::Approx(L).epsilon(1e-12));
   const std::vector<int> all_ignored(N, ops::kIgnoreIndex);
   CHECK(ops::cross_entropy_forward<double>(probs, logits, all_ignored) == 0.0);
   const std::vector<int> bad{0, 5, 0, 0, 0, 0};

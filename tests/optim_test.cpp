@@ -203,14 +203,15 @@ TEST_CASE("gate prox: default kills |g| <= xi only; official_compat kills the (x
     const auto& v = g.value;
     CHECK(v(0, 0) == 0.0);
     if (!compat) {
-      CHECK(v(0, 1) == 0.0);                    // |g| == xi: true soft gives 0
+      CHECK(v(0, 1) == 0.0);                                   // |g| == xi: true soft gives 0
       CHECK(v(0, 2) == doctest::Approx(0.05).epsilon(1e-12));  // in the band: shrunk, alive
       CHECK(v(0, 3) == doctest::Approx(0.09).epsilon(1e-12));
       CHECK(v(0, 5) == doctest::Approx(-0.05).epsilon(1e-12));
       CHECK(v(0, 6) == 0.0);
     } else {
-      CHECK(v(0, 1) == doctest::Approx(0.1).epsilon(1e-12));  // |g| == xi: no mask fires, kept as is
-      CHECK(v(0, 2) == 0.0);                   // the band dies
+      CHECK(v(0, 1) ==
+            doctest::Approx(0.1).epsilon(1e-12));  // |g| == xi: no mask fires, kept as is
+      CHECK(v(0, 2) == 0.0);                       // the band dies
       CHECK(v(0, 3) == 0.0);
       CHECK(v(0, 5) == 0.0);
       CHECK(v(0, 6) == doctest::Approx(-0.1).epsilon(1e-12));

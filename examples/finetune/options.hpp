@@ -47,8 +47,8 @@ struct Options {
   int threads = 0;
   bool plain = false;
   std::string distributed = "auto";  // auto: data-parallel when started by mpirun; off
-  std::string device = "cpu";       // where pretraining and fine-tuning steps run
-  std::string cuda_math = "exact";  // GEMMs on the GPU: exact fp32, tf32 or bf16 tensor cores
+  std::string device = "cpu";        // where pretraining and fine-tuning steps run
+  std::string cuda_math = "exact";   // GEMMs on the GPU: exact fp32, tf32 or bf16 tensor cores
   // A pre-trained Hugging Face folder (config.json, safetensors, tokenizer) to fine-tune
   // instead of pretraining sora's own transformer; empty: pretrain.
   std::string model_dir;

@@ -27,11 +27,11 @@
 namespace sora::testing {
 
 struct GradcheckOptions {
-  double step = 1e-5;            // h; chosen per op (smaller for sharply curved functions)
-  double tolerance = 1e-5;       // maximum relative error
-  double floor = 1e-4;           // relative-error denominator floor: near-zero gradients
-  double kink_tolerance = 1e-2;  // one-sided differences further apart than this: a kink
-  Index max_entries = 96;        // per tensor; larger tensors are sampled at random entries
+  double step = 1e-5;              // h; chosen per op (smaller for sharply curved functions)
+  double tolerance = 1e-5;         // maximum relative error
+  double floor = 1e-4;             // relative-error denominator floor: near-zero gradients
+  double kink_tolerance = 1e-2;    // one-sided differences further apart than this: a kink
+  Index max_entries = 96;          // per tensor; larger tensors are sampled at random entries
   double max_skipped_share = 0.1;  // of all entries tried; more skips fail the check
   std::uint64_t seed = 7;
 };
@@ -51,7 +51,8 @@ struct GradcheckResult {
   Index skipped = 0;
   double max_skipped_share = 0.1;  // copied from the options
   bool skips_ok() const {
-    return static_cast<double>(skipped) <= max_skipped_share * static_cast<double>(checked + skipped);
+    return static_cast<double>(skipped) <=
+           max_skipped_share * static_cast<double>(checked + skipped);
   }
   bool ok(double tolerance) const { return max_error <= tolerance && skips_ok(); }
 };

@@ -157,7 +157,8 @@ template <class Model, class Optimizer, dist::Communicator Comm>
 TrainResult fit_impl(Model& model, Optimizer& optimizer,
                      const std::function<const typename Model::Batch&(long)>& next_batch,
                      const std::function<double()>& evaluate, const TrainerOptions& options,
-                     Comm& comm, FitState<typename Model::Scalar, typename backend_of<Model>::type>* state) {
+                     Comm& comm,
+                     FitState<typename Model::Scalar, typename backend_of<Model>::type>* state) {
   SORA_REQUIRE_MODEL(Model, "train::fit");
   using T = typename Model::Scalar;
   using Batch = typename Model::Batch;
