@@ -556,6 +556,81 @@ TEST_CASE("BERT and RoBERTa backward against central differences (double), with 
   }
 }
 
+// Gradient checkpointing: two identical models, one recomputing each layer in backward, over
+// three steps with every dropout on (model and adapters) and a plain SGD update in between.
+// Losses and gradients must be equal, not close: the recompute sees the masks of the first
+// forward, and the generators end where the plain model's do (the next step's masks agree).
+template <class Model>
+void check_grad_checkpoint(const std::string& config_text, Task task, const model::Batch& batch) {
+  const HfConfig config = parse_config(config_text, "config.json");
+  auto make = [&] {
+    auto m = std::make_unique<Model>(config, task, 5);
+    model::PeftConfig peft;
+    peft.method = model::Method::sora;
+    peft.rank = 2;
+    peft.dropout = 0.25;
+    peft.target_modules = {"all-linear"};
+    m->apply_peft(peft);
+    m->visit_params([](Param<double>& p) {
+      if (p.name.find("lora_B") != std::string::npos) Rng(17).fill_normal(p.value, 0.0, 0.3);
+      p.set_trainable(true);  // embeddings too: the first layer's input gradient is formed
+    });
+    m->train(true);
+    return m;
+  };
+  auto plain = make(), checkpointed = make();
+  checkpointed->set_grad_checkpoint(true);
+  CHECK(checkpointed->grad_checkpoint());
+  for (int step = 0; step < 3; ++step) {
+    INFO("step " << step);
+    plain->zero_grad();
+    checkpointed->zero_grad();
+    const double loss = plain->forward(batch);
+    CHECK(checkpointed->forward(batch) == loss);
+    plain->backward();
+    checkpointed->backward();
+    std::vector<Param<double>*> a = parameters(*plain), b = parameters(*checkpointed);
+    REQUIRE(a.size() == b.size());
+    double largest = 0.0, differs = 0.0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (!a[i]->trainable()) continue;
+      largest = std::max(largest, a[i]->gradient().cwiseAbs().maxCoeff());
+      differs = std::max(differs, (a[i]->gradient() - b[i]->gradient()).cwiseAbs().maxCoeff());
+      a[i]->value -= 0.05 * a[i]->gradient();
+      b[i]->value -= 0.05 * b[i]->gradient();
+    }
+    CHECK(largest > 0.0);
+    CHECK(differs == 0.0);
+  }
+}
+
+TEST_CASE("gradient checkpointing: BERT, GPT-2 and LLaMA gradients equal the plain backward") {
+  std::string bert = kTinyBert;
+  bert.replace(bert.find("\"num_hidden_layers\": 2"), 22, "\"num_hidden_layers\": 3");
+  bert.replace(bert.find("\"layer_norm_eps\""), 0,
+               "\"hidden_dropout_prob\": 0.2, \"attention_probs_dropout_prob\": 0.2, ");
+  SUBCASE("BERT") {
+    check_grad_checkpoint<BertModel<double>>(bert, Task::sequence_classification,
+                                            tiny_batch(31, 2, 6, 8));
+  }
+  model::Batch causal = tiny_batch(31, 2, 6, 9);
+  causal.token_types.clear();
+  causal.labels = causal.tokens;  // next-token labels (the model shifts them)
+  SUBCASE("GPT-2") {
+    check_grad_checkpoint<Gpt2Model<double>>(
+        R"({"model_type": "gpt2", "vocab_size": 31, "n_embd": 12, "n_layer": 3, "n_head": 3,
+            "n_positions": 16, "resid_pdrop": 0.2, "embd_pdrop": 0.2, "attn_pdrop": 0.0})",
+        Task::causal_lm, causal);
+  }
+  SUBCASE("LLaMA") {
+    check_grad_checkpoint<LlamaModel<double>>(
+        R"({"model_type": "llama", "vocab_size": 31, "hidden_size": 12, "intermediate_size": 20,
+            "num_hidden_layers": 3, "num_attention_heads": 3, "num_key_value_heads": 1,
+            "max_position_embeddings": 16})",
+        Task::causal_lm, causal);
+  }
+}
+
 // ---- parity with transformers ------------------------------------------------------------------
 
 TEST_CASE("transformers parity: BERT classification, full fine-tuning") {

@@ -113,6 +113,15 @@ class Block {
     return dx_;
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    nn::release_buffers(mid_, out_, mask1_, mask2_, dbranch_, dmid_, dx_);
+    ln1.release_activations();
+    attn.release_activations();
+    ln2.release_activations();
+    mlp.release_activations();
+  }
+
   const Tensor& output() const { return out_; }
 
   // The same without a prefix: names are local to this layer ("weight", "q.lora_A").

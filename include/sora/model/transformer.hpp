@@ -37,6 +37,7 @@
 #include "sora/core/parameters.hpp"
 #include "sora/core/rng.hpp"
 #include "sora/model/block.hpp"
+#include "sora/model/block_checkpoints.hpp"
 #include "sora/model/config.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
@@ -136,6 +137,10 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
     });
   }
   Rng& dropout_rng() { return dropout_rng_; }
+  // Gradient checkpointing (model/block_checkpoints.hpp): each block's activations recomputed
+  // in backward instead of kept from forward. CPU backend.
+  void set_grad_checkpoint(bool on) { block_runs_.set_enabled(on); }
+  bool grad_checkpoint() const { return block_runs_.enabled(); }
 
   // ---- parameters --------------------------------------------------------------------------
 
@@ -285,7 +290,7 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
       dropout_forward<T>(emb_, emb_mask_, emb_, p, dropout_rng_);
     }
     const Tensor* x = &emb_;
-    for (auto& b : blocks) x = &b.forward(*x, B_, T_, key_mask_, dropout_rng_);
+    x = &block_runs_.forward(blocks, *x, forward_block(), dropout_rngs());
     hf_ = &ln_f.forward(*x);  // (N, C)
 
     if (c.head == Head::lm) {
@@ -403,8 +408,7 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
 
     const Tensor* dx = &ln_f.backward(*dhf);
     const bool embeddings_train = wte.weight.trainable() || wpe.weight.trainable();
-    for (std::size_t l = blocks.size(); l-- > 0;)
-      dx = &blocks[l].backward(*dx, l > 0 || embeddings_train);
+    dx = &block_runs_.backward(blocks, *dx, embeddings_train, forward_block(), dropout_rngs());
     if (!embeddings_train) return;
     const Tensor* demb = dx;
     if (dropping_) {
@@ -435,6 +439,16 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
   }
 
  private:
+  // One block's forward as the block runs call it, and the generators they save.
+  auto forward_block() {
+    return [this](Block<T, Backend>& block, const Tensor& x) -> const Tensor& {
+      return block.forward(x, B_, T_, key_mask_, dropout_rng_);
+    };
+  }
+  auto dropout_rngs() {
+    return [this](auto&& fn) { visit_dropout_rngs(*this, fn); };
+  }
+
   static void set_layernorm_trainable(nn::LayerNorm<T, Backend>& ln, bool on) {
     ln.weight.set_trainable(on);
     ln.bias.set_trainable(on);
@@ -447,6 +461,7 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
 
   TransformerConfig config_;
   Rng dropout_rng_;
+  BlockCheckpoints<T, Backend> block_runs_;  // the blocks' forward and backward
   bool training_ = true;
   bool dropping_ = false;
   Index B_ = 0, T_ = 0;

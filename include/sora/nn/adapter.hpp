@@ -207,6 +207,12 @@ class LowRankAdapter {
     if (gated()) detail::visit_one(gate, prefix, gate_name(kind_), fn);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    x_ = nullptr;
+    release_buffers(xd_, mask_, h_, u_, dh_, dxd_);
+  }
+
  private:
   AdapterKind kind_ = AdapterKind::lora;
   Index r_max_ = 0;
@@ -311,6 +317,13 @@ class AdaptedLinear {
   void visit_params(std::string_view prefix, Fn&& fn) {
     base.visit_params(prefix, fn);
     if (adapter) adapter->visit_params(prefix, fn);
+  }
+
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    x_ = nullptr;
+    release_buffers(y_, dx_);
+    if (adapter) adapter->release_activations();
   }
 
  private:

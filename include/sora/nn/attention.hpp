@@ -131,6 +131,14 @@ class Attention {
     o.visit_params(join_name(prefix, "o"), fn);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    key_mask_ = nullptr;
+    release_buffers(att_, datt_, drop_, lse_, y_, dq_, dk_, dv_, dx_, dqkv_);
+    qkv_.release_activations();
+    for (auto* p : {&q, &k, &v, &o}) p->release_activations();
+  }
+
  private:
   // The attention op and the output projection, on q, k, v however they were projected.
   template <class Q, class K, class V>

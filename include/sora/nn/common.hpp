@@ -17,6 +17,11 @@
 // make the CPU ops visible, and argument-dependent lookup on a device tensor finds a device
 // backend's twins (a qualified sora::ops:: call would see only what was declared before the
 // layer, i.e. never a backend added later).
+//
+// Every layer also has `release_activations()`, which frees what its forward and backward
+// keep (the next forward allocates it again). Gradient checkpointing
+// (model/block_checkpoints.hpp) calls it on each block once the block's output is copied, so
+// that only one block's activations are held at a time.
 
 #include <concepts>
 #include <exception>
@@ -46,6 +51,13 @@ inline std::string join_name(std::string_view prefix, std::string_view name) {
   out.reserve(prefix.size() + 1 + name.size());
   out.append(prefix).append(".").append(name);
   return out;
+}
+
+// Frees activation buffers: each becomes an empty tensor, its memory returned (a host matrix
+// and a device tensor alike free their storage on move-assignment).
+template <class... Tensors>
+void release_buffers(Tensors&... buffers) {
+  ((buffers = std::remove_cvref_t<Tensors>{}), ...);
 }
 
 // The op names layers and the model call (see above); model/ code uses the same directive.

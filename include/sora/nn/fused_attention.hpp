@@ -65,6 +65,13 @@ class FusedAttention {
     return qkv.backward(dqkv_, want_dx);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    release_buffers(att_, datt_, out_, dqkv_);
+    qkv.release_activations();
+    o.release_activations();
+  }
+
  private:
   Index H_ = 1, B_ = 0, T_ = 0;
   bool causal_ = true;

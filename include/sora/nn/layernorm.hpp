@@ -59,6 +59,12 @@ class LayerNorm {
     detail::visit_one(bias, prefix, "bias", fn);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    x_ = nullptr;
+    release_buffers(y_, dx_, mean_, rstd_);
+  }
+
  private:
   T eps_ = T(1e-5);
   const Tensor* x_ = nullptr;

@@ -99,6 +99,12 @@ class Linear {
     if (has_bias_) detail::visit_one(bias, prefix, "bias", fn);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    x_ = nullptr;
+    release_buffers(y_, dx_);
+  }
+
  private:
   bool has_bias_ = false;
   const Tensor* x_ = nullptr;

@@ -65,6 +65,13 @@ class MLP {
     proj.visit_params(join_name(prefix, "proj"), fn);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    release_buffers(hact_, dhpre_);
+    fc.release_activations();
+    proj.release_activations();
+  }
+
  private:
   ops::Gelu gelu_ = ops::Gelu::tanh;
   Tensor hact_, dhpre_;  // (N, hidden)

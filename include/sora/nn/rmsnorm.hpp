@@ -55,6 +55,12 @@ class RMSNorm {
     detail::visit_one(weight, prefix, "weight", fn);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    x_ = nullptr;
+    release_buffers(y_, dx_, rstd_);
+  }
+
  private:
   T eps_ = T(1e-6);
   const Tensor* x_ = nullptr;

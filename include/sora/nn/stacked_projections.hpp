@@ -169,6 +169,12 @@ class StackedProjections {
     return dx_;
   }
 
+  // Frees the stacked copies and the activations (nn/common.hpp); forward stacks again.
+  void release_activations() {
+    x_ = nullptr;
+    release_buffers(w_, b_, a_, y_, h_, u_, dh_, da_, dx_);
+  }
+
  private:
   static bool active(const Layer& l) { return l.adapter.has_value() && !l.merged(); }
 

@@ -72,6 +72,12 @@ class SwiGLUMLP {
     down_proj.visit_params(join_name(prefix, "down_proj"), fn);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    release_buffers(act_, dgate_, dup_, dx_);
+    for (auto* p : {&gate_proj, &up_proj, &down_proj}) p->release_activations();
+  }
+
  private:
   Tensor act_, dgate_, dup_;  // (N, hidden)
   Tensor dx_;                 // (N, C)

@@ -27,6 +27,7 @@
 
 #include "sora/core/parameters.hpp"
 #include "sora/core/rng.hpp"
+#include "sora/model/block_checkpoints.hpp"
 #include "sora/model/config.hpp"
 #include "sora/model/hf/common.hpp"
 #include "sora/model/hf/config.hpp"
@@ -122,6 +123,10 @@ class BertModel : public ParameterLists<BertModel<T, Backend>> {
   void eval() { train(false); }
   bool training() const { return training_; }
   Rng& dropout_rng() { return dropout_rng_; }
+  // Gradient checkpointing (model/block_checkpoints.hpp): each layer's activations recomputed
+  // in backward instead of kept from forward. CPU backend.
+  void set_grad_checkpoint(bool on) { layer_runs_.set_enabled(on); }
+  bool grad_checkpoint() const { return layer_runs_.enabled(); }
 
   // ---- parameters --------------------------------------------------------------------------
 
@@ -200,8 +205,7 @@ class BertModel : public ParameterLists<BertModel<T, Backend>> {
       dropout_forward<T>(emb_drop_, emb_mask_, *x, static_cast<T>(c.hidden_dropout), dropout_rng_);
       x = &emb_drop_;
     }
-    for (auto& l : layers) x = &l.forward(*x, B_, T_, key_mask_, dropout_rng_);
-    hidden_ = x;
+    hidden_ = &layer_runs_.forward(layers, *x, forward_layer(), dropout_rngs());
     return *hidden_;
   }
 
@@ -307,9 +311,8 @@ class BertModel : public ParameterLists<BertModel<T, Backend>> {
     const bool embeddings_train = word.weight.trainable() || position.weight.trainable() ||
                                   token_type.weight.trainable() || emb_ln.weight.trainable() ||
                                   emb_ln.bias.trainable();
-    const Tensor* dx = &dhidden;
-    for (std::size_t l = layers.size(); l-- > 0;)
-      dx = &layers[l].backward(*dx, l > 0 || embeddings_train);
+    const Tensor* dx =
+        &layer_runs_.backward(layers, dhidden, embeddings_train, forward_layer(), dropout_rngs());
     if (!embeddings_train) return;
     if (dropping_) {
       demb_drop_.resize(dx->rows(), dx->cols());
@@ -346,6 +349,16 @@ class BertModel : public ParameterLists<BertModel<T, Backend>> {
   }
 
  private:
+  // One layer's forward as the layer runs call it, and the generators they save.
+  auto forward_layer() {
+    return [this](PostLnLayer<T, Backend>& layer, const Tensor& x) -> const Tensor& {
+      return layer.forward(x, B_, T_, key_mask_, dropout_rng_);
+    };
+  }
+  auto dropout_rngs() {
+    return [this](auto&& fn) { visit_dropout_rngs(*this, fn); };
+  }
+
   std::string layer_name(std::size_t l) const {
     return nn::join_name(prefix(), "encoder.layer." + std::to_string(l));
   }
@@ -377,6 +390,7 @@ class BertModel : public ParameterLists<BertModel<T, Backend>> {
   Task task_;
   std::uint64_t seed_;
   Rng dropout_rng_;
+  BlockCheckpoints<T, Backend> layer_runs_;  // the layers' forward and backward
   bool training_ = true;
   bool dropping_ = false;
   bool head_dropped_ = false;

@@ -20,6 +20,7 @@
 
 #include "sora/core/parameters.hpp"
 #include "sora/core/rng.hpp"
+#include "sora/model/block_checkpoints.hpp"
 #include "sora/model/config.hpp"
 #include "sora/model/hf/common.hpp"
 #include "sora/model/hf/config.hpp"
@@ -63,6 +64,10 @@ class DecoderModel : public ParameterLists<Derived> {
   void eval() { train(false); }
   bool training() const { return training_; }
   Rng& dropout_rng() { return dropout_rng_; }
+  // Gradient checkpointing (model/block_checkpoints.hpp): each layer's activations recomputed
+  // in backward instead of kept from forward.
+  void set_grad_checkpoint(bool on) { layer_runs_.set_enabled(on); }
+  bool grad_checkpoint() const { return layer_runs_.enabled(); }
 
   template <class Fn>
   void visit_params(std::string_view, Fn&& fn) {  // names are the checkpoint's, whatever prefix
@@ -152,6 +157,10 @@ class DecoderModel : public ParameterLists<Derived> {
       visit_linears([&](const std::string& name, Linear& lin) { init_linear(lin, name); });
   }
   std::uint64_t init_seed() const { return seed_ * 1000003ULL; }
+  // The generators the layer runs save and restore (every dropout stream of the model).
+  auto dropout_rngs() {
+    return [this](auto&& fn) { visit_dropout_rngs(*this, fn); };
+  }
   // The checks every decoder makes of a batch, then B_, T_ and the key mask (B, T) (empty when
   // nothing is padded).
   void begin_batch(const Batch& batch) {
@@ -176,6 +185,7 @@ class DecoderModel : public ParameterLists<Derived> {
   Task task_;
   std::uint64_t seed_;
   Rng dropout_rng_;
+  BlockCheckpoints<T> layer_runs_;  // the layers' forward and backward (the family's loop)
   bool training_ = true;
   const Tensor* hidden_ = nullptr;  // (N, C) the final hidden states, set by forward_hidden
   Index B_ = 0, T_ = 0;             // the batch's sequences and length (begin_batch)

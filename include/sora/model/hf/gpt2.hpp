@@ -54,6 +54,7 @@ class Gpt2Model : public DecoderModel<Gpt2Model<T>, T> {
   using Base::dropout_rng_;
   using Base::hidden_;
   using Base::key_mask_;
+  using Base::layer_runs_;
   using Base::T_;
   using Base::training_;
 
@@ -106,7 +107,7 @@ class Gpt2Model : public DecoderModel<Gpt2Model<T>, T> {
       dropout_forward<T>(emb_, emb_mask_, emb_, p, dropout_rng_);
     }
     const Tensor* x = &emb_;
-    for (auto& b : blocks) x = &b.forward(*x, B_, T_, key_mask_, dropout_rng_);
+    x = &layer_runs_.forward(blocks, *x, forward_block(), this->dropout_rngs());
     hidden_ = &ln_f.forward(*x);
     return *hidden_;
   }
@@ -114,8 +115,8 @@ class Gpt2Model : public DecoderModel<Gpt2Model<T>, T> {
   void backward_hidden(const Tensor& dhidden) {
     const Tensor* dx = &ln_f.backward(dhidden);
     const bool embeddings_train = wte.weight.trainable() || wpe.weight.trainable();
-    for (std::size_t l = blocks.size(); l-- > 0;)
-      dx = &blocks[l].backward(*dx, l > 0 || embeddings_train);
+    dx =
+        &layer_runs_.backward(blocks, *dx, embeddings_train, forward_block(), this->dropout_rngs());
     if (!embeddings_train) return;
     if (dropping_) {
       demb_.resize(dx->rows(), dx->cols());
@@ -157,6 +158,12 @@ class Gpt2Model : public DecoderModel<Gpt2Model<T>, T> {
   std::string example_module() const { return block_name(0) + ".attn.c_attn"; }
 
  private:
+  // One block's forward as the layer runs call it.
+  auto forward_block() {
+    return [this](GptBlock& block, const Tensor& x) -> const Tensor& {
+      return block.forward(x, B_, T_, key_mask_, dropout_rng_);
+    };
+  }
   std::string block_name(std::size_t l) const {
     return nn::join_name(this->prefix(), "h." + std::to_string(l));
   }

@@ -100,6 +100,13 @@ class RotaryAttention {
     return dx_;
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    table_ = nullptr;
+    nn::release_buffers(qr_, dq_, y_, kr_, dk_, dv_, att_, datt_, dx_);
+    for (auto* p : {&q_proj, &k_proj, &v_proj, &o_proj}) p->release_activations();
+  }
+
  private:
   Index H_, Hkv_, B_ = 0, T_ = 0;
   std::span<const int> positions_;
@@ -166,6 +173,15 @@ class LlamaLayer {
     fn(nn::join_name(m, "down_proj"), mlp.down_proj);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    nn::release_buffers(mid_, out_, dmid_, dx_);
+    input_layernorm.release_activations();
+    post_attention_layernorm.release_activations();
+    self_attn.release_activations();
+    mlp.release_activations();
+  }
+
  private:
   Tensor mid_, out_, dmid_, dx_;  // (N, C)
 };
@@ -213,7 +229,7 @@ class LlamaModel : public DecoderModel<LlamaModel<T>, T> {
     positions_ = ops::rope_positions(B_, T_);
     embed_tokens.forward_to(emb_, batch.tokens);  // (N, C)
     const Tensor* x = &emb_;
-    for (auto& l : layers) x = &l.forward(*x, B_, T_, key_mask_, positions_, rope_);
+    x = &this->layer_runs_.forward(layers, *x, forward_layer(), this->dropout_rngs());
     hidden_ = &norm.forward(*x);
     return *hidden_;
   }
@@ -221,8 +237,8 @@ class LlamaModel : public DecoderModel<LlamaModel<T>, T> {
   void backward_hidden(const Tensor& dhidden) {
     const Tensor* dx = &norm.backward(dhidden);
     const bool embeddings_train = embed_tokens.weight.trainable();
-    for (std::size_t l = layers.size(); l-- > 0;)
-      dx = &layers[l].backward(*dx, l > 0 || embeddings_train);
+    dx = &this->layer_runs_.backward(layers, *dx, embeddings_train, forward_layer(),
+                                     this->dropout_rngs());
     if (embeddings_train) embed_tokens.backward(*dx);
   }
 
@@ -251,6 +267,12 @@ class LlamaModel : public DecoderModel<LlamaModel<T>, T> {
   std::string example_module() const { return layer_name(0) + ".self_attn.q_proj"; }
 
  private:
+  // One layer's forward as the layer runs call it (no dropout: no generator).
+  auto forward_layer() {
+    return [this](LlamaLayer<T>& layer, const Tensor& x) -> const Tensor& {
+      return layer.forward(x, B_, T_, key_mask_, positions_, rope_);
+    };
+  }
   std::string layer_name(std::size_t l) const {
     return nn::join_name(this->prefix(), "layers." + std::to_string(l));
   }

@@ -112,6 +112,15 @@ class PostLnLayer {
     fn(nn::join_name(prefix, "output.dense"), mlp.proj);
   }
 
+  // Frees the activations forward and backward keep (nn/common.hpp).
+  void release_activations() {
+    nn::release_buffers(sum1_, sum2_, mask1_, mask2_, dh_, dbranch_, dx_);
+    attn.release_activations();
+    ln_attn.release_activations();
+    mlp.release_activations();
+    ln_out.release_activations();
+  }
+
  private:
   // sum = dropout(branch) + skip.
   void add_branch(Tensor& sum, Tensor& mask, const Tensor& branch, const Tensor& skip, Rng& rng) {
