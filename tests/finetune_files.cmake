@@ -127,6 +127,14 @@ if(TARGET sora::text)
             resume-model "${_ft_hf_model}")
   set_tests_properties("finetune --model: a resumed run equals the uninterrupted one" PROPERTIES
     FIXTURES_REQUIRED sora_ft_hf_model TIMEOUT 600)
+  # --grad-checkpoint: every method's results equal the plain run's, bit for bit.
+  sora_add_output_test("finetune --model: --grad-checkpoint computes what the plain run does"
+    REGEX "^OK: "
+    COMMAND $<TARGET_FILE:Python3::Interpreter> "${CMAKE_CURRENT_SOURCE_DIR}/finetune_robust.py"
+            $<TARGET_FILE:sora-finetune> "${CMAKE_CURRENT_BINARY_DIR}/finetune-robust"
+            grad-checkpoint-model "${_ft_hf_model}")
+  set_tests_properties("finetune --model: --grad-checkpoint computes what the plain run does"
+    PROPERTIES FIXTURES_REQUIRED sora_ft_hf_model TIMEOUT 600)
   # Algorithm 1 on the pre-trained model: a dense phase and two xi stages, each row reported.
   sora_add_output_test("finetune --model: the sparsity schedule walks its stages"
     REGEX "stage 2  xi 0.008 .*report: .*sparsity.svg"

@@ -501,6 +501,9 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
                       sora::io::PeftExportOptions export_options) {
   const Options& o = s.opt;
   const sora::model::Method method = sora::model::parse_method(method_name);
+  // Memory for compute: the gradients are those of the plain backward (model/
+  // block_checkpoints.hpp), so the results do not change.
+  model.set_grad_checkpoint(o.grad_checkpoint);
 
   BatchStream stream(s.task, o.batch_size, seed);
   // An optimizer step takes --grad-accum batches.
@@ -803,6 +806,7 @@ struct SparsityOutcome {
 template <class M>
 SparsityOutcome run_sparsity_on(const Setup& s, M& model) {
   const Options& o = s.opt;
+  model.set_grad_checkpoint(o.grad_checkpoint);
   auto fo = finetune_options(o, sora::model::Method::sora);
   fo.xi = 0.0;
   auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
@@ -1252,6 +1256,7 @@ inline int run(const Options& o, std::ostream& log) {
   j["hyperparameters"] = {{"epochs", o.epochs},
                           {"batch_size", o.batch_size},
                           {"grad_accum", o.grad_accum},
+                          {"grad_checkpoint", o.grad_checkpoint},
                           {"lr", o.lr},
                           {"full_lr", o.full_lr},
                           {"rank", o.rank},

@@ -82,8 +82,9 @@ struct Options {
   // Fine-tuning, every method.
   int epochs = 6;
   int batch_size = 32;
-  int grad_accum = 1;  // batches whose gradients make one optimizer step
-  int eval_every = 0;  // 0: once per epoch
+  int grad_accum = 1;            // batches whose gradients make one optimizer step
+  bool grad_checkpoint = false;  // recompute each block's activations in backward (CPU)
+  int eval_every = 0;            // 0: once per epoch
   double max_grad_norm = 1.0;
   double warmup = 0.06;
   std::string lr_schedule = "linear";
@@ -154,10 +155,12 @@ inline const std::vector<std::string>& method_names() {
 
 // The flags that decide a run's results, one "name=value" line each, defaults included: what
 // a checkpoint must agree on to be resumed. Where the outputs go, how progress is shown, the
-// thread count and the checkpoint flags themselves may change between the two runs.
+// thread count, the checkpoint flags themselves and --grad-checkpoint (which changes memory,
+// not results) may change between the two runs.
 inline std::string result_fingerprint(const CLI::App& app) {
-  static const char* const kFree[] = {"out",     "cache-dir", "no-cache",   "plain",
-                                      "threads", "resume",    "save-every", "help"};
+  static const char* const kFree[] = {"out",        "cache-dir", "no-cache",
+                                      "plain",      "threads",   "resume",
+                                      "save-every", "help",      "grad-checkpoint"};
   std::string lines;
   for (const CLI::Option* opt : app.get_options()) {
     const std::string name = opt->get_single_name();
@@ -365,6 +368,10 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->check(CLI::Range(1, 4096))
       ->capture_default_str()
       ->group(g_ft);
+  app.add_flag("--grad-checkpoint", o.grad_checkpoint,
+               "keep one block's activations instead of all: each block's forward runs again "
+               "in backward (about a third more compute; the same gradients) (CPU)")
+      ->group(g_ft);
   app.add_option("--eval-every", o.eval_every, "steps between evaluations (0: once per epoch)")
       ->check(finite_number(true))
       ->capture_default_str()
@@ -526,6 +533,8 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
   }
   if (o.grad_accum > 1 && o.device != "cpu")
     return fail("--grad-accum: accumulation runs on the CPU only; drop it or --device");
+  if (o.grad_checkpoint && o.device != "cpu")
+    return fail("--grad-checkpoint: checkpointing runs on the CPU only; drop it or --device");
   // A NaN passes CLI11's range checks (every comparison with it is false) and an infinity
   // passes the one-sided ones: every real-valued flag must be a finite number.
   const std::pair<const char*, double> reals[] = {{"--dropout", o.dropout},
