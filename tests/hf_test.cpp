@@ -17,6 +17,7 @@
 #include <sora/io/named_tensors.hpp>
 #include <sora/io/safetensors.hpp>
 #include <sora/model/hf.hpp>
+#include <sora/model/hf/gguf_lora.hpp>
 #include <sora/optim/param_groups.hpp>
 #include <sora/prune/prune.hpp>
 #include <sstream>
@@ -611,7 +612,7 @@ TEST_CASE("gradient checkpointing: BERT, GPT-2 and LLaMA gradients equal the pla
                "\"hidden_dropout_prob\": 0.2, \"attention_probs_dropout_prob\": 0.2, ");
   SUBCASE("BERT") {
     check_grad_checkpoint<BertModel<double>>(bert, Task::sequence_classification,
-                                            tiny_batch(31, 2, 6, 8));
+                                             tiny_batch(31, 2, 6, 8));
   }
   model::Batch causal = tiny_batch(31, 2, 6, 9);
   causal.token_types.clear();
@@ -698,4 +699,65 @@ TEST_CASE("PEFT round trip: GPT-2 (the fused c_attn adapter, fan_in_fan_out)") {
 }
 TEST_CASE("PEFT round trip: LLaMA (q_proj, v_proj; score in modules_to_save)") {
   check_peft_roundtrip<LlamaModel>("llama_sora");
+}
+
+// The GGUF LoRA export (model/hf/gguf_lora.hpp), read by PyPI's gguf package (llama.cpp's
+// reader) in tests/hf/check_gguf_lora.py: llama.cpp's update (alpha / r) B A of every module
+// equals PEFT's update from the PEFT export of the same pruned SoRA adapter, with llama.cpp's
+// q/k row order for LLaMA (grouped-query attention: k has its own head count) and none for Qwen2.
+TEST_CASE("GGUF LoRA export: llama.cpp's update equals PEFT's, per module, ranks pruned") {
+  for (const std::string type : {"llama", "qwen2"}) {
+    INFO(type);
+    const std::string config_text =
+        R"({"model_type": ")" + type +
+        R"(", "vocab_size": 31, "hidden_size": 16, "intermediate_size": 20,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 16})";
+    LlamaModel<float> model(parse_config(config_text, "config.json"), Task::causal_lm, 3);
+    model::PeftConfig peft;
+    peft.method = model::Method::sora;
+    peft.rank = 4;
+    peft.alpha = 8.0;
+    peft.target_modules = {"all-linear"};
+    model.apply_peft(peft);
+    Rng rng(5);
+    Index zeroed = 0;
+    model.visit_linears([&](const std::string&, nn::AdaptedLinear<float>& lin) {
+      if (!lin.adapter) return;
+      rng.fill_normal(lin.adapter->lora_B.value, 0.0, 0.5);
+      rng.fill_normal(lin.adapter->gate.value, 0.0, 1.0);
+      // Modules keep 4, 3 or 2 ranks: llama.cpp's alpha / r differs between them.
+      for (Index k = 0; k < zeroed % 3; ++k) lin.adapter->gate.value(0, (zeroed + k) % 4) = 0.0f;
+      ++zeroed;
+    });
+    TempDir tmp;
+    const auto report = export_gguf_lora(model, tmp.path / "adapter.gguf");
+    CHECK(report.modules == zeroed);
+    CHECK(report.max_rank == 4);
+    io::export_peft_adapter(model, tmp.path / "peft");
+    const std::string command =
+        std::string(SORA_TEST_PYTHON) + " " +
+        (fs::path(SORA_TEST_SOURCE_DIR) / "hf" / "check_gguf_lora.py").string() + " " +
+        (tmp.path / "adapter.gguf").string() + " " + (tmp.path / "peft").string() + " " + type +
+        " 4 2 " + (type == "llama" ? "1" : "0") + " > " + (tmp.path / "log").string() + " 2>&1";
+    const int status = std::system(command.c_str());
+    std::ifstream log(tmp.path / "log");
+    const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    INFO(text);
+    CHECK(status == 0);
+    CHECK(text.find("OK: " + std::to_string(zeroed) + " modules") != std::string::npos);
+  }
+  // A module llama.cpp has no adapter slot for is named, and nothing is written.
+  const HfConfig config = parse_config(
+      R"({"model_type": "llama", "vocab_size": 31, "hidden_size": 8, "intermediate_size": 12,
+          "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16})",
+      "config.json");
+  LlamaModel<float> headed(config, Task::sequence_classification, 1);
+  model::PeftConfig on_head;
+  on_head.target_modules = {"score"};
+  headed.apply_peft(on_head);
+  TempDir tmp;
+  const std::string e = error_of([&] { export_gguf_lora(headed, tmp.path / "x.gguf"); });
+  CHECK(e.find("module 'score' has no LoRA slot in llama.cpp") != std::string::npos);
+  CHECK(!fs::exists(tmp.path / "x.gguf"));
 }
