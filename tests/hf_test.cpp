@@ -552,6 +552,12 @@ TEST_CASE("BERT and RoBERTa backward against central differences (double), with 
       if (training) {  // the masks are really drawn: another stream gives another loss
         model.dropout_rng().reseed(7, 2);
         CHECK(model.forward(batch) != doctest::Approx(dropped).epsilon(1e-9));
+        // reseed_dropout (what data-parallel fit calls per rank) restarts every stream.
+        model.reseed_dropout(11);
+        const double first = model.forward(batch);
+        CHECK(model.forward(batch) != first);
+        model.reseed_dropout(11);
+        CHECK(model.forward(batch) == first);
       }
     }
   }

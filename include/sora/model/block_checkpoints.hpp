@@ -30,6 +30,7 @@
 #include "sora/core/backend.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/rng.hpp"
+#include "sora/model/dropout_streams.hpp"
 
 namespace sora::model {
 
@@ -137,15 +138,5 @@ class BlockCheckpoints {
   std::vector<Rng::State> rngs_after_;                // every generator when backward began
   Tensor first_dx_;                                   // (N, C) the first block's input gradient
 };
-
-// fn(Rng&) on every generator a model's layers draw dropout from: the model's own and each
-// adapter's (models with dropout_rng() and visit_linears, core/concepts.hpp's Checkpointable).
-template <class M, class Fn>
-void visit_dropout_rngs(M& model, Fn&& fn) {
-  fn(model.dropout_rng());
-  model.visit_linears([&](const auto&, auto& linear) {
-    if (linear.adapter) fn(linear.adapter->dropout_rng());
-  });
-}
 
 }  // namespace sora::model

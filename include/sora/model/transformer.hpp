@@ -129,13 +129,7 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
 
   // Restarts every dropout stream (the model's and each adapter's) from `seed`, so that two
   // forward passes draw identical masks (gradient checks through dropout need this).
-  void reseed_dropout(std::uint64_t seed) {
-    dropout_rng_.reseed(seed, 2);
-    std::uint64_t i = 0;
-    visit_linears([&](const std::string&, Linear& lin) {
-      if (lin.adapter) lin.adapter->dropout_rng().reseed(seed + 7919 * ++i, 1);
-    });
-  }
+  void reseed_dropout(std::uint64_t seed) { reseed_dropout_streams(*this, seed); }
   Rng& dropout_rng() { return dropout_rng_; }
   // Gradient checkpointing (model/block_checkpoints.hpp): each block's activations recomputed
   // in backward instead of kept from forward. CPU backend.

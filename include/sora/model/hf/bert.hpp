@@ -123,6 +123,9 @@ class BertModel : public ParameterLists<BertModel<T, Backend>> {
   void eval() { train(false); }
   bool training() const { return training_; }
   Rng& dropout_rng() { return dropout_rng_; }
+  // Restarts every dropout stream (the model's and each adapter's) from `seed`
+  // (model/dropout_streams.hpp).
+  void reseed_dropout(std::uint64_t seed) { reseed_dropout_streams(*this, seed); }
   // Gradient checkpointing (model/block_checkpoints.hpp): each layer's activations recomputed
   // in backward instead of kept from forward. CPU backend.
   void set_grad_checkpoint(bool on) { layer_runs_.set_enabled(on); }
