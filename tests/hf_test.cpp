@@ -596,18 +596,11 @@ void check_grad_checkpoint(const std::string& config_text, Task task, const mode
     CHECK(checkpointed->forward(batch) == loss);
     plain->backward();
     checkpointed->backward();
-    std::vector<Param<double>*> a = parameters(*plain), b = parameters(*checkpointed);
+    const auto a = parameters(*plain), b = parameters(*checkpointed);
     REQUIRE(a.size() == b.size());
-    double largest = 0.0, differs = 0.0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      if (!a[i]->trainable()) continue;
-      largest = std::max(largest, a[i]->gradient().cwiseAbs().maxCoeff());
-      differs = std::max(differs, (a[i]->gradient() - b[i]->gradient()).cwiseAbs().maxCoeff());
-      a[i]->value -= 0.05 * a[i]->gradient();
-      b[i]->value -= 0.05 * b[i]->gradient();
-    }
-    CHECK(largest > 0.0);
-    CHECK(differs == 0.0);
+    const testing::GradientGap gap = testing::gradient_gap_then_step(a, b, 0.05);
+    CHECK(gap.largest > 0.0);
+    CHECK(gap.differs == 0.0);
   }
 }
 

@@ -123,6 +123,29 @@ inline MatrixD random_matrix(Rng& rng, Index rows, Index cols, double stddev = 1
   return m;
 }
 
+// Two models that must compute the same gradients (one of them by another route): the largest
+// |gradient| of the first's trainable parameters and the largest difference from the second's,
+// in visiting order; then one SGD step of `lr` on both, so that a next step starts elsewhere.
+struct GradientGap {
+  double largest = 0.0;  // > 0: there was a gradient to compare
+  double differs = 0.0;
+};
+template <class P>
+GradientGap gradient_gap_then_step(const std::vector<P*>& a, const std::vector<P*>& b, double lr) {
+  GradientGap gap;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (!a[i]->trainable()) continue;
+    gap.largest =
+        std::max(gap.largest, static_cast<double>(a[i]->gradient().cwiseAbs().maxCoeff()));
+    gap.differs =
+        std::max(gap.differs,
+                 static_cast<double>((a[i]->gradient() - b[i]->gradient()).cwiseAbs().maxCoeff()));
+    a[i]->value -= lr * a[i]->gradient();
+    b[i]->value -= lr * b[i]->gradient();
+  }
+  return gap;
+}
+
 }  // namespace sora::testing
 
 // REQUIRE-style check with the worst entry in the failure message.
