@@ -38,6 +38,7 @@
 #include "sora/core/rng.hpp"
 #include "sora/model/block.hpp"
 #include "sora/model/config.hpp"
+#include "sora/model/frozen_base.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
 #include "sora/nn/embedding.hpp"
@@ -184,6 +185,9 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
     // Checked before the model is touched (the adapters check again, too late to keep it).
     SORA_CHECK(peft.method == Method::full || (std::isfinite(peft.alpha) && peft.alpha > 0.0),
                "apply_peft: alpha must be a finite number > 0, got ", peft.alpha);
+    SORA_CHECK(peft.method != Method::full || frozen_base_precision(*this) == Precision::fp32,
+               "apply_peft: full fine-tuning trains the base weights, which are stored in bf16; "
+               "store them in fp32 first (model::store_frozen_base(model, Precision::fp32))");
     visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
     if (peft.method == Method::full) {
       visit_params([](ParamT& p) { p.set_trainable(true); });

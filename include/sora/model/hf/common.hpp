@@ -10,6 +10,7 @@
 
 #include "sora/core/param.hpp"
 #include "sora/model/config.hpp"
+#include "sora/model/frozen_base.hpp"
 #include "sora/model/hf/config.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
@@ -30,6 +31,9 @@ Index apply_peft_by_name(Model& model, const PeftConfig& peft, const std::string
   using T = typename Model::Scalar;
   using Linear = typename Model::Linear;
   using ParamT = Param<T, typename Model::BackendTag>;
+  SORA_CHECK(peft.method != Method::full || frozen_base_precision(model) == Precision::fp32,
+             "apply_peft: full fine-tuning trains the base weights, which are stored in bf16; "
+             "store them in fp32 first (model::store_frozen_base(model, Precision::fp32))");
   model.visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
   if (peft.method == Method::full) {
     model.visit_params([](ParamT& p) { p.set_trainable(true); });
