@@ -739,55 +739,67 @@ std::size_t frozen_linear_bytes(model::Transformer<float>& m) {
 }  // namespace
 
 TEST_CASE("a bf16 frozen base computes what the fp32 model with bf16-rounded weights computes") {
-  for (const Method method : {Method::lora, Method::sora, Method::adalora}) {
-    // Adapter dropout 0: q, k and v run stacked; 0.1 in training: one by one.
-    for (const double adapter_dropout : {0.0, 0.1}) {
-      CAPTURE(model::method_name(method));
-      CAPTURE(adapter_dropout);
-      const auto config = tiny_config(false, model::Head::classification, 0.1);
-      model::Transformer<float> packed(config), rounded(config), original(config);
-      for (auto* m : {&packed, &rounded, &original}) {
-        m->apply_peft(peft_for(method, adapter_dropout));
-        randomize_adapters(*m, 99);
-      }
-      Index frozen_linears = 0;
-      rounded.visit_linears([&](const std::string&, nn::AdaptedLinear<float>& lin) {
-        if (lin.base.weight.trainable()) return;
-        ++frozen_linears;
-        lin.base.weight.value = lin.base.weight.value.unaryExpr(&round_to_bf16);
-      });
-      REQUIRE(frozen_linears > 0);
-      CHECK(model::store_frozen_base(packed, Precision::bf16) == frozen_linears);
-      CHECK(model::frozen_base_precision(packed) == Precision::bf16);
-      CHECK(model::frozen_base_precision(original) == Precision::fp32);
+  // A classification head, and a causal LM whose tied head reads the bf16 token table.
+  for (const bool lm : {false, true}) {
+    for (const Method method : {Method::lora, Method::sora, Method::adalora}) {
+      // Adapter dropout 0: q, k and v run stacked; 0.1 in training: one by one.
+      for (const double adapter_dropout : {0.0, 0.1}) {
+        CAPTURE(lm);
+        CAPTURE(model::method_name(method));
+        CAPTURE(adapter_dropout);
+        const auto config = lm ? tiny_config(true, model::Head::lm, 0.1)
+                               : tiny_config(false, model::Head::classification, 0.1);
+        model::Transformer<float> packed(config), rounded(config), original(config);
+        for (auto* m : {&packed, &rounded, &original}) {
+          m->apply_peft(peft_for(method, adapter_dropout));
+          randomize_adapters(*m, 99);
+        }
+        // What a bf16 base stores: the frozen linear weights and embedding tables.
+        Index frozen_linears = 0, stored = 0;
+        std::size_t storable_bytes = 0;
+        rounded.visit_linears([&](const std::string&, nn::AdaptedLinear<float>& lin) {
+          if (!lin.base.weight.trainable()) ++frozen_linears;
+        });
+        rounded.visit_params([&](Param<float>& p) {
+          if (p.trainable() || (p.role != ParamRole::weight && p.role != ParamRole::embedding))
+            return;
+          ++stored;
+          storable_bytes += p.value_bytes();
+          p.value = p.value.unaryExpr(&round_to_bf16);
+        });
+        REQUIRE(frozen_linears > 0);
+        CHECK(stored == frozen_linears + 2);  // and the token and position tables
+        CHECK(model::store_frozen_base(packed, Precision::bf16) == stored);
+        CHECK(model::frozen_base_precision(packed) == Precision::bf16);
+        CHECK(model::frozen_base_precision(original) == Precision::fp32);
 
-      // Half the bytes for the frozen linear weights; the rest of the frozen model unchanged.
-      const std::size_t linear_fp32 = frozen_linear_bytes(original);
-      CHECK(frozen_linear_bytes(packed) * 2 == linear_fp32);
-      CHECK(model::frozen_bytes(packed) + linear_fp32 / 2 == model::frozen_bytes(original));
+        // Half the bytes for those; the rest of the frozen model (biases) unchanged.
+        CHECK(frozen_linear_bytes(packed) * 2 == frozen_linear_bytes(original));
+        CHECK(model::frozen_bytes(packed) + storable_bytes / 2 == model::frozen_bytes(original));
 
-      const model::Batch batch = tiny_batch(config);
-      const StepResult got = bf16_step(packed, batch);
-      const StepResult want = bf16_step(rounded, batch);
-      const StepResult fp32 = bf16_step(original, batch);
-      // Widening is exact: the same values through the same products.
-      CHECK(relative_difference(got.logits, want.logits) <= 1e-6);
-      CHECK(std::abs(got.loss - want.loss) <= 1e-6f * std::abs(want.loss));
-      REQUIRE(got.grads.size() == want.grads.size());
-      for (const auto& [name, grad] : want.grads) {
-        CAPTURE(name);
-        REQUIRE(got.grads.count(name) == 1);
-        CHECK(relative_difference(got.grads.at(name), grad) <= 1e-6);
+        const model::Batch batch = tiny_batch(config);
+        const StepResult got = bf16_step(packed, batch);
+        const StepResult want = bf16_step(rounded, batch);
+        const StepResult fp32 = bf16_step(original, batch);
+        // Widening is exact: the same values through the same products.
+        CHECK(relative_difference(got.logits, want.logits) <= 1e-6);
+        CHECK(std::abs(got.loss - want.loss) <= 1e-6f * std::abs(want.loss));
+        REQUIRE(got.grads.size() == want.grads.size());
+        for (const auto& [name, grad] : want.grads) {
+          CAPTURE(name);
+          REQUIRE(got.grads.count(name) == 1);
+          CHECK(relative_difference(got.grads.at(name), grad) <= 1e-6);
+        }
+        // Against the unrounded model: different (the weights were rounded), within bf16 rounding
+        // (2^-9 relative per weight, through two layers).
+        const double off = relative_difference(got.logits, fp32.logits);
+        CHECK(off > 0.0);
+        CHECK(off <= 1e-2);
+        // The shared scratch holds whatever layer ran last: a second step computes the same.
+        const StepResult again = bf16_step(packed, batch);
+        CHECK(again.logits == got.logits);
+        for (const auto& [name, grad] : got.grads) CHECK(again.grads.at(name) == grad);
       }
-      // Against the unrounded model: different (the weights were rounded), within bf16 rounding
-      // (2^-9 relative per weight, through two layers).
-      const double off = relative_difference(got.logits, fp32.logits);
-      CHECK(off > 0.0);
-      CHECK(off <= 1e-2);
-      // The shared scratch holds whatever layer ran last: a second step computes the same.
-      const StepResult again = bf16_step(packed, batch);
-      CHECK(again.logits == got.logits);
-      for (const auto& [name, grad] : got.grads) CHECK(again.grads.at(name) == grad);
     }
   }
 }

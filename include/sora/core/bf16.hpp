@@ -104,6 +104,12 @@ class Bf16Matrix {
         static_cast<double>(cols_));
   }
 
+  // out[0, cols) = row i widened (an embedding lookup reads single rows).
+  void widen_row(Index i, float* out) const {
+    const std::uint16_t* src = bits_.data() + i * cols_;
+    for (Index j = 0; j < cols_; ++j) out[j] = bf16_to_float(src[j]);
+  }
+
   Matrix<float> to_float() const {
     Matrix<float> m(rows_, cols_);
     widen_to(m);

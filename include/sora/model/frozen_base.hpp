@@ -1,9 +1,10 @@
 #pragma once
-// A frozen base in half the memory: the frozen linear weights of a model (what LoRA, SoRA and
-// AdaLoRA leave untouched) stored in bf16 (core/bf16.hpp), each widened into one shared fp32
-// scratch right before the product that reads it (nn/common.hpp, detail::dense_value), in
-// forward and again in backward (the input gradient dy W reads W too). Adapters, biases,
-// norms, embeddings, heads, gradients and optimizer state stay fp32.
+// A frozen base in half the memory: the frozen linear weights and embedding tables of a model
+// (what LoRA, SoRA and AdaLoRA leave untouched) stored in bf16 (core/bf16.hpp). Each weight is
+// widened into one shared fp32 scratch right before the product that reads it (nn/common.hpp,
+// detail::dense_value), in forward and again in backward (the input gradient dy W reads W
+// too); a token lookup widens only the rows it reads. Adapters, biases, norms, heads,
+// gradients and optimizer state stay fp32.
 //
 // Opt-in per model, after its method is set:
 //
@@ -30,11 +31,16 @@
 
 namespace sora::model {
 
-// Stores every frozen linear weight of the model in `precision`; returns how many changed.
-// bf16 needs a float model on the CPU with at least one frozen linear weight; fp32 widens every
-// bf16 weight back.
+// Stores every frozen linear weight of the model in `precision`, and (with_embeddings) every
+// frozen embedding table; returns how many parameters changed. bf16 needs a float model on the
+// CPU with at least one frozen linear weight; fp32 widens every bf16 parameter back.
+//
+// A token table is read one row per token, widened straight into the activations; a tied LM head
+// (logits = h wte^T) reads its whole table through the shared scratch, i.e. costs the table's
+// fp32 bytes while it runs: with a large vocabulary and a tied head, keep the tables in fp32
+// (with_embeddings = false).
 template <class Model>
-Index store_frozen_base(Model& model, Precision precision) {
+Index store_frozen_base(Model& model, Precision precision, bool with_embeddings = true) {
   using T = typename Model::Scalar;
   using Backend = typename Model::BackendTag;
   if (precision == Precision::bf16) {
@@ -51,23 +57,27 @@ Index store_frozen_base(Model& model, Precision precision) {
                "apply_peft first)");
   }
   Index changed = 0;
-  model.visit_linears([&](const std::string&, auto& lin) {
-    auto& w = lin.base.weight;
-    if (w.storage() == precision || (precision == Precision::bf16 && w.trainable())) return;
-    w.store_as(precision);
+  auto store = [&](auto& p) {
+    if (p.storage() == precision || (precision == Precision::bf16 && p.trainable())) return;
+    p.store_as(precision);
     ++changed;
+  };
+  model.visit_linears([&](const std::string&, auto& lin) { store(lin.base.weight); });
+  model.visit_params([&](auto& p) {
+    if (precision == Precision::fp32 || (with_embeddings && p.role == ParamRole::embedding))
+      store(p);
   });
   return changed;
 }
 
-// bf16 when some linear weight of the model is stored in bf16, else fp32.
+// bf16 when some parameter of the model is stored in bf16, else fp32.
 template <class Model>
 Precision frozen_base_precision(Model& model) {
-  Precision p = Precision::fp32;
-  model.visit_linears([&](const std::string&, auto& lin) {
-    if (lin.base.weight.storage() == Precision::bf16) p = Precision::bf16;
+  Precision precision = Precision::fp32;
+  model.visit_params([&](const auto& p) {
+    if (p.storage() == Precision::bf16) precision = Precision::bf16;
   });
-  return p;
+  return precision;
 }
 
 // Bytes held by the values of the model's frozen parameters (the base a bf16 store halves).

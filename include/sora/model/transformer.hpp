@@ -297,7 +297,7 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
         logits_ = &lm_head->forward(*hf_);
       } else {
         logits_buf_.resize(N, c.vocab_size);
-        linear_forward<T>(logits_buf_, *hf_, wte.weight.value);
+        linear_forward<T>(logits_buf_, *hf_, nn::detail::dense_value(wte.weight));
         logits_ = &logits_buf_;
       }
       return *logits_;
@@ -381,7 +381,8 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
         // gradient in the backward below.
         dhf_.resize(hf_->rows(), hf_->cols());
         linear_backward<T>(dhf_, nn::detail::grad_or_absent(wte.weight),
-                           Backend::template absent<T>(), dlogits_, *hf_, wte.weight.value);
+                           Backend::template absent<T>(), dlogits_, *hf_,
+                           nn::detail::dense_value(wte.weight));
         dhf = &dhf_;
       }
     } else {

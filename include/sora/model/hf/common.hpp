@@ -105,8 +105,8 @@ class DecoderHead {
     const Index B = batch.batch, T_len = batch.seq;
     if (task == Task::causal_lm) {
       if (lm_head != nullptr) return *(logits_ = &lm_head->forward(h));
-      logits_buf_.resize(h.rows(), tied.value.rows());
-      ops::linear_forward<T>(logits_buf_, h, tied.value);
+      logits_buf_.resize(h.rows(), tied.rows());
+      ops::linear_forward<T>(logits_buf_, h, nn::detail::dense_value(tied));
       return *(logits_ = &logits_buf_);
     }
     SORA_CHECK(pad_token_id >= 0 || B == 1,
@@ -173,7 +173,7 @@ class DecoderHead {
     } else {
       // Tied: logits = h W^T; W collects dlogits^T h here and its embedding gradient later.
       ops::linear_backward<T>(dhidden, nn::detail::grad_or_absent(tied), Cpu::absent<T>(), dlogits_,
-                              h, tied.value);
+                              h, nn::detail::dense_value(tied));
     }
   }
 
