@@ -137,8 +137,8 @@ class Param {
   Precision storage() const { return storage_; }
 
   // bf16: rounds the value to bf16 (to nearest, ties to even) and frees the fp32 matrix; only a
-  // frozen parameter of a float model on the CPU. fp32: widens it back (the values stay rounded:
-  // bf16 storage is not undone, it is made trainable again). Storing as what it is does nothing.
+  // frozen parameter of a float model on the CPU. fp32: widens it back (the values stay rounded
+  // to bf16; the parameter can be trained again). Storing as what it is does nothing.
   void store_as(Precision precision) {
     if (precision == storage_) return;
     if (precision == Precision::fp32) {

@@ -14,10 +14,11 @@
 // The model then computes exactly what the fp32 model whose frozen weights were rounded to bf16
 // computes (widening is exact), i.e. its outputs are within bf16 rounding of the fp32 model's.
 // Full fine-tuning trains every weight and so has no frozen base: it is refused, as is making a
-// bf16 weight trainable. What needs the fp32 matrices themselves (model files, checkpoints,
-// merging an adapter into its base, copying the model to the GPU) refuses a bf16 base by name;
+// bf16 weight trainable. What needs the fp32 matrices themselves (model files, merging an adapter
+// into its base, copying the model to the GPU) refuses a bf16 base by name;
 // store_frozen_base(model, Precision::fp32) widens it back first (its values stay rounded).
-// A PEFT adapter export reads adapters only and works either way.
+// Checkpoints (io/checkpoint.hpp) widen it while they are written or read; a PEFT adapter export
+// reads adapters only and works either way.
 //
 // Works on any model with visit_linears and visit_params (model::Transformer, the Hugging Face
 // models of model/hf/).
