@@ -82,9 +82,6 @@ class Bf16Matrix {
   Index size() const { return rows_ * cols_; }
   // What the matrix holds: 2 bytes per entry.
   std::size_t bytes() const { return bits_.size() * sizeof(std::uint16_t); }
-  std::uint16_t bits(Index i, Index j) const {
-    return bits_[static_cast<std::size_t>(i * cols_ + j)];
-  }
 
   // dst = the matrix widened to float. dst is (rows, cols): a matrix, or a block of whole rows of
   // a row-major one (the stacked weights of nn/stacked_projections.hpp).
