@@ -508,55 +508,6 @@ TEST_CASE("weights: a sharded checkpoint loads as the single file does, and a ba
 // ---- gradients
 // -----------------------------------------------------------------------------------
 
-TEST_CASE("BERT and RoBERTa backward against central differences (double), with dropout too") {
-  // Training mode draws hidden, attention-probability and head dropout; every forward restarts
-  // the model's dropout stream so that the difference quotients see the same masks.
-  for (const bool roberta : {false, true}) {
-    for (const bool training : {false, true}) {
-      INFO(std::string(roberta ? "roberta" : "bert") << (training ? ", training" : ", eval"));
-      std::string text = kTinyBert;
-      if (roberta) text.replace(text.find("\"bert\""), 6, "\"roberta\"");
-      HfConfig config = parse_config(text, "config.json");
-      if (roberta) config.pad_token_id = 0;  // the tiny batch pads with 0
-      config.hidden_dropout = config.attention_dropout = 0.2;
-      BertModel<double> model(config, Task::sequence_classification, 3);
-      model.train(training);
-      model::PeftConfig peft;
-      peft.method = model::Method::sora;
-      peft.rank = 2;
-      peft.target_modules = {"all-linear"};
-      // 6 per layer and BERT's pooler; never the task head (classifier.*).
-      CHECK(model.apply_peft(peft) == (roberta ? 12 : 13));
-      model.visit_params([](Param<double>& p) {
-        if (p.name.find("lora_B") != std::string::npos) Rng(17).fill_normal(p.value, 0.0, 0.3);
-        p.set_trainable(true);  // every parameter: embeddings and LayerNorms too
-      });
-      const model::Batch batch = tiny_batch(config.vocab_size, 2, 6, 8);
-      auto loss = [&] {
-        model.dropout_rng().reseed(99, 2);
-        return model.forward(batch);
-      };
-      model.zero_grad();
-      const double dropped = loss();
-      model.backward();
-      std::vector<testing::GradTarget> targets;
-      model.visit_params([&](Param<double>& p) {
-        targets.push_back({p.name, &p.value, p.gradient()});
-      });
-      testing::GradcheckOptions options;
-      options.max_entries = 6;
-      const auto result = testing::gradcheck(loss, targets, options);
-      INFO(result.worst);
-      CHECK(result.ok(1e-5));
-      CHECK(result.checked > 100);
-      if (training) {  // the masks are really drawn: another stream gives another loss
-        model.dropout_rng().reseed(7, 2);
-        CHECK(model.forward(batch) != doctest::Approx(dropped).epsilon(1e-9));
-      }
-    }
-  }
-}
-
 TEST_CASE("BERT on a bf16 frozen base computes what BERT with bf16-rounded weights computes") {
   // Word, position and token-type tables and every linear weight of the encoder and pooler
   // stored in bf16; LoRA on all linear layers, the classifier trainable.
@@ -606,6 +557,55 @@ TEST_CASE("BERT on a bf16 frozen base computes what BERT with bf16-rounded weigh
   CHECK(error_of([&] {
           io::slots_of<float>([&](auto&& f) { packed.visit_params(f); });
         }).find("is stored in bf16") != std::string::npos);
+}
+
+TEST_CASE("BERT and RoBERTa backward against central differences (double), with dropout too") {
+  // Training mode draws hidden, attention-probability and head dropout; every forward restarts
+  // the model's dropout stream so that the difference quotients see the same masks.
+  for (const bool roberta : {false, true}) {
+    for (const bool training : {false, true}) {
+      INFO(std::string(roberta ? "roberta" : "bert") << (training ? ", training" : ", eval"));
+      std::string text = kTinyBert;
+      if (roberta) text.replace(text.find("\"bert\""), 6, "\"roberta\"");
+      HfConfig config = parse_config(text, "config.json");
+      if (roberta) config.pad_token_id = 0;  // the tiny batch pads with 0
+      config.hidden_dropout = config.attention_dropout = 0.2;
+      BertModel<double> model(config, Task::sequence_classification, 3);
+      model.train(training);
+      model::PeftConfig peft;
+      peft.method = model::Method::sora;
+      peft.rank = 2;
+      peft.target_modules = {"all-linear"};
+      // 6 per layer and BERT's pooler; never the task head (classifier.*).
+      CHECK(model.apply_peft(peft) == (roberta ? 12 : 13));
+      model.visit_params([](Param<double>& p) {
+        if (p.name.find("lora_B") != std::string::npos) Rng(17).fill_normal(p.value, 0.0, 0.3);
+        p.set_trainable(true);  // every parameter: embeddings and LayerNorms too
+      });
+      const model::Batch batch = tiny_batch(config.vocab_size, 2, 6, 8);
+      auto loss = [&] {
+        model.dropout_rng().reseed(99, 2);
+        return model.forward(batch);
+      };
+      model.zero_grad();
+      const double dropped = loss();
+      model.backward();
+      std::vector<testing::GradTarget> targets;
+      model.visit_params([&](Param<double>& p) {
+        targets.push_back({p.name, &p.value, p.gradient()});
+      });
+      testing::GradcheckOptions options;
+      options.max_entries = 6;
+      const auto result = testing::gradcheck(loss, targets, options);
+      INFO(result.worst);
+      CHECK(result.ok(1e-5));
+      CHECK(result.checked > 100);
+      if (training) {  // the masks are really drawn: another stream gives another loss
+        model.dropout_rng().reseed(7, 2);
+        CHECK(model.forward(batch) != doctest::Approx(dropped).epsilon(1e-9));
+      }
+    }
+  }
 }
 
 // ---- parity with transformers ------------------------------------------------------------------
