@@ -3,12 +3,14 @@
 // classification head, full fine-tuning or an adapter on the family's default targets.
 //
 //   sora_bench_hf --model DIR --method lora|sora|full|forward --batch 32 --seq 128
-//                 --threads 1 --steps 10
+//                 --threads 1 --steps 10 --frozen-base fp32|bf16
 //
 // A step: zero grads, forward, cross-entropy, backward, AdamW (SoRA: and the gates' prox);
 // `forward` times the forward pass alone. Dropout is off (see below). Random token ids (no
 // tokenizer is involved), the same for every step. Prints one JSON line: the median and the best
-// step time in ms, the load time, and the peak resident memory.
+// step time in ms, the load time, the peak resident memory and the bytes of the frozen
+// parameters (--frozen-base bf16: an adapter's frozen linear weights stored in bf16,
+// model/frozen_base.hpp).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -26,7 +28,7 @@ using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
   sora::use_passive_wait(argv);
-  std::string model_dir, method = "lora";
+  std::string model_dir, method = "lora", frozen_base = "fp32";
   long batch = 32, seq = 128, steps = 10;
   int threads = 0;  // all cores (SORA_NUM_THREADS overrides)
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -43,11 +45,13 @@ int main(int argc, char** argv) {
       steps = std::stol(value);
     else if (flag == "--threads")
       threads = std::stoi(value);
+    else if (flag == "--frozen-base")
+      frozen_base = value;
   }
   if (model_dir.empty()) {
     std::fprintf(stderr,
                  "usage: sora_bench_hf --model DIR [--method lora|sora|full|forward] "
-                 "[--batch B] [--seq T] [--threads N] [--steps S]\n");
+                 "[--batch B] [--seq T] [--threads N] [--steps S] [--frozen-base fp32|bf16]\n");
     return 2;
   }
   try {
@@ -64,6 +68,7 @@ int main(int argc, char** argv) {
     peft.target_modules = hf::default_targets(model->config().family);
     peft.train_layernorms = false;  // PEFT's defaults: adapters and the classifier
     model->apply_peft(peft);
+    if (frozen_base == "bf16") sora::model::store_frozen_base(*model, sora::Precision::bf16);
 
     sora::model::Batch b;
     b.batch = batch;
@@ -100,9 +105,11 @@ int main(int argc, char** argv) {
     getrusage(RUSAGE_SELF, &usage);
     std::printf(
         "{\"side\": \"sora\", \"method\": \"%s\", \"threads\": %d, \"median_ms\": %.3f, "
-        "\"best_ms\": %.3f, \"load_ms\": %.1f, \"peak_rss_mib\": %.1f}\n",
+        "\"best_ms\": %.3f, \"load_ms\": %.1f, \"peak_rss_mib\": %.1f, \"frozen_base\": "
+        "\"%s\", \"frozen_mib\": %.1f}\n",
         method.c_str(), sora::num_threads(), times[times.size() / 2], times.front(), load_ms,
-        static_cast<double>(usage.ru_maxrss) / 1024.0);
+        static_cast<double>(usage.ru_maxrss) / 1024.0, frozen_base.c_str(),
+        static_cast<double>(sora::model::frozen_bytes(*model)) / (1024.0 * 1024.0));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sora_bench_hf: %s\n", e.what());
     return 1;

@@ -6,7 +6,8 @@
 // steps the bytes of parameters, gradients and optimizer state. Before the benchmarks run, the
 // binary re-executes itself once per method (`--probe-memory <method>`: build, two steps,
 // report getrusage's peak RSS) so that each method's peak memory is measured in a fresh
-// process; the figures appear in the benchmark context.
+// process; the figures appear in the benchmark context (lora-bf16: LoRA with the frozen base
+// stored in bf16). BM_TrainStepFrozenBase times LoRA with an fp32 and a bf16 frozen base.
 //
 // `--skip-memory` (first argument) leaves the memory probes out. `--seq-sweep` instead times a LoRA
 // step at T = 128, 512, 1024 and 2048 (batch 1) with dense and with blocked attention, each in a
@@ -64,12 +65,13 @@ struct Run {
   std::unique_ptr<optim::FineTuneOptimizer<float>> opt;
   std::vector<Param<float>*> params;
 
-  explicit Run(Method method) {
+  explicit Run(Method method, Precision frozen_base = Precision::fp32) {
     model::PeftConfig peft;
     peft.method = method;
     peft.rank = kRank;
     peft.alpha = 16.0;
     m.apply_peft(peft);
+    model::store_frozen_base(m, frozen_base);
     optim::FineTuneOptions o = optim::sora_official_options();
     if (method != Method::sora) o.xi = 0.0;
     opt = std::make_unique<optim::FineTuneOptimizer<float>>(optim::group_parameters<float>(m), o);
@@ -87,7 +89,7 @@ struct Run {
   // Parameters, gradients and optimizer state, in bytes.
   std::size_t param_bytes() {
     std::size_t bytes = 0;
-    m.visit_params([&](Param<float>& p) { bytes += static_cast<std::size_t>(p.size()) * 4; });
+    m.visit_params([&](Param<float>& p) { bytes += p.value_bytes(); });
     return bytes;
   }
   std::size_t grad_bytes() {
@@ -124,6 +126,26 @@ BENCHMARK(BM_TrainStep)
     ->UseRealTime()
     ->MinTime(3.0);
 
+// A LoRA step with the frozen base in fp32 (0) and in bf16 (1, model/frozen_base.hpp): what
+// widening each weight into the shared scratch before its products costs, and the bytes the
+// frozen parameters hold (frozen_MB; the linear weights halve, embeddings and norms stay).
+void BM_TrainStepFrozenBase(benchmark::State& state) {
+  const Precision base = state.range(0) == 0 ? Precision::fp32 : Precision::bf16;
+  Run run(Method::lora, base);
+  run.step();
+  for (auto _ : state) run.step();
+  state.SetLabel(std::string("lora, ") + precision_name(base) + " base");
+  state.counters["frozen_MB"] = static_cast<double>(model::frozen_bytes(run.m)) / 1e6;
+  state.counters["param_MB"] = static_cast<double>(run.param_bytes()) / 1e6;
+}
+BENCHMARK(BM_TrainStepFrozenBase)
+    ->ArgName("bf16")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(3.0);
+
 // The yardstick: (N, C) x (C, 4C) GEMMs, the FFN's shape, repeated until they do the full
 // step's FLOPs.
 void BM_GemmSameFlops(benchmark::State& state) {
@@ -146,8 +168,12 @@ BENCHMARK(BM_GemmSameFlops)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTi
 
 // ---- peak memory, one fresh process per method -----------------------------------------------
 
+// name: a method, or "lora-bf16" (LoRA on a frozen base stored in bf16).
 int probe_memory(const char* name) {
-  Run run(model::parse_method(name));
+  const std::string method(name);
+  const bool bf16 = method.ends_with("-bf16");
+  Run run(model::parse_method(bf16 ? method.substr(0, method.size() - 5) : method),
+          bf16 ? Precision::bf16 : Precision::fp32);
   run.step();
   run.step();
   rusage usage{};
@@ -261,7 +287,7 @@ int main(int argc, char** argv) {
     --argc;
   }
   const double full = probes ? peak_rss_mib(self.c_str(), "full") : -1.0;
-  for (const char* method : {"full", "lora", "sora"}) {
+  for (const char* method : {"full", "lora", "sora", "lora-bf16"}) {
     if (!probes) break;
     const double rss = method == std::string("full") ? full : peak_rss_mib(self.c_str(), method);
     char text[96];

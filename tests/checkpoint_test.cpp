@@ -22,6 +22,7 @@
 #include "sora/io/checkpoint.hpp"
 #include "sora/io/model_file.hpp"
 #include "sora/model/config_file.hpp"
+#include "sora/model/frozen_base.hpp"
 #include "sora/model/transformer.hpp"
 #include "sora/optim/adalora.hpp"
 #include "sora/optim/param_groups.hpp"
@@ -83,7 +84,8 @@ struct Setup {
   std::optional<optim::FineTuneOptimizer<float>> fine_tune;
   std::optional<optim::AdaLoraOptimizer<float>> adalora;
 
-  Setup(model::Method method, std::uint64_t seed, Index rank = 4, Index width = 16)
+  Setup(model::Method method, std::uint64_t seed, Index rank = 4, Index width = 16,
+        Precision frozen_base = Precision::fp32)
       : model(config(seed, width)) {
     model::PeftConfig peft;
     peft.method = method;
@@ -92,6 +94,7 @@ struct Setup {
     peft.dropout = 0.1;
     peft.seed = seed;
     model.apply_peft(peft);
+    if (frozen_base == Precision::bf16) model::store_frozen_base(model, Precision::bf16);
     if (method == model::Method::adalora) {
       optim::AdamWOptions a;
       a.lr = 1e-2;
@@ -154,7 +157,10 @@ struct Setup {
   }
   std::vector<Matrix<float>> values() {
     std::vector<Matrix<float>> out;
-    model.visit_params([&](Param<float>& p) { out.push_back(p.value); });
+    model.visit_params([&](Param<float>& p) {
+      out.emplace_back(p.rows(), p.cols());
+      p.copy_value_to(out.back());  // a bf16 weight widened
+    });
     return out;
   }
   Index dead_gates() {
@@ -184,21 +190,24 @@ bool bit_equal(const Matrix<float>& a, const Matrix<float>& b) {
          std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
 }
 
-void check_resume(model::Method method) {
+void check_resume(model::Method method, Precision frozen_base = Precision::fp32) {
   const auto dir = temp_dir(model::method_name(method));
   const auto path = dir / "ckpt.safetensors";
 
-  Setup straight(method, 7);
+  Setup straight(method, 7, 4, 16, frozen_base);
   straight.steps(0, 2 * kHalf);
 
-  Setup first(method, 7);
+  Setup first(method, 7, 4, 16, frozen_base);
   first.steps(0, kHalf);
   if (method == model::Method::sora) CHECK(first.dead_gates() > 0);
   if (method == model::Method::adalora) CHECK_FALSE(first.adalora->allocator().finalized());
   first.save(path, run_state(kHalf));
+  // A bf16 base is widened for the file only.
+  CHECK(model::frozen_base_precision(first.model) == frozen_base);
 
-  Setup resumed(method, 99);
+  Setup resumed(method, 99, 4, 16, frozen_base);
   const io::TrainingState st = resumed.load(path);
+  CHECK(model::frozen_base_precision(resumed.model) == frozen_base);
   const io::TrainingState want = run_state(kHalf);
   CHECK(st.step == kHalf);
   CHECK(st.xi == want.xi);
@@ -263,6 +272,10 @@ TEST_CASE("checkpoint resume is bit-exact: SoRA with gates dying") {
 
 TEST_CASE("checkpoint resume is bit-exact: AdaLoRA allocating before and after the save") {
   check_resume(model::Method::adalora);
+}
+
+TEST_CASE("checkpoint resume is bit-exact: SoRA on a frozen base stored in bf16") {
+  check_resume(model::Method::sora, Precision::bf16);
 }
 
 TEST_CASE("a failed checkpoint save leaves the earlier checkpoint byte-identical") {

@@ -1,9 +1,12 @@
-// core/: errors, parameters, random streams, threading.
+// core/: errors, parameters, random streams, threading, bf16 storage.
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <set>
 #include <sora/core.hpp>
 #include <string>
@@ -165,4 +168,119 @@ TEST_CASE("threading policy: SORA_NUM_THREADS sets the default, and a bad value 
     ::unsetenv("SORA_NUM_THREADS");
   }
   set_num_threads(0);
+}
+
+// ---- bf16 storage (core/bf16.hpp) ------------------------------------------------------------
+
+namespace {
+
+// Round-to-nearest-even to bf16 the slow way, as an oracle independent of the bit trick: the two
+// bf16 neighbours of a finite x (its bits cut to the top half, and the next bf16 away from zero),
+// compared by distance in double; on a tie the one whose last kept bit is 0.
+float bf16_oracle(float x) {
+  const std::uint32_t u = std::bit_cast<std::uint32_t>(x);
+  const std::uint32_t lo = u & 0xffff0000u, hi = lo + 0x10000u;
+  const double dx = x, dlo = std::bit_cast<float>(lo), dhi = std::bit_cast<float>(hi);
+  const double to_lo = std::abs(dx - dlo), to_hi = std::abs(dhi - dx);
+  if (to_lo < to_hi) return std::bit_cast<float>(lo);
+  if (to_hi < to_lo) return std::bit_cast<float>(hi);
+  return std::bit_cast<float>(((lo >> 16) & 1u) == 0 ? lo : hi);
+}
+
+}  // namespace
+
+TEST_CASE("bf16: every bf16 value converts to float and back unchanged; NaN stays NaN") {
+  int nans = 0;
+  for (std::uint32_t b = 0; b <= 0xffffu; ++b) {
+    const auto bits = static_cast<std::uint16_t>(b);
+    const float f = bf16_to_float(bits);
+    CHECK(std::bit_cast<std::uint32_t>(f) == (b << 16));  // widening is the top half
+    if (std::isnan(f)) {
+      ++nans;
+      CHECK(std::isnan(bf16_to_float(float_to_bf16(f))));
+      CHECK(std::signbit(bf16_to_float(float_to_bf16(f))) == std::signbit(f));
+    } else if (float_to_bf16(f) != bits) {
+      FAIL_CHECK("bf16 ", b, " does not survive a round trip");
+    }
+  }
+  CHECK(nans == 2 * 127);  // exponent all ones, 127 non-zero mantissas, two signs
+}
+
+TEST_CASE("bf16: float to bf16 rounds to nearest, ties to even, as the oracle") {
+  // Ties, both ways: 1 + 2^-8 lies halfway between 1 (even) and 1 + 2^-7 (odd); 1 + 3 2^-8
+  // halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even).
+  const float tie_down = 1.0f + std::ldexp(1.0f, -8), tie_up = 1.0f + 3 * std::ldexp(1.0f, -8);
+  CHECK(round_to_bf16(tie_down) == 1.0f);
+  CHECK(round_to_bf16(tie_up) == 1.0f + std::ldexp(1.0f, -6));
+  CHECK(round_to_bf16(-tie_up) == -(1.0f + std::ldexp(1.0f, -6)));
+  // Just off the tie, the nearest wins.
+  CHECK(round_to_bf16(std::nextafter(tie_down, 2.0f)) == 1.0f + std::ldexp(1.0f, -7));
+  CHECK(round_to_bf16(std::nextafter(tie_up, 0.0f)) == 1.0f + std::ldexp(1.0f, -7));
+
+  // Random bit patterns (every exponent: subnormals to huge), and exact ties built from them.
+  Rng rng(41);
+  for (int i = 0; i < 200000; ++i) {
+    auto u = static_cast<std::uint32_t>(rng.next_u64() >> 32);
+    if (i % 4 == 0) u = (u & 0xffff0000u) | 0x8000u;  // a tie
+    const float x = std::bit_cast<float>(u);
+    if (!std::isfinite(x) || std::abs(x) > 3.3e38f) continue;  // the oracle's hi overflows there
+    const float want = bf16_oracle(x), got = round_to_bf16(x);
+    if (std::bit_cast<std::uint32_t>(want) != std::bit_cast<std::uint32_t>(got))
+      FAIL_CHECK("x bits ", u, ": got ", got, ", want ", want);
+  }
+}
+
+TEST_CASE("bf16: infinities stay, overflow rounds to infinity, a NaN never becomes infinity") {
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(round_to_bf16(inf) == inf);
+  CHECK(round_to_bf16(-inf) == -inf);
+  CHECK(round_to_bf16(std::numeric_limits<float>::max()) == inf);
+  const float largest = bf16_to_float(0x7f7f);  // bf16's largest finite value
+  CHECK(round_to_bf16(largest) == largest);
+  CHECK(round_to_bf16(-largest) == -largest);
+  // NaNs whose payload lies only in the dropped bits: cutting them would read as infinity.
+  for (std::uint32_t u : {0x7f800001u, 0xff800001u, 0x7fc00000u, 0x7f80ffffu}) {
+    CAPTURE(u);
+    CHECK(std::isnan(bf16_to_float(float_to_bf16(std::bit_cast<float>(u)))));
+  }
+  CHECK(round_to_bf16(0.0f) == 0.0f);
+  CHECK(std::signbit(round_to_bf16(-0.0f)));
+}
+
+TEST_CASE("a frozen Param stored in bf16 holds half the bytes and reads back rounded") {
+  Rng rng(7);
+  MatrixF w(5, 6);
+  rng.fill_normal(w, 0.0, 1.0);
+  Param<float> p("blocks.0.attn.q.weight", w, /*trainable=*/false);
+  CHECK(p.value_bytes() == 5 * 6 * sizeof(float));
+  p.store_as(Precision::bf16);
+  CHECK(p.storage() == Precision::bf16);
+  CHECK(p.value.size() == 0);  // the fp32 matrix is gone
+  CHECK(p.value_bytes() == 5 * 6 * 2);
+  CHECK((p.rows() == 5 && p.cols() == 6 && p.size() == 30));
+  // Widened, in full and into a block of rows of a larger matrix.
+  MatrixF full(5, 6), stacked = MatrixF::Constant(9, 6, 42.0f);
+  p.copy_value_to(full);
+  p.copy_value_to(stacked.middleRows(2, 5));
+  for (Index i = 0; i < 5; ++i) {
+    for (Index j = 0; j < 6; ++j) {
+      CHECK(full(i, j) == round_to_bf16(w(i, j)));
+      CHECK(stacked(i + 2, j) == full(i, j));
+    }
+  }
+  CHECK((stacked.topRows(2).array() == 42.0f).all());
+  CHECK((stacked.bottomRows(2).array() == 42.0f).all());
+  CHECK_THROWS_WITH_AS(p.copy_value_to(MatrixF(6, 5)), doctest::Contains("(6, 5)"), Error);
+  // Trainable again only after widening back; the values stay rounded.
+  CHECK_THROWS_WITH_AS(p.set_trainable(true), doctest::Contains("blocks.0.attn.q.weight"), Error);
+  CHECK_THROWS_WITH_AS(p.require_fp32("merge"), doctest::Contains("merge: parameter"), Error);
+  p.store_as(Precision::fp32);
+  CHECK(p.value == full);
+  CHECK(p.value_bytes() == 5 * 6 * sizeof(float));
+  p.set_trainable(true);
+  CHECK(p.trainable());
+  // Only a frozen parameter may be stored in bf16, only of a float model.
+  CHECK_THROWS_WITH_AS(p.store_as(Precision::bf16), doctest::Contains("trainable"), Error);
+  Param<double> d("d", MatrixD::Ones(2, 2), false);
+  CHECK_THROWS_WITH_AS(d.store_as(Precision::bf16), doctest::Contains("float models"), Error);
 }

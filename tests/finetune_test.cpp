@@ -114,6 +114,9 @@ TEST_CASE("finetune options: bad values are errors that name their flag") {
       {{"--threads", "-2"}, "--threads"},
       {{"--device", "gpu"}, "--device"},
       {{"--cuda-math", "fp8"}, "--cuda-math"},
+      {{"--frozen-base", "fp16"}, "--frozen-base"},
+      {{"--frozen-base", "bf16", "--method", "full"}, "--frozen-base"},
+      {{"--frozen-base", "bf16", "--device", "cuda"}, "--frozen-base"},
       {{"--no-such-flag"}, "--no-such-flag"},
       // Values that pass a naive range check: NaN, infinities, absurd scales, impossible shapes.
       {{"--lr", "nan"}, "--lr"},

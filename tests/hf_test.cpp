@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -507,6 +508,57 @@ TEST_CASE("weights: a sharded checkpoint loads as the single file does, and a ba
 
 // ---- gradients
 // -----------------------------------------------------------------------------------
+
+TEST_CASE("BERT on a bf16 frozen base computes what BERT with bf16-rounded weights computes") {
+  // Word, position and token-type tables and every linear weight of the encoder and pooler
+  // stored in bf16; LoRA on all linear layers, the classifier trainable.
+  const HfConfig config = parse_config(kTinyBert, "config.json");
+  BertModel<float> packed(config, Task::sequence_classification, 3);
+  BertModel<float> rounded(config, Task::sequence_classification, 3);
+  model::PeftConfig peft;
+  peft.method = model::Method::lora;
+  peft.rank = 2;
+  peft.target_modules = {"all-linear"};
+  Index storable = 0;
+  for (auto* m : {&packed, &rounded}) {
+    m->apply_peft(peft);
+    m->train(false);  // no dropout; gradients still flow
+    Rng rng(17);
+    m->visit_params([&](Param<float>& p) {
+      if (p.role == ParamRole::adapter_B) rng.fill_normal(p.value, 0.0, 0.3);
+    });
+  }
+  rounded.visit_params([&](Param<float>& p) {
+    if (p.trainable() || (p.role != ParamRole::weight && p.role != ParamRole::embedding)) return;
+    ++storable;
+    p.value = p.value.unaryExpr(&round_to_bf16);
+  });
+  CHECK(storable > 3);
+  CHECK(model::store_frozen_base(packed, Precision::bf16) == storable);
+  const model::Batch batch = tiny_batch(config.vocab_size, 2, 6, 8);
+  std::vector<std::pair<float, MatrixF>> results;
+  for (auto* m : {&packed, &rounded}) {
+    m->zero_grad();
+    const float loss = m->forward(batch);
+    m->backward();
+    results.emplace_back(loss, m->logits());
+  }
+  CHECK(results[0].first == doctest::Approx(results[1].first).epsilon(1e-6));
+  CHECK((results[0].second - results[1].second).cwiseAbs().maxCoeff() <=
+        1e-6f * results[1].second.cwiseAbs().maxCoeff());
+  std::vector<Param<float>*> a = packed.trainable_parameters(), b = rounded.trainable_parameters();
+  REQUIRE(a.size() == b.size());
+  REQUIRE(!a.empty());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(a[i]->name);
+    const float scale = std::max(b[i]->gradient().cwiseAbs().maxCoeff(), 1e-30f);
+    CHECK((a[i]->gradient() - b[i]->gradient()).cwiseAbs().maxCoeff() <= 1e-6f * scale);
+  }
+  // A bf16 base is no source of tensor files.
+  CHECK(error_of([&] {
+          io::slots_of<float>([&](auto&& f) { packed.visit_params(f); });
+        }).find("is stored in bf16") != std::string::npos);
+}
 
 TEST_CASE("BERT and RoBERTa backward against central differences (double), with dropout too") {
   // Training mode draws hidden, attention-probability and head dropout; every forward restarts

@@ -733,3 +733,155 @@ TEST_CASE("float tanh-GELU (vectorized) stays within a few ulp of the double for
   CHECK(ey < 1e-6);
   CHECK(ed < 1e-6);
 }
+
+// ---- a frozen base stored in bf16 (model/frozen_base.hpp) -------------------------------------
+
+namespace {
+
+// The logits, loss and every trainable gradient of one training step, dropout masks redrawn
+// identically on every call.
+struct StepResult {
+  float loss = 0.0f;
+  MatrixF logits;
+  std::map<std::string, MatrixF> grads;
+};
+
+StepResult bf16_step(model::Transformer<float>& m, const model::Batch& batch) {
+  m.zero_grad();
+  m.reseed_dropout(77);
+  StepResult r;
+  r.loss = m.forward(batch);
+  r.logits = m.logits();
+  m.backward();
+  m.visit_params([&](Param<float>& p) {
+    if (p.trainable()) r.grads[p.name] = p.gradient();
+  });
+  return r;
+}
+
+// max |a - b| / max |b|: a difference relative to the size of the reference.
+double relative_difference(const MatrixF& a, const MatrixF& b) {
+  REQUIRE(a.rows() == b.rows());
+  REQUIRE(a.cols() == b.cols());
+  const double scale = std::max<double>(b.cwiseAbs().maxCoeff(), 1e-30);
+  return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / scale;
+}
+
+// Bytes held by the frozen linear weights (what store_frozen_base stores).
+std::size_t frozen_linear_bytes(model::Transformer<float>& m) {
+  std::size_t bytes = 0;
+  m.visit_linears([&](const std::string&, nn::AdaptedLinear<float>& lin) {
+    if (!lin.base.weight.trainable()) bytes += lin.base.weight.value_bytes();
+  });
+  return bytes;
+}
+
+}  // namespace
+
+TEST_CASE("a bf16 frozen base computes what the fp32 model with bf16-rounded weights computes") {
+  // A classification head, and a causal LM whose tied head reads the bf16 token table.
+  for (const bool lm : {false, true}) {
+    for (const Method method : {Method::lora, Method::sora, Method::adalora}) {
+      // Adapter dropout 0: q, k and v run stacked; 0.1 in training: one by one.
+      for (const double adapter_dropout : {0.0, 0.1}) {
+        CAPTURE(lm);
+        CAPTURE(model::method_name(method));
+        CAPTURE(adapter_dropout);
+        const auto config = lm ? tiny_config(true, model::Head::lm, 0.1)
+                               : tiny_config(false, model::Head::classification, 0.1);
+        model::Transformer<float> packed(config), rounded(config), original(config);
+        for (auto* m : {&packed, &rounded, &original}) {
+          m->apply_peft(peft_for(method, adapter_dropout));
+          randomize_adapters(*m, 99);
+        }
+        // What a bf16 base stores: the frozen linear weights and embedding tables.
+        Index frozen_linears = 0, stored = 0;
+        std::size_t storable_bytes = 0;
+        rounded.visit_linears([&](const std::string&, nn::AdaptedLinear<float>& lin) {
+          if (!lin.base.weight.trainable()) ++frozen_linears;
+        });
+        rounded.visit_params([&](Param<float>& p) {
+          if (p.trainable() || (p.role != ParamRole::weight && p.role != ParamRole::embedding))
+            return;
+          ++stored;
+          storable_bytes += p.value_bytes();
+          p.value = p.value.unaryExpr(&round_to_bf16);
+        });
+        REQUIRE(frozen_linears > 0);
+        CHECK(stored == frozen_linears + 2);  // and the token and position tables
+        CHECK(model::store_frozen_base(packed, Precision::bf16) == stored);
+        CHECK(model::frozen_base_precision(packed) == Precision::bf16);
+        CHECK(model::frozen_base_precision(original) == Precision::fp32);
+
+        // Half the bytes for those; the rest of the frozen model (biases) unchanged.
+        CHECK(frozen_linear_bytes(packed) * 2 == frozen_linear_bytes(original));
+        CHECK(model::frozen_bytes(packed) + storable_bytes / 2 == model::frozen_bytes(original));
+
+        const model::Batch batch = tiny_batch(config);
+        const StepResult got = bf16_step(packed, batch);
+        const StepResult want = bf16_step(rounded, batch);
+        const StepResult fp32 = bf16_step(original, batch);
+        // Widening is exact: the same values through the same products.
+        CHECK(relative_difference(got.logits, want.logits) <= 1e-6);
+        CHECK(std::abs(got.loss - want.loss) <= 1e-6f * std::abs(want.loss));
+        REQUIRE(got.grads.size() == want.grads.size());
+        for (const auto& [name, grad] : want.grads) {
+          CAPTURE(name);
+          REQUIRE(got.grads.count(name) == 1);
+          CHECK(relative_difference(got.grads.at(name), grad) <= 1e-6);
+        }
+        // Against the unrounded model: different (the weights were rounded), within bf16 rounding
+        // (2^-9 relative per weight, through two layers).
+        const double off = relative_difference(got.logits, fp32.logits);
+        CHECK(off > 0.0);
+        CHECK(off <= 1e-2);
+        // The shared scratch holds whatever layer ran last: a second step computes the same.
+        const StepResult again = bf16_step(packed, batch);
+        CHECK(again.logits == got.logits);
+        for (const auto& [name, grad] : got.grads) CHECK(again.grads.at(name) == grad);
+      }
+    }
+  }
+}
+
+TEST_CASE("a bf16 base refuses what needs fp32 weights, and widens back on request") {
+  const auto config = tiny_config(true, model::Head::lm);
+  model::Transformer<float> m(config);
+  m.apply_peft(peft_for(Method::full));
+  CHECK_THROWS_WITH_AS(model::store_frozen_base(m, Precision::bf16),
+                       doctest::Contains("no frozen linear weight"), Error);
+  CHECK(model::frozen_base_precision(m) == Precision::fp32);
+
+  m.apply_peft(peft_for(Method::sora));
+  const Index stored = model::store_frozen_base(m, Precision::bf16);
+  CHECK(stored > 0);
+  CHECK(model::store_frozen_base(m, Precision::bf16) == 0);  // already so
+  CHECK_THROWS_WITH_AS(m.apply_peft(peft_for(Method::full)), doctest::Contains("stored in bf16"),
+                       Error);
+  CHECK(m.blocks[0].attn.q.adapter.has_value());  // refused before anything changed
+  CHECK_THROWS_WITH_AS(prune::merge(m.blocks[0].attn.q),
+                       doctest::Contains("merge: parameter 'blocks.0.attn.q.weight'"), Error);
+  CHECK_FALSE(m.blocks[0].attn.q.merged());
+  CHECK_THROWS_WITH_AS(m.blocks[0].attn.q.base.set_trainable(true),
+                       doctest::Contains("blocks.0.attn.q.weight"), Error);
+
+  // Another adapter method keeps the base frozen and in bf16.
+  m.apply_peft(peft_for(Method::lora));
+  CHECK(model::frozen_base_precision(m) == Precision::bf16);
+  const model::Batch batch = tiny_batch(config);
+  const float loss = m.forward(batch);
+  CHECK(std::isfinite(loss));
+
+  // Widened back: the same model (the values stay rounded), fp32 again, merging and full
+  // fine-tuning allowed.
+  CHECK(model::store_frozen_base(m, Precision::fp32) == stored);
+  CHECK(model::frozen_base_precision(m) == Precision::fp32);
+  CHECK(m.forward(batch) == loss);
+  CHECK(prune::merge(m.blocks[0].attn.q));
+  CHECK_NOTHROW(m.apply_peft(peft_for(Method::full)));
+
+  model::Transformer<double> d(config);
+  d.apply_peft(peft_for(Method::lora));
+  CHECK_THROWS_WITH_AS(model::store_frozen_base(d, Precision::bf16),
+                       doctest::Contains("float models"), Error);
+}

@@ -780,6 +780,8 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
       sora::model::PeftConfig p = peft_config(o, method, seed);
       p.target_modules = pretrained_targets(o.target_modules, s.hf->config.family);
       model.apply_peft(p);
+      if (o.frozen_base == "bf16" && method != sora::model::Method::full)
+        sora::model::store_frozen_base(model, sora::Precision::bf16);
       model.dropout_rng() = sora::Rng(seed * 104729 + 3, 2);
       model.train(true);
       return train_model(s, model, method_name, seed, adapter_dir, csv,
@@ -789,6 +791,8 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
   Model model(s.task_config);
   load_pretrained(model, pre.path);
   model.apply_peft(peft_config(o, method, seed));
+  if (o.frozen_base == "bf16" && method != sora::model::Method::full)
+    sora::model::store_frozen_base(model, sora::Precision::bf16);
   model.reseed_dropout(seed * 104729 + 3);
   sora::io::PeftExportOptions eo;
   eo.task_type = "SEQ_CLS";
@@ -876,6 +880,7 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
       sora::model::PeftConfig p = peft;
       p.target_modules = pretrained_targets(o.target_modules, s.hf->config.family);
       model.apply_peft(p);
+      if (o.frozen_base == "bf16") sora::model::store_frozen_base(model, sora::Precision::bf16);
       model.dropout_rng() = sora::Rng(o.seed * 104729 + 3, 2);
       model.train(true);
       return run_sparsity_on(s, model);
@@ -884,6 +889,7 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
   Model model(s.task_config);
   load_pretrained(model, pre.path);
   model.apply_peft(peft);
+  if (o.frozen_base == "bf16") sora::model::store_frozen_base(model, sora::Precision::bf16);
   return run_sparsity_on(s, model);
 }
 

@@ -49,6 +49,7 @@ struct Options {
   std::string distributed = "auto";  // auto: data-parallel when started by mpirun; off
   std::string device = "cpu";        // where pretraining and fine-tuning steps run
   std::string cuda_math = "exact";   // GEMMs on the GPU: exact fp32, tf32 or bf16 tensor cores
+  std::string frozen_base = "fp32";  // bf16: adapter runs store the frozen weights in bf16
   // A pre-trained Hugging Face folder (config.json, safetensors, tokenizer) to fine-tune
   // instead of pretraining sora's own transformer; empty: pretrain.
   std::string model_dir;
@@ -294,6 +295,13 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
       ->check(CLI::IsMember({"exact", "tf32", "bf16"}))
       ->capture_default_str()
       ->group(g_run);
+  app.add_option("--frozen-base", o.frozen_base,
+                 "how lora, sora and adalora runs store the frozen base weights: fp32, or bf16 "
+                 "(half the memory, outputs within bf16 rounding; CPU; full fine-tuning stays "
+                 "fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str()
+      ->group(g_run);
 
   auto* g_data = "Data";
   app.add_option("--train-size", o.train_size,
@@ -494,6 +502,12 @@ inline std::optional<int> parse_options(int argc, const char* const* argv, Optio
     return fail(
         "--save-every and --resume: checkpoints are written by CPU runs only; drop them "
         "or --device");
+  if (o.frozen_base == "bf16" && o.device != "cpu")
+    return fail("--frozen-base bf16 is a CPU feature: drop it or --device");
+  if (o.frozen_base == "bf16" && o.method == "full" && !o.compare)
+    return fail(
+        "--frozen-base bf16: full fine-tuning trains the base weights; use it with "
+        "--method lora, sora or adalora");
   if (o.files() || !o.val_file.empty() || !o.test_file.empty()) {
     if (o.train_file.empty() || o.val_file.empty())
       return fail("--train-file and --val-file go together (--test-file is optional)");

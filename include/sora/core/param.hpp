@@ -13,13 +13,22 @@
 // "<module>.lora_gate"; a model of one's own names its modules as it likes). Whether a
 // parameter is frozen is not a role but a state (trainable()): apply_peft freezes and unfreezes
 // parameters of every role.
+//
+// A frozen weight of a float model on the CPU may be stored in bf16 (store_as, core/bf16.hpp):
+// half the bytes. Its `value` is then empty (0 x 0) and its bits live in a Bf16Matrix; code that
+// reads the value of any parameter goes through rows(), cols(), size() and copy_value_to(),
+// which read either storage, and code that needs the fp32 matrix itself (files, merging, the
+// GPU) refuses a bf16 one by name. A bf16 parameter cannot be made trainable: its gradient and
+// optimizer state would be fp32 anyway, and its value would have lost what training needs.
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include "sora/core/backend.hpp"
+#include "sora/core/bf16.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
 
@@ -96,6 +105,9 @@ class Param {
   // zeroed one of the value's shape. (A plain member rather than std::optional<Matrix>:
   // g++ 12 reports false maybe-uninitialized errors through optional's destructor.)
   void set_trainable(bool on) {
+    SORA_CHECK(!on || storage_ == Precision::fp32, "parameter '", name,
+               "' is stored in bf16 (a frozen base) and cannot be trained; store it in fp32 "
+               "first (store_as(Precision::fp32), or model::store_frozen_base)");
     trainable_ = on;
     if (on) {
       grad_.setZero(value.rows(), value.cols());
@@ -120,11 +132,83 @@ class Param {
   // Bytes held by the gradient buffer (0 when frozen): what freezing saves.
   std::size_t grad_bytes() const { return static_cast<std::size_t>(grad_.size()) * sizeof(T); }
 
-  Index size() const { return value.size(); }
+  // ---- storage of the value (see the top of this file) ---------------------------------------
+
+  Precision storage() const { return storage_; }
+
+  // bf16: rounds the value to bf16 (to nearest, ties to even) and frees the fp32 matrix; only a
+  // frozen parameter of a float model on the CPU. fp32: widens it back (the values stay rounded
+  // to bf16; the parameter can be trained again). Storing as what it is does nothing.
+  void store_as(Precision precision) {
+    if (precision == storage_) return;
+    if (precision == Precision::fp32) {
+      if constexpr (std::is_same_v<Backend, Cpu> && std::is_same_v<T, float>) {
+        value = packed_.to_float();
+        packed_ = Bf16Matrix();
+      }
+      storage_ = Precision::fp32;
+      return;
+    }
+    SORA_CHECK(!trainable_, "parameter '", name,
+               "' is trainable: only a frozen parameter can be stored in bf16 (its gradient and "
+               "optimizer state need the fp32 value)");
+    if constexpr (std::is_same_v<Backend, Cpu> && std::is_same_v<T, float>) {
+      packed_ = Bf16Matrix(value);
+      value.resize(0, 0);
+      storage_ = Precision::bf16;
+    } else {
+      detail::throw_error("parameter '", name,
+                          "': bf16 storage is for float models on the CPU (this one is ",
+                          std::is_same_v<Backend, Cpu> ? "not float" : "on another backend", ")");
+    }
+  }
+
+  // The value's shape and size, whichever the storage.
+  Index rows() const { return storage_ == Precision::bf16 ? packed_.rows() : value.rows(); }
+  Index cols() const { return storage_ == Precision::bf16 ? packed_.cols() : value.cols(); }
+  Index size() const { return rows() * cols(); }
+
+  // Bytes held by the value: sizeof(T) per entry, 2 in bf16.
+  std::size_t value_bytes() const {
+    return storage_ == Precision::bf16 ? packed_.bytes()
+                                       : static_cast<std::size_t>(value.size()) * sizeof(T);
+  }
+
+  // The bf16 bits of a parameter stored in bf16.
+  const Bf16Matrix& bf16_value() const {
+    SORA_CHECK(storage_ == Precision::bf16, "parameter '", name, "' is not stored in bf16");
+    return packed_;
+  }
+
+  // dst = the value (widened from bf16 when stored so), dst (rows(), cols()) on the CPU: a matrix
+  // or a block of whole rows of a row-major one.
+  template <class Dst>
+  void copy_value_to(Dst&& dst) const {
+    if constexpr (std::is_same_v<Backend, Cpu> && std::is_same_v<T, float>) {
+      if (storage_ == Precision::bf16) {
+        packed_.widen_to(dst);
+        return;
+      }
+    }
+    SORA_CHECK(dst.rows() == value.rows() && dst.cols() == value.cols(),
+               "Param::copy_value_to: destination ", shape_of(dst), " is not the value's shape ",
+               shape_of(value), " ('", name, "')");
+    dst = value;
+  }
+
+  // Refuses, naming the parameter and `what` needs the fp32 matrix, a parameter stored in bf16.
+  void require_fp32(const char* what) const {
+    SORA_CHECK(storage_ == Precision::fp32, what, ": parameter '", name,
+               "' is stored in bf16 (a frozen base); store the model's frozen base in fp32 first "
+               "(model::store_frozen_base(model, Precision::fp32); the weights stay rounded to "
+               "bf16)");
+  }
 
  private:
   Tensor grad_;  // same shape as value when trainable; empty when frozen
   bool trainable_ = false;
+  Precision storage_ = Precision::fp32;
+  Bf16Matrix packed_;  // (rows, cols) the value's bits when stored in bf16; empty otherwise
 };
 
 }  // namespace sora

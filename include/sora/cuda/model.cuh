@@ -97,6 +97,7 @@ Index copy_model(model::Transformer<T, BD>& dst, model::Transformer<T, BS>& src)
   for (std::size_t k = 0; k < sp.size(); ++k) {
     Param<T, BS>& s = *sp[k];
     Param<T, BD>& d = *dp[k];
+    s.require_fp32("copy_model (a device model holds fp32 weights)");
     SORA_CHECK(
         s.name == d.name && s.value.rows() == d.value.rows() && s.value.cols() == d.value.cols(),
         "copy_model: parameter ", k, " is '", d.name, "' (", d.value.rows(), ", ", d.value.cols(),

@@ -223,6 +223,7 @@ template <class T, class Model>
 Layout<T> layout_of(Model& model, const OptimizerParts<T>& parts) {
   Layout<T> l;
   model.visit_params([&](Param<T>& p) {
+    p.require_fp32("checkpoint");  // WidenedBf16 saw to it
     l.slots.push_back(TensorSlot<T>{"model." + p.name, &p.value, p.is_vector});
   });
   l.adam.reserve(parts.adamws.size());
@@ -303,6 +304,31 @@ inline bool in_adapter_of(std::string_view tensor, const std::set<std::string>& 
   return false;
 }
 
+// A checkpoint's model tensors are the fp32 matrices: a frozen base stored in bf16
+// (model/frozen_base.hpp) is widened for as long as the checkpoint is written or read, and stored
+// in bf16 again after, with the same bits (its values are bf16 values: rounding them again
+// changes nothing). Costs the base's fp32 bytes for that time.
+template <class T, class Model>
+class WidenedBf16 {
+ public:
+  explicit WidenedBf16(Model& model) {
+    model.visit_params([&](Param<T>& p) {
+      if (p.storage() != Precision::bf16) return;
+      p.store_as(Precision::fp32);
+      widened_.push_back(&p);
+    });
+  }
+  ~WidenedBf16() {
+    for (Param<T>* p : widened_)
+      if (!p->trainable()) p->store_as(Precision::bf16);  // only a frozen one can be (no throw)
+  }
+  WidenedBf16(const WidenedBf16&) = delete;
+  WidenedBf16& operator=(const WidenedBf16&) = delete;
+
+ private:
+  std::vector<Param<T>*> widened_;
+};
+
 }  // namespace ckpt_detail
 
 // Writes model, optimizer and `state` to `path` atomically. Optimizer: optim::AdamW,
@@ -314,6 +340,7 @@ void save_checkpoint(const std::filesystem::path& path, Model& model, Optimizer&
   SORA_REQUIRE_CHECKPOINTABLE(Model, "io::save_checkpoint");
   using T = typename Model::Scalar;
   namespace cd = ckpt_detail;
+  const cd::WidenedBf16<T, Model> widened(model);
   const cd::OptimizerParts<T> parts = cd::parts_of(optimizer);
   cd::Layout<T> layout = cd::layout_of<T>(model, parts);
 
@@ -378,6 +405,7 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Model& model,
   SORA_REQUIRE_CHECKPOINTABLE(Model, "io::load_checkpoint");
   using T = typename Model::Scalar;
   namespace cd = ckpt_detail;
+  const cd::WidenedBf16<T, Model> widened(model);
   const SafetensorsFile file = SafetensorsFile::open(path);
   const auto& meta = file.metadata();
   const auto format = meta.find("format");

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "sora/core/bf16.hpp"
 #include "sora/core/error.hpp"
 
 namespace sora::io {
@@ -168,10 +169,9 @@ inline std::uint16_t double_to_bf16(double x) {
 inline double f16_to_double(std::uint16_t h) {
   return dtype_detail::Half::decode(h);
 }
-// bfloat16 is the top half of a float, so widening is a shift.
-inline float bf16_to_float(std::uint16_t h) {
-  return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
-}
+// bfloat16 is the top half of a float, so widening is a shift: core/bf16.hpp's, which the
+// bf16 frozen base uses too.
+using sora::bf16_to_float;
 
 // Converts n values stored as `dtype` at `src` (little-endian, any alignment) to T. Integer
 // tensors are not weights: reading one as T is an error (callers name the tensor first).

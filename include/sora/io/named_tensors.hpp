@@ -39,6 +39,7 @@ struct TensorSlot {
 
 template <class T>
 TensorSlot<T> slot(Param<T>& p) {
+  p.require_fp32("a tensor file's slot");  // slots read and write the fp32 matrix
   return TensorSlot<T>{p.name, &p.value, p.is_vector};
 }
 

@@ -340,6 +340,11 @@ PeftImportReport import_peft_adapter(Model& model, const std::filesystem::path& 
       continue;
     }
     const Param<T>& p = *it->second;
+    if (p.storage() != Precision::fp32) {
+      problems.push_back(detail::concat("tensor '", name, "' would load into '", p.name,
+                                        "', which is stored in bf16 (a frozen base)"));
+      continue;
+    }
     const Shape expected = p.is_vector ? Shape{static_cast<std::uint64_t>(p.value.size())}
                                        : Shape{static_cast<std::uint64_t>(p.value.rows()),
                                                static_cast<std::uint64_t>(p.value.cols())};

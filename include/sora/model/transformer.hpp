@@ -39,6 +39,7 @@
 #include "sora/model/block.hpp"
 #include "sora/model/block_checkpoints.hpp"
 #include "sora/model/config.hpp"
+#include "sora/model/frozen_base.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
 #include "sora/nn/embedding.hpp"
@@ -183,6 +184,9 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
     // Checked before the model is touched (the adapters check again, too late to keep it).
     SORA_CHECK(peft.method == Method::full || (std::isfinite(peft.alpha) && peft.alpha > 0.0),
                "apply_peft: alpha must be a finite number > 0, got ", peft.alpha);
+    SORA_CHECK(peft.method != Method::full || frozen_base_precision(*this) == Precision::fp32,
+               "apply_peft: full fine-tuning trains the base weights, which are stored in bf16; "
+               "store them in fp32 first (model::store_frozen_base(model, Precision::fp32))");
     visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
     if (peft.method == Method::full) {
       visit_params([](ParamT& p) { p.set_trainable(true); });
@@ -292,7 +296,7 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
         logits_ = &lm_head->forward(*hf_);
       } else {
         logits_buf_.resize(N, c.vocab_size);
-        linear_forward<T>(logits_buf_, *hf_, wte.weight.value);
+        linear_forward<T>(logits_buf_, *hf_, nn::detail::dense_value(wte.weight));
         logits_ = &logits_buf_;
       }
       return *logits_;
@@ -376,7 +380,8 @@ class Transformer : public ParameterLists<Transformer<T, Backend>> {
         // gradient in the backward below.
         dhf_.resize(hf_->rows(), hf_->cols());
         linear_backward<T>(dhf_, nn::detail::grad_or_absent(wte.weight),
-                           Backend::template absent<T>(), dlogits_, *hf_, wte.weight.value);
+                           Backend::template absent<T>(), dlogits_, *hf_,
+                           nn::detail::dense_value(wte.weight));
         dhf = &dhf_;
       }
     } else {

@@ -155,6 +155,34 @@ typename B::template Ref<T> ref_or_absent(typename B::template Tensor<T>& m, boo
   return wanted ? Ref(m) : Ref(B::template absent<T>());
 }
 
+// The buffer a weight stored in bf16 (core/param.hpp) is widened into for the product that reads
+// it: one per thread and scalar, shared by every layer and model, so that a bf16 base costs one
+// layer's fp32 weights (the largest; for attention's stacked q, k, v the three) beside its bf16
+// bits, not a second copy of the model. Layers widen into it right before a product and are done
+// with it when the product returns; thread-local, so that two models trained on two threads
+// never write into each other's weights.
+template <class T>
+Matrix<T>& weight_scratch() {
+  thread_local Matrix<T> scratch;  // (OC, C) of the last weight widened
+  return scratch;
+}
+
+// A weight's value as an op argument: the value itself, or (stored in bf16, CPU) its bits
+// widened into weight_scratch(). Valid until the next call that widens a weight.
+template <class T, class B>
+typename B::template ConstRef<T> dense_value(const Param<T, B>& p) {
+  using ConstRef = typename B::template ConstRef<T>;
+  if constexpr (std::is_same_v<B, Cpu>) {
+    if (p.storage() == Precision::bf16) {
+      Matrix<T>& scratch = weight_scratch<T>();
+      scratch.resize(p.rows(), p.cols());
+      p.copy_value_to(scratch);
+      return ConstRef(scratch);
+    }
+  }
+  return ConstRef(p.value);
+}
+
 template <class T, class B>
 typename B::template ConstRef<T> value_or_absent(const Param<T, B>& p, bool present) {
   using ConstRef = typename B::template ConstRef<T>;

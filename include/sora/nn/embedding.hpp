@@ -1,9 +1,12 @@
 #pragma once
 // Token embedding and learned position embedding layers. Their backward has no input
-// gradient (token ids are integers); parameter gradients accumulate (+=).
+// gradient (token ids are integers); parameter gradients accumulate (+=). A frozen table may be
+// stored in bf16 (core/param.hpp): a token lookup widens the rows it reads, a position table
+// (small) is widened into the shared scratch (nn/common.hpp).
 
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "sora/core/rng.hpp"
@@ -33,8 +36,8 @@ class Embedding {
     weight = Param<T, Backend>("weight", std::move(w), trainable, false, ParamRole::embedding);
   }
 
-  Index vocab_size() const { return weight.value.rows(); }
-  Index channels() const { return weight.value.cols(); }
+  Index vocab_size() const { return weight.rows(); }
+  Index channels() const { return weight.cols(); }
 
   const Tensor& forward(std::span<const int> tokens) {
     forward_to(y_, tokens);
@@ -44,6 +47,12 @@ class Embedding {
   void forward_to(Tensor& y, std::span<const int> tokens) {
     Backend::set_indices(tokens_, tokens);  // backward needs the ids
     y.resize(static_cast<Index>(tokens.size()), channels());
+    if constexpr (std::is_same_v<Backend, Cpu> && std::is_same_v<T, float>) {
+      if (weight.storage() == Precision::bf16) {
+        ops::embedding_forward_bf16(y, tokens_, weight.bf16_value());
+        return;
+      }
+    }
     embedding_forward<T>(y, tokens_, weight.value);
   }
 
@@ -91,7 +100,7 @@ class PositionEmbedding {
   // y[b T + t] += wpe[t].
   void forward_add(Tensor& y, Index T_len) {
     T_ = T_len;
-    position_embedding_forward<T>(y, weight.value, T_len);
+    position_embedding_forward<T>(y, detail::dense_value(weight), T_len);
   }
   void backward(const Tensor& dy) {
     if (weight.trainable()) position_embedding_backward<T>(weight.gradient(), dy, T_);

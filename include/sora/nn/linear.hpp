@@ -1,5 +1,7 @@
 #pragma once
-// Linear: y = x W^T + b, W (out, in) as in PyTorch, frozen or trainable.
+// Linear: y = x W^T + b, W (out, in) as in PyTorch, frozen or trainable. A frozen W may be
+// stored in bf16 (core/param.hpp): each product then reads it widened into the shared fp32
+// scratch (nn/common.hpp, detail::dense_value).
 //
 // Backward contract (as the ops): parameter gradients accumulate (+=), the returned input
 // gradient is overwritten (=) on every call.
@@ -39,8 +41,8 @@ class Linear {
     }
   }
 
-  Index in_features() const { return weight.value.cols(); }
-  Index out_features() const { return weight.value.rows(); }
+  Index in_features() const { return weight.cols(); }
+  Index out_features() const { return weight.rows(); }
   bool has_bias() const { return has_bias_; }
 
   // A task head's layer: its weight and bias take the role `head` (what PEFT's
@@ -60,7 +62,8 @@ class Linear {
   // caller adds the bias itself (a fused epilogue: MLP's bias + GELU).
   void forward_to(Tensor& y, const Tensor& x, bool add_bias = true) const {
     y.resize(x.rows(), out_features());
-    linear_forward<T>(y, x, weight.value, detail::value_or_absent(bias, has_bias_ && add_bias));
+    linear_forward<T>(y, x, detail::dense_value(weight),
+                      detail::value_or_absent(bias, has_bias_ && add_bias));
   }
   // dx (if wanted) is overwritten; parameter gradients accumulate.
   void backward_to(Tensor& dx, bool want_dx, const Tensor& dy, const Tensor& x) {
@@ -69,7 +72,7 @@ class Linear {
     linear_backward<T>(
         detail::ref_or_absent<Backend, T>(dx, want_dx), detail::grad_or_absent(weight),
         has_bias_ ? detail::grad_or_absent(bias) : Ref(Backend::template absent<T>()), dy, x,
-        weight.value);
+        detail::dense_value(weight));
   }
 
   // x must stay alive and unchanged until backward (it is what the weight gradient needs,

@@ -60,18 +60,15 @@ class StackedProjections {
       if (active_[p]) R += layers[p]->adapter->rank();
     }
     adapted_ = R > 0;
-    // The weights are stacked on every forward: full fine-tuning changes them each step, and
-    // the copy (sum OC x C) is a few thousandths of the product that reads it.
-    w_.resize(OC, C);
     const bool biased = layers[0]->base.has_bias();
     if (biased) b_.resize(1, OC);
     for (std::size_t p = 0; p < P; ++p) {
       const Layer& l = *layers[p];
-      w_.middleRows(out_offset_[p], l.out_features()) = l.base.weight.value;
       if (biased) b_.middleCols(out_offset_[p], l.out_features()) = l.base.bias.value;
     }
+    const Matrix<T>& w = stack_weights(layers, OC, C);
     y_.resize(N, OC);
-    ops::linear_forward<T>(y_, x, w_,
+    ops::linear_forward<T>(y_, x, w,
                            biased ? ConstMatrixRef<T>(b_) : ConstMatrixRef<T>(ops::absent<T>()));
     if (!adapted_) return y_;
 
@@ -125,9 +122,11 @@ class StackedProjections {
         l.base.bias.gradient().row(0) += dyp.colwise().sum();
     }
     if (want_dx) {
+      // A bf16 base was widened into the shared scratch, which other layers have used since.
+      const Matrix<T>& w = bf16_ ? stack_weights(layers, dy.cols(), C) : w_;
       dx_.resize(N, C);
-      GemmThreads threads(N, C, w_.rows());
-      dx_.noalias() = dy * w_;
+      GemmThreads threads(N, C, w.rows());
+      dx_.noalias() = dy * w;
     }
     if (!adapted_) return dx_;
 
@@ -178,11 +177,29 @@ class StackedProjections {
  private:
   static bool active(const Layer& l) { return l.adapter.has_value() && !l.merged(); }
 
+  // The base weights stacked, (OC, C) = [W_1; ...; W_P]. Stacked on every forward: full
+  // fine-tuning changes them each step, and the copy is a few thousandths of the product that
+  // reads it. Into w_ for an fp32 base; a base with a weight stored in bf16 is widened into the
+  // shared scratch instead (nn/common.hpp), so that the model holds no fp32 copy of it.
+  const Matrix<T>& stack_weights(const Layers& layers, Index OC, Index C) {
+    bf16_ = false;
+    for (const Layer* l : layers) bf16_ = bf16_ || l->base.weight.storage() == Precision::bf16;
+    if (bf16_) w_.resize(0, 0);  // an fp32 stack left from before the base was stored in bf16
+    Matrix<T>& w = bf16_ ? detail::weight_scratch<T>() : w_;
+    w.resize(OC, C);
+    for (std::size_t p = 0; p < P; ++p) {
+      const Layer& l = *layers[p];
+      l.base.weight.copy_value_to(w.middleRows(out_offset_[p], l.out_features()));
+    }
+    return w;
+  }
+
   bool adapted_ = false;  // some projection has an active adapter
+  bool bf16_ = false;     // some base weight is stored in bf16: w_ is unused
   std::array<bool, P> active_{};
   std::array<Index, P> out_offset_{}, rank_offset_{};
   const Matrix<T>* x_ = nullptr;
-  Matrix<T> w_;           // (sum OC, C) stacked base weights
+  Matrix<T> w_;           // (sum OC, C) stacked base weights (fp32 base only)
   Matrix<T> b_;           // (1, sum OC) stacked biases
   Matrix<T> a_;           // (sum R, C) stacked A matrices
   Matrix<T> y_;           // (N, sum OC)

@@ -9,6 +9,7 @@
 
 #include <span>
 
+#include "sora/core/bf16.hpp"
 #include "sora/ops/common.hpp"
 
 namespace sora::ops {
@@ -31,6 +32,17 @@ void embedding_forward(MatrixRef<T> out,             // (N, C)
   detail::check_shape("embedding_forward", "out", out, N, C);
   detail::check_tokens("embedding_forward", tokens, V);
   for (Index n = 0; n < N; ++n) out.row(n) = wte.row(tokens[n]);
+}
+
+// The same from a table stored in bf16 (a frozen embedding, model/frozen_base.hpp): each row
+// looked up is widened straight into out, so the table is never widened whole.
+inline void embedding_forward_bf16(MatrixRef<float> out,         // (N, C)
+                                   std::span<const int> tokens,  // (N)
+                                   const Bf16Matrix& wte) {      // (V, C)
+  const Index N = static_cast<Index>(tokens.size()), C = wte.cols(), V = wte.rows();
+  detail::check_shape("embedding_forward", "out", out, N, C);
+  detail::check_tokens("embedding_forward", tokens, V);
+  for (Index n = 0; n < N; ++n) wte.widen_row(tokens[n], &out(n, 0));
 }
 
 // dwte[tokens[n]] += dout[n] (sequential: repeated tokens add into the same row).

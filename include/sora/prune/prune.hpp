@@ -90,6 +90,7 @@ template <class T, class Backend>
 bool merge(nn::AdaptedLinear<T, Backend>& layer) {
   if (!layer.adapter) return false;
   SORA_CHECK(!layer.merged(), "merge: the layer's adapter is already merged");
+  layer.base.weight.require_fp32("merge");  // the update would be rounded away in bf16
   layer.base.weight.value += delta_weight(*layer.adapter);
   layer.set_merged(true);
   return true;
@@ -100,6 +101,7 @@ template <class T, class Backend>
 bool unmerge(nn::AdaptedLinear<T, Backend>& layer) {
   if (!layer.adapter) return false;
   SORA_CHECK(layer.merged(), "unmerge: the layer's adapter is not merged");
+  layer.base.weight.require_fp32("unmerge");
   layer.base.weight.value -= delta_weight(*layer.adapter);
   layer.set_merged(false);
   return true;

@@ -10,6 +10,7 @@
 
 #include "sora/core/param.hpp"
 #include "sora/model/config.hpp"
+#include "sora/model/frozen_base.hpp"
 #include "sora/model/hf/config.hpp"
 #include "sora/model/peft.hpp"
 #include "sora/nn/adapter.hpp"
@@ -30,6 +31,9 @@ Index apply_peft_by_name(Model& model, const PeftConfig& peft, const std::string
   using T = typename Model::Scalar;
   using Linear = typename Model::Linear;
   using ParamT = Param<T, typename Model::BackendTag>;
+  SORA_CHECK(peft.method != Method::full || frozen_base_precision(model) == Precision::fp32,
+             "apply_peft: full fine-tuning trains the base weights, which are stored in bf16; "
+             "store them in fp32 first (model::store_frozen_base(model, Precision::fp32))");
   model.visit_linears([](const std::string&, Linear& lin) { lin.detach(); });
   if (peft.method == Method::full) {
     model.visit_params([](ParamT& p) { p.set_trainable(true); });
@@ -101,8 +105,8 @@ class DecoderHead {
     const Index B = batch.batch, T_len = batch.seq;
     if (task == Task::causal_lm) {
       if (lm_head != nullptr) return *(logits_ = &lm_head->forward(h));
-      logits_buf_.resize(h.rows(), tied.value.rows());
-      ops::linear_forward<T>(logits_buf_, h, tied.value);
+      logits_buf_.resize(h.rows(), tied.rows());
+      ops::linear_forward<T>(logits_buf_, h, nn::detail::dense_value(tied));
       return *(logits_ = &logits_buf_);
     }
     SORA_CHECK(pad_token_id >= 0 || B == 1,
@@ -169,7 +173,7 @@ class DecoderHead {
     } else {
       // Tied: logits = h W^T; W collects dlogits^T h here and its embedding gradient later.
       ops::linear_backward<T>(dhidden, nn::detail::grad_or_absent(tied), Cpu::absent<T>(), dlogits_,
-                              h, tied.value);
+                              h, nn::detail::dense_value(tied));
     }
   }
 

@@ -170,6 +170,7 @@ WeightsReport load_weights(Model& model, const fs::path& dir) {
       entry = tensors.find(candidate);
       if (entry != nullptr) break;
     }
+    p.require_fp32("loading weights");
     const auto rows = static_cast<std::uint64_t>(p.value.rows());
     const auto cols = static_cast<std::uint64_t>(p.value.cols());
     const bool transposed = is_conv1d(model.config().family, p.name);  // stored (in, out)
