@@ -379,22 +379,26 @@ def probe_resume_model():
 
 def probe_grad_checkpoint_model():
     """--grad-checkpoint with a pre-trained folder (argument 4), every method, the model's
-    dropout on: the same numbers, metrics.csv and adapter bytes as the plain run (the recompute
-    draws the first forward's masks)."""
+    dropout on, on an fp32 and a bf16 frozen base: the same numbers, metrics.csv and adapter
+    bytes as the plain run (the recompute draws the first forward's masks)."""
     args = ["--model", MODEL, "--compare", "--plain", "--seeds", "1", "--train-size", "64",
             "--val-size", "32", "--test-size", "32", "--epochs", "3", "--batch-size", "8",
             "--max-length", "32", "--lr", "0.05", "--full-lr", "0.01"]
-    plain, checkpointed = fresh("grad-checkpoint-plain"), fresh("grad-checkpoint")
-    for out, extra in ((plain, []), (checkpointed, ["--grad-checkpoint"])):
-        rc, _, err = run(args + extra + ["--out", out], timeout=300)
-        if rc != 0:
-            fail("--grad-checkpoint probe: a run failed: %s" % err)
-    want, got = results(plain), results(checkpointed)
-    for what, a, b in zip(("runs", "metrics.csv", "adapters"), want, got):
-        if a != b:
-            fail("--grad-checkpoint: %s differ from the plain run's:\n%s\n%s" % (what, a, b))
-    if not want[2]:
-        fail("--grad-checkpoint probe: the runs exported no adapter to compare")
+    # Also on a bf16 frozen base, whose weights the recompute widens again.
+    for base in ("fp32", "bf16"):
+        plain = fresh("grad-checkpoint-plain-" + base)
+        checkpointed = fresh("grad-checkpoint-" + base)
+        for out, extra in ((plain, []), (checkpointed, ["--grad-checkpoint"])):
+            rc, _, err = run(args + extra + ["--frozen-base", base, "--out", out], timeout=300)
+            if rc != 0:
+                fail("--grad-checkpoint probe (%s base): a run failed: %s" % (base, err))
+        want, got = results(plain), results(checkpointed)
+        for what, a, b in zip(("runs", "metrics.csv", "adapters"), want, got):
+            if a != b:
+                fail("--grad-checkpoint, %s base: %s differ from the plain run's:\n%s\n%s"
+                     % (base, what, a, b))
+        if not want[2]:
+            fail("--grad-checkpoint probe: the runs exported no adapter to compare")
 
 
 def probe_bad_flags_and_paths():
