@@ -464,6 +464,38 @@ TEST_CASE_TEMPLATE(
     CHECK(kept > G / 5);
     CHECK(std::isnan(unweighted(0, 70 * b + 1)));  // a NaN norm keeps its block
   }
+  // Norms within a hair of the threshold (the squared-norm shortcut must defer to the square
+  // root there), and thresholds whose square is subnormal or overflows.
+  const T tiny = std::sqrt(std::numeric_limits<T>::min()) / T(64);  // tiny^2 is subnormal
+  const T huge = std::sqrt(std::numeric_limits<T>::max()) * T(4);   // huge^2 overflows
+  for (T tau : {T(1), tiny, huge}) {
+    INFO("tau = ", tau);
+    const Index b = 16, G = 64 + 9, n = G * b;
+    sora::Matrix<T> x = sora::Matrix<T>::Zero(1, n);
+    for (Index g = 0; g < G; ++g) {
+      // One entry per block: its norm is exactly |entry|, spread over tau (1 +- a few ulp) and
+      // a few far-off values.
+      const int ulps = static_cast<int>(g % 9) - 4;
+      T v = tau;
+      for (int u = 0; u < std::abs(ulps); ++u)
+        v = std::nextafter(v, ulps < 0 ? T(0) : std::numeric_limits<T>::infinity());
+      if (g % 11 == 10) v = tau * T(3);
+      if (g % 13 == 12) v = tau / T(1000);
+      x(0, g * b + g % b) = g % 2 == 0 ? v : -v;
+    }
+    const auto partition = Groups::partition(blocks_of(n, b), n);
+    sora::Matrix<T> got = x;
+    px::group_hard_threshold_inplace(got, Groups::blocks(b), tau);
+    const sora::Matrix<T> want = px::group_hard_threshold(x, partition, tau);
+    Index kept = 0;
+    for (Index j = 0; j < n; ++j) {
+      CHECK(got(0, j) == want(0, j));
+      CHECK(std::signbit(got(0, j)) == std::signbit(want(0, j)));
+      kept += want(0, j) != T(0);
+    }
+    CHECK(kept > 0);
+    CHECK(kept < G);
+  }
 }
 
 TEST_CASE_TEMPLATE("rank triplets == an explicit partition of the concatenated (A, B, g)", T, float,
