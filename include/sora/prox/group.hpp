@@ -24,7 +24,6 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "sora/prox/detail.hpp"
@@ -85,9 +84,8 @@ void blocks_fixed_shrink(T* data, Index G, const Thr& thr) {
 // writes zeros to those blocks only. The chunk 8 KiB ahead is prefetched: the norms' reductions
 // keep the core busy between loads, and the hardware prefetcher alone then falls behind
 // (measured: about 0.74 of the in-place copy's rate without, 0.80 with, at 2^24 fp32 with
-// AVX-512; comparing squared norms first, 0.77). Eigen's vectorized sqrt for float is an
-// approximation under EIGEN_FAST_MATH, so the square roots are std::sqrt: a norm exactly at the
-// threshold gets the generic path's verdict.
+// AVX-512). Eigen's vectorized sqrt for float is an approximation under EIGEN_FAST_MATH, so the
+// square roots are std::sqrt: a norm exactly at the threshold gets the generic path's verdict.
 template <int B, class T, class Thr>
 void blocks_fixed_keep(T* data, Index G, const Thr& thr) {
   constexpr Index kChunk = 64;                                    // blocks per mask
@@ -103,22 +101,9 @@ void blocks_fixed_keep(T* data, Index G, const Thr& thr) {
 #endif
     std::uint64_t dropped = 0;  // bit k: block g0 + k is zeroed
     for (Index k = 0; k < count; ++k) {
-      const T sq = Eigen::Map<const Eigen::Array<T, B, 1>>(x + k * B).abs2().sum();
-      const T t = thr(g0 + k);
-      // The verdict is sqrt(sq) <= t. A squared norm clear of t^2 by 1e-4 decides it without
-      // the square root (t^2's rounding is ~1e-16 .. 1e-7 of that margin while it is a normal
-      // number; an overflow to inf still compares right). Near t^2, where t^2 is subnormal
-      // (coarse), and for NaN (both comparisons false, so it keeps): the square root itself.
-      const T t2 = t * t;
-      bool drop;
-      if (t2 >= std::numeric_limits<T>::min() && sq < t2 * T(0.9999)) {
-        drop = true;
-      } else if (t2 >= std::numeric_limits<T>::min() && sq > t2 * T(1.0001)) {
-        drop = false;
-      } else {
-        drop = std::sqrt(sq) <= t;
-      }
-      dropped |= static_cast<std::uint64_t>(drop) << k;
+      const T norm = std::sqrt(Eigen::Map<const Eigen::Array<T, B, 1>>(x + k * B).abs2().sum());
+      // NaN norms keep (the comparison is false), as in group_factor.
+      dropped |= static_cast<std::uint64_t>(norm <= thr(g0 + k)) << k;
     }
     while (dropped != 0) {
       const int k = std::countr_zero(dropped);
