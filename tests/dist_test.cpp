@@ -40,11 +40,12 @@
 
 using namespace sora;
 
-namespace {
-
-dist::Mpi* world = nullptr;  // made in main(), before any test case
-
-}  // namespace
+// Made in main(), before any test case; named outside this file for the device-model cases
+// of sora_test_nccl (cuda/nccl_fit_test.cu).
+namespace sora_dist_test {
+dist::Mpi* world = nullptr;
+}  // namespace sora_dist_test
+using sora_dist_test::world;
 
 #ifndef SORA_TEST_NCCL
 namespace {

@@ -416,6 +416,88 @@ TEST_CASE_TEMPLATE(
   }
 }
 
+TEST_CASE_TEMPLATE(
+    "group hard / L0 over many small blocks (chunks of 64 with a tail): kept blocks untouched, "
+    "dropped ones +0, the same as a partition",
+    T, float, double) {
+  // The fixed-size Keep path decides 64 blocks at a time (a bit mask) and then writes only the
+  // dropped blocks: 64 * 2 + 37 blocks cross two chunk boundaries and end in a partial chunk.
+  // Block magnitudes vary so that about half are dropped in every chunk, and with weights the
+  // threshold differs per block.
+  sora::Rng rng(77);
+  for (Index b : {4, 16, 32}) {
+    INFO("block size ", b);
+    const Index G = 64 * 2 + 37, n = G * b;
+    sora::Matrix<T> x(1, n);
+    rng.fill_uniform(x, -1.0, 1.0);
+    sora::RowVector<T> w(G);
+    rng.fill_uniform(w, 0.5, 1.5);
+    for (Index g = 0; g < G; ++g) x.middleCols(g * b, b) *= T(0.2) + T(g % 7) / T(3);
+    x(0, 70 * b + 1) = std::numeric_limits<T>::quiet_NaN();  // a NaN block in the second chunk
+    const auto partition = Groups::partition(blocks_of(n, b), n);
+    const T tau = static_cast<T>(std::sqrt(static_cast<double>(b) / 3.0));
+    sora::Matrix<T> unweighted = x, weighted = x, l0 = x;
+    px::group_hard_threshold_inplace(unweighted, Groups::blocks(b), tau);
+    px::group_hard_threshold_inplace(weighted, Groups::blocks(b), tau, w);
+    px::group_l0_prox_inplace(l0, Groups::blocks(b), tau, T(0.4), w);
+    const sora::Matrix<T> want_unweighted = px::group_hard_threshold(x, partition, tau);
+    const sora::Matrix<T> want_weighted = px::group_hard_threshold(x, partition, tau, w);
+    const sora::Matrix<T> want_l0 = px::group_l0_prox(x, partition, tau, T(0.4), w);
+    Index dropped = 0, kept = 0;
+    for (Index j = 0; j < n; ++j) {
+      INFO("entry ", j, " (block ", j / b, ")");
+      for (const auto& [got, want] :
+           {std::pair{&unweighted, &want_unweighted}, std::pair{&weighted, &want_weighted},
+            std::pair{&l0, &want_l0}}) {
+        const T u = (*got)(0, j), v = (*want)(0, j);
+        if (std::isnan(v)) {
+          CHECK(std::isnan(u));
+        } else {
+          // Same bits: a kept entry is x itself, a dropped one +0 (never -0).
+          CHECK(u == v);
+          CHECK(std::signbit(u) == std::signbit(v));
+        }
+      }
+      if (j % b == 0) (want_unweighted(0, j) == T(0) ? dropped : kept) += 1;
+    }
+    CHECK(dropped > G / 5);  // both outcomes occur often enough to exercise the mask
+    CHECK(kept > G / 5);
+    CHECK(std::isnan(unweighted(0, 70 * b + 1)));  // a NaN norm keeps its block
+  }
+  // Norms within a hair of the threshold (the squared-norm shortcut must defer to the square
+  // root there), and thresholds whose square is subnormal or overflows.
+  const T tiny = std::sqrt(std::numeric_limits<T>::min()) / T(64);  // tiny^2 is subnormal
+  const T huge = std::sqrt(std::numeric_limits<T>::max()) * T(4);   // huge^2 overflows
+  for (T tau : {T(1), tiny, huge}) {
+    INFO("tau = ", tau);
+    const Index b = 16, G = 64 + 9, n = G * b;
+    sora::Matrix<T> x = sora::Matrix<T>::Zero(1, n);
+    for (Index g = 0; g < G; ++g) {
+      // One entry per block: its norm is exactly |entry|, spread over tau (1 +- a few ulp) and
+      // a few far-off values.
+      const int ulps = static_cast<int>(g % 9) - 4;
+      T v = tau;
+      for (int u = 0; u < std::abs(ulps); ++u)
+        v = std::nextafter(v, ulps < 0 ? T(0) : std::numeric_limits<T>::infinity());
+      if (g % 11 == 10) v = tau * T(3);
+      if (g % 13 == 12) v = tau / T(1000);
+      x(0, g * b + g % b) = g % 2 == 0 ? v : -v;
+    }
+    const auto partition = Groups::partition(blocks_of(n, b), n);
+    sora::Matrix<T> got = x;
+    px::group_hard_threshold_inplace(got, Groups::blocks(b), tau);
+    const sora::Matrix<T> want = px::group_hard_threshold(x, partition, tau);
+    Index kept = 0;
+    for (Index j = 0; j < n; ++j) {
+      CHECK(got(0, j) == want(0, j));
+      CHECK(std::signbit(got(0, j)) == std::signbit(want(0, j)));
+      kept += want(0, j) != T(0);
+    }
+    CHECK(kept > 0);
+    CHECK(kept < G);
+  }
+}
+
 TEST_CASE_TEMPLATE("rank triplets == an explicit partition of the concatenated (A, B, g)", T, float,
                    double) {
   sora::Rng rng(6);

@@ -1,5 +1,6 @@
 // sora-finetune's GPU runs (device.hpp): the CPU model mirrored on the GPU, trained there by
-// train::fit with the device optimizers, evaluated from the GPU's logits, copied back.
+// train::fit with the device optimizers (or by the sparsity schedule's hooks), evaluated from the
+// GPU's logits, copied back.
 #include <string>
 
 #include "device.hpp"
@@ -49,6 +50,14 @@ sora::train::TrainResult train_on(DeviceModel& gpu, Model& cpu, Optimizer& optim
   return sora::train::fit(gpu, optimizer, run.next_batch, evaluate, options);
 }
 
+// The GPU's logits of a batch, downloaded into `host` (which must outlive the function).
+LogitsFn device_logits(DeviceModel& gpu, sora::Matrix<float>& host) {
+  return [&gpu, &host](const sora::model::Batch& batch) -> const sora::Matrix<float>& {
+    host = gpu.forward_logits(batch).to_host(sora::cuda::context().stream());
+    return host;
+  };
+}
+
 }  // namespace
 
 std::string cuda_device_name() {
@@ -69,10 +78,7 @@ CudaOutcome fit_on_cuda(Model& model, const CudaRun& run) {
   sora::cuda::copy_model(gpu, model);
 
   sora::Matrix<float> host_logits;  // (B, K) or (B T, V): the last evaluated batch
-  const LogitsFn logits = [&](const sora::model::Batch& batch) -> const sora::Matrix<float>& {
-    host_logits = gpu.forward_logits(batch).to_host(sora::cuda::context().stream());
-    return host_logits;
-  };
+  const LogitsFn logits = device_logits(gpu, host_logits);
   if (run.method == sora::model::Method::adalora) {
     sora::cuda::DeviceAdaLoraOptimizer<float> optimizer(gpu, run.adalora_adamw, run.adalora);
     out.result = train_on(gpu, model, optimizer, run, logits);
@@ -89,6 +95,22 @@ CudaOutcome fit_on_cuda(Model& model, const CudaRun& run) {
   }
   sora::cuda::copy_model(model, gpu);
   return out;
+}
+
+sora::train::SparsityResult sparsity_on_cuda(Model& model, const CudaSparsityRun& run) {
+  cuda_device_name();
+  const MathScope math(parse_math(run.math));
+  DeviceModel gpu(model.config());
+  sora::cuda::copy_model(gpu, model);
+  sora::Matrix<float> host_logits;  // (B, K) or (B T, V): the last evaluated batch
+  const LogitsFn logits = device_logits(gpu, host_logits);
+  sora::cuda::DeviceFineTuneOptimizer<float> optimizer(gpu, run.finetune);
+  sora::train::SparsityHooks hooks = sora::train::make_sparsity_hooks(
+      gpu, optimizer, run.next_batch, [&] { return run.evaluate_train_subset(logits); },
+      [&] { return run.evaluate_validation(logits); }, run.max_grad_norm);
+  sora::train::SparsityResult result = run.walk(hooks);
+  sora::cuda::copy_model(model, gpu);
+  return result;
 }
 
 }  // namespace sora_finetune

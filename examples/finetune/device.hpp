@@ -21,6 +21,7 @@
 #include "sora/model/transformer.hpp"
 #include "sora/optim/adalora.hpp"
 #include "sora/optim/param_groups.hpp"
+#include "sora/train/sparsity_scheduler.hpp"
 #include "sora/train/trainer.hpp"
 
 namespace sora_finetune {
@@ -53,10 +54,24 @@ struct CudaOutcome {
   std::string device_name;                // e.g. "NVIDIA H100 80GB HBM3"
 };
 
+// The sparsity schedule (--sparsity-schedule) on the GPU: SoRA's optimizer on the device
+// model, the hooks of train::make_sparsity_hooks over it; `walk` runs the scheduler over them
+// (the caller's options and progress bar). The CPU model holds the final parameters after.
+struct CudaSparsityRun {
+  sora::optim::FineTuneOptions finetune;
+  std::string math = "exact";  // --cuda-math
+  double max_grad_norm = 0.0;
+  std::function<const sora::model::Batch&(long)> next_batch;
+  std::function<double(const LogitsFn&)> evaluate_train_subset;  // memorization
+  std::function<double(const LogitsFn&)> evaluate_validation;    // generalization
+  std::function<sora::train::SparsityResult(sora::train::SparsityHooks&)> walk;
+};
+
 #ifdef SORA_FINETUNE_CUDA
 // cuda_run.cu. Throws sora::Error when no GPU can be used (the reason from the CUDA runtime).
 std::string cuda_device_name();
 CudaOutcome fit_on_cuda(Model& model, const CudaRun& run);
+sora::train::SparsityResult sparsity_on_cuda(Model& model, const CudaSparsityRun& run);
 #else
 inline std::string cuda_device_name() {
   sora::detail::throw_error(
@@ -65,6 +80,10 @@ inline std::string cuda_device_name() {
       "--device cpu");
 }
 inline CudaOutcome fit_on_cuda(Model&, const CudaRun&) {
+  cuda_device_name();
+  return {};
+}
+inline sora::train::SparsityResult sparsity_on_cuda(Model&, const CudaSparsityRun&) {
   cuda_device_name();
   return {};
 }

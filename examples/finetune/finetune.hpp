@@ -813,7 +813,6 @@ SparsityOutcome run_sparsity_on(const Setup& s, M& model) {
   model.set_grad_checkpoint(o.grad_checkpoint);
   auto fo = finetune_options(o, sora::model::Method::sora);
   fo.xi = 0.0;
-  auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
   BatchStream stream(s.task, o.batch_size, o.seed + 1000);
   const long per_epoch = static_cast<long>(stream.steps_per_epoch());
 
@@ -822,10 +821,8 @@ SparsityOutcome run_sparsity_on(const Setup& s, M& model) {
       s.task.train.begin(),
       s.task.train.begin() +
           static_cast<std::ptrdiff_t>(std::min<std::size_t>(512, s.task.train.size())));
-  auto hooks = sora::train::make_sparsity_hooks(
-      model, optimizer, [&](long) -> const sora::model::Batch& { return stream.next(); },
-      [&] { return evaluate(model, s.task, subset); },
-      [&] { return evaluate(model, s.task, s.task.val); }, o.max_grad_norm);
+  const std::function<const sora::model::Batch&(long)> next_batch =
+      [&](long) -> const sora::model::Batch& { return stream.next(); };
 
   sora::train::SparsitySchedulerOptions so;
   so.xi_kind = sora::optim::parse_xi_schedule(o.xi_schedule);
@@ -847,17 +844,45 @@ SparsityOutcome run_sparsity_on(const Setup& s, M& model) {
   const long total = so.dense_steps + so.stage_steps * so.stages;
   sora::train::ProgressBar bar("sparsity schedule", total, progress_options(o));
   long done = 0;
-  auto train_stage = hooks.train_stage;
-  hooks.train_stage = [&](double xi, const sora::optim::LrSchedule& sched, long begin, long end) {
-    throw_if_stopped();
-    train_stage(xi, sched, begin, end);
-    done += end - begin;
-    char status[48];
-    std::snprintf(status, sizeof status, "xi %.2g", xi);
-    bar.update(done, status);
+  // The walk over the hooks of whichever device trains, with the progress bar.
+  auto walk = [&](sora::train::SparsityHooks& hooks) {
+    auto train_stage = hooks.train_stage;
+    hooks.train_stage = [&, train_stage](double xi, const sora::optim::LrSchedule& sched,
+                                         long begin, long end) {
+      throw_if_stopped();
+      train_stage(xi, sched, begin, end);
+      done += end - begin;
+      char status[48];
+      std::snprintf(status, sizeof status, "xi %.2g", xi);
+      bar.update(done, status);
+    };
+    return sora::train::run_sparsity_scheduler(hooks, so);
   };
   try {
-    outcome.result = sora::train::run_sparsity_scheduler(hooks, so);
+    bool walked = false;  // on the GPU
+    if constexpr (std::is_same_v<M, Model>) {
+      if (on_gpu(o)) {
+        CudaSparsityRun run;
+        run.finetune = fo;
+        run.math = o.cuda_math;
+        run.max_grad_norm = o.max_grad_norm;
+        run.next_batch = next_batch;
+        run.evaluate_train_subset = [&](const LogitsFn& l) { return evaluate(l, s.task, subset); };
+        run.evaluate_validation = [&](const LogitsFn& l) {
+          return evaluate(l, s.task, s.task.val);
+        };
+        run.walk = walk;
+        outcome.result = sparsity_on_cuda(model, run);
+        walked = true;
+      }
+    }
+    if (!walked) {
+      auto optimizer = sora::optim::FineTuneOptimizer<float>::for_model(model, fo);
+      auto hooks = sora::train::make_sparsity_hooks(
+          model, optimizer, next_batch, [&] { return evaluate(model, s.task, subset); },
+          [&] { return evaluate(model, s.task, s.task.val); }, o.max_grad_norm);
+      outcome.result = walk(hooks);
+    }
   } catch (const sora::train::NonFiniteError& e) {
     bar.finish();
     sora::detail::throw_error("the sparsity schedule diverged with --lr ", o.lr, " and --alpha ",
@@ -1312,7 +1337,7 @@ inline int run(const Options& o, std::ostream& log) {
   if (o.sparsity_schedule) {
     log << "\nsparsity schedule (Algorithm 1): dense phase, then " << o.stages << " xi stages from "
         << o.xi0 << " to " << o.xi_max << " (" << o.xi_schedule << ")"
-        << (on_gpu(o) ? ", on the CPU (its stage snapshots are host-side)" : "") << "\n";
+        << (on_gpu(o) ? ", on the GPU" : "") << "\n";
     const SparsityOutcome sp = run_sparsity(s, pre);
     for (const auto& row : sp.result.rows) {
       char line[200];

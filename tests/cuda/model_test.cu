@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include "sora/cuda/model.cuh"
 #include "sora/optim/clip.hpp"
 #include "sora/optim/param_groups.hpp"
+#include "sora/train/sparsity_scheduler.hpp"
 #include "sora/train/trainer.hpp"
 #include "support.cuh"
 #include "tiny_model.cuh"
@@ -339,9 +341,111 @@ void check_fit() {
   compare_parameters(gpu, cpu, Tol<T>::steps, /*grads=*/false);
 }
 
+// The sparsity schedule (train::make_sparsity_hooks + run_sparsity_scheduler) on a model of
+// either backend: a log-linear walk of 3 stages, evaluating every 3 steps, clipping at 0.5.
+// The metric is 1 / (1 + mean loss over the batches), higher is better.
+template <class T, class Model, class Optimizer>
+sora::train::SparsityResult walk_sparsity(Model& model, Optimizer& optimizer,
+                                          std::vector<sora::model::Batch>& batches,
+                                          std::vector<sora::train::AdapterSnapshot<T>>& snapshots) {
+  auto metric = [&] {
+    double loss = 0.0;
+    for (const auto& b : batches) loss += static_cast<double>(model.forward(b));
+    return 1.0 / (1.0 + loss / static_cast<double>(batches.size()));
+  };
+  auto hooks = sora::train::make_sparsity_hooks(
+      model, optimizer, [&](long step) -> const sora::model::Batch& { return batches[step % 3]; },
+      metric, metric, 0.5, &snapshots);
+  sora::train::SparsitySchedulerOptions so;
+  so.xi_kind = sora::optim::XiScheduleKind::log_linear;
+  so.xi0 = 1e-2;  // per step: ~0.5 of shrinkage over the walk, against gates in [0.1, 1]
+  so.xi_max = 5e-2;
+  so.stages = 3;
+  so.dense_steps = 4;
+  so.stage_steps = 6;
+  so.eval_every = 3;
+  so.lr = 1e-2;
+  return sora::train::run_sparsity_scheduler(hooks, so);
+}
+
+template <class T>
+void check_sparsity_schedule() {
+  const auto config = tiny_config(Head::classification, false);
+  sora::model::Transformer<T> cpu(config);
+  sora::model::PeftConfig peft;
+  peft.method = Method::sora;
+  peft.rank = 4;
+  cpu.apply_peft(peft);
+  randomize_adapters(cpu, 200);
+  // Gates spread over [0.1, 1] (initialised all equal, they would die together): the walk
+  // then kills them over several stages.
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<double> magnitude(0.1, 1.0);
+  Index gate_count = 0;
+  cpu.visit_params([&](sora::Param<T>& p) {
+    if (p.role != sora::ParamRole::gate) return;
+    for (Index i = 0; i < p.value.size(); ++i) p.value.data()[i] = static_cast<T>(magnitude(gen));
+    gate_count += p.value.size();
+  });
+  REQUIRE(gate_count > 0);
+  cu::DeviceTransformer<T> gpu(config);
+  cu::copy_model(gpu, cpu);
+  std::vector<sora::model::Batch> batches;
+  for (unsigned s = 0; s < 3; ++s) batches.push_back(tiny_batch(config, 60 + s));
+
+  sora::optim::FineTuneOptions o;
+  o.lr = 1e-2;
+  o.xi = 0.0;
+  auto cpu_opt = sora::optim::FineTuneOptimizer<T>::for_model(cpu, o);
+  cu::DeviceFineTuneOptimizer<T> gpu_opt(gpu, o);
+  std::vector<sora::train::AdapterSnapshot<T>> want_snaps, got_snaps;
+  const auto want = walk_sparsity<T>(cpu, cpu_opt, batches, want_snaps);
+  const auto got = walk_sparsity<T>(gpu, gpu_opt, batches, got_snaps);
+
+  // The CPU walk must prune something over the stages, or equal counts would prove little.
+  REQUIRE(want.stages_completed == 3);
+  REQUIRE(want.rows.size() == 2 + 3 * 2);
+  CHECK(want.rows.back().nonzero < want.rows.front().nonzero);
+  CHECK(want.rows.back().nonzero > 0);
+  CHECK(got.stages_completed == want.stages_completed);
+  CHECK(got.xis == want.xis);
+  REQUIRE(got.rows.size() == want.rows.size());
+  for (std::size_t i = 0; i < want.rows.size(); ++i) {
+    INFO("row ", i, ": stage ", want.rows[i].stage, ", step ", want.rows[i].step);
+    CHECK(got.rows[i].stage == want.rows[i].stage);
+    CHECK(got.rows[i].nonzero == want.rows[i].nonzero);
+    CHECK(std::abs(got.rows[i].train_metric - want.rows[i].train_metric) <= Tol<T>::steps);
+    CHECK(std::abs(got.rows[i].generalization - want.rows[i].generalization) <=
+          100.0 * Tol<T>::steps);
+  }
+  // Each phase's snapshot (downloaded from the device) and the final parameters, gates
+  // included: the same to rounding.
+  REQUIRE(got_snaps.size() == want_snaps.size());
+  REQUIRE(want_snaps.size() == 4);
+  for (std::size_t k = 0; k < want_snaps.size(); ++k) {
+    REQUIRE(got_snaps[k].size() == want_snaps[k].size());
+    for (std::size_t j = 0; j < want_snaps[k].size(); ++j) {
+      INFO("stage ", k, ", ", want_snaps[k][j].first);
+      CHECK(got_snaps[k][j].first == want_snaps[k][j].first);
+      CHECK(error_at_scale(got_snaps[k][j].second, want_snaps[k][j].second, 0.1) <= Tol<T>::steps);
+    }
+  }
+  compare_parameters(gpu, cpu, Tol<T>::steps, /*grads=*/false);
+  // A snapshot restored onto the device model is what the CPU model holds at that stage.
+  sora::train::restore_adapters(gpu, want_snaps[1]);
+  sora::train::restore_adapters(cpu, want_snaps[1]);
+  compare_parameters(gpu, cpu, Tol<T>::steps, /*grads=*/false);
+  CHECK(sora::train::adapter_nonzero(gpu) == want.rows[3].nonzero);
+}
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("cuda model/train::fit on the GPU follows train::fit on the CPU", T, double,
                    float) {
   check_fit<T>();
+}
+
+TEST_CASE_TEMPLATE("cuda model/the sparsity schedule on the GPU follows the CPU stage by stage", T,
+                   double, float) {
+  check_sparsity_schedule<T>();
 }

@@ -13,6 +13,7 @@
 
 #include "sora/core/backend.hpp"
 #include "sora/cuda/context.cuh"
+#include "sora/cuda/grad_bucket.cuh"
 #include "sora/cuda/tensor.cuh"
 
 namespace sora::cuda {
@@ -94,6 +95,20 @@ struct Cuda {
   template <class T>
   static Matrix<T> to_host(const DeviceTensor<T>& t) {
     return t.to_host(context().stream());
+  }
+
+  // Data-parallel training (train::fit with a device communicator): the stream the
+  // communicator's collectives must run on, and the gradient bucket (cuda/grad_bucket.cuh).
+  static cudaStream_t stream() { return context().stream(); }
+  template <class T>
+  static void pack_gradients(DeviceTensor<T>& flat, const std::vector<DeviceTensor<T>*>& grads, T w,
+                             T loss_share) {
+    ::sora::cuda::pack_gradients(flat, grads, w, loss_share);
+  }
+  template <class T>
+  static double unpack_gradients(const DeviceTensor<T>& flat,
+                                 const std::vector<DeviceTensor<T>*>& grads) {
+    return ::sora::cuda::unpack_gradients(flat, grads);
   }
 };
 

@@ -40,6 +40,14 @@ concept Communicator = requires(C& c, const C& cc, std::span<float> f, std::span
   c.abort(message);
 };
 
+// A communicator whose spans live in device memory (dist::Nccl: `static constexpr bool
+// device_memory = true`). train::fit all-reduces a device model's gradients through it in
+// place on the device, and refuses a host communicator for a device model.
+template <class C>
+concept DeviceCommunicator = Communicator<C> && requires {
+  requires C::device_memory;
+};
+
 // True when an MPI launcher (mpirun / mpiexec / srun) started this process: what a program's
 // `--distributed auto` asks before joining an MPI world (no MPI header needed to ask).
 inline bool started_by_mpi_launcher() {

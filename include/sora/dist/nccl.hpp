@@ -47,6 +47,8 @@ ncclDataType_t nccl_type() {
 
 class Nccl {
  public:
+  static constexpr bool device_memory = true;  // spans are device memory (DeviceCommunicator)
+
   // device < 0: the rank's place among the ranks of its machine (Open MPI's local rank), so
   // that N ranks on a machine with N GPUs use one each.
   explicit Nccl(Mpi& mpi, int device = -1) : mpi_(mpi) {
@@ -64,6 +66,7 @@ class Nccl {
     detail::nccl_check(ncclCommInitRank(&comm_, mpi.size(), id, mpi.rank()), "ncclCommInitRank");
     detail::cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                        "cudaStreamCreate");
+    active_ = stream_;
   }
   Nccl(const Nccl&) = delete;
   Nccl& operator=(const Nccl&) = delete;
@@ -76,15 +79,21 @@ class Nccl {
   int size() const { return mpi_.size(); }
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
+  // Runs the collectives on `stream` from now on (0, the legacy default stream, included):
+  // train::fit passes the device model's stream, so the all-reduce is ordered after the kernels
+  // that wrote the gradients and before those that read them, with no other synchronisation.
+  // use_own_stream() goes back to the communicator's own stream.
+  void set_stream(cudaStream_t stream) { active_ = stream; }
+  void use_own_stream() { active_ = stream_; }
 
   // `data` is device memory on this rank's GPU.
   template <class T>
   void all_reduce_sum(std::span<T> data) {
     if (data.empty()) return;
     detail::nccl_check(ncclAllReduce(data.data(), data.data(), data.size(), detail::nccl_type<T>(),
-                                     ncclSum, comm_, stream_),
+                                     ncclSum, comm_, active_),
                        "ncclAllReduce");
-    detail::cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    detail::cuda_check(cudaStreamSynchronize(active_), "cudaStreamSynchronize");
   }
 
   template <class T>
@@ -93,9 +102,9 @@ class Nccl {
                " is not a rank of a world of ", size());
     if (data.empty()) return;
     detail::nccl_check(ncclBroadcast(data.data(), data.data(), data.size(), detail::nccl_type<T>(),
-                                     root, comm_, stream_),
+                                     root, comm_, active_),
                        "ncclBroadcast");
-    detail::cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    detail::cuda_check(cudaStreamSynchronize(active_), "cudaStreamSynchronize");
   }
 
   std::vector<std::uint64_t> all_gather(std::uint64_t value) { return mpi_.all_gather(value); }
@@ -119,7 +128,8 @@ class Nccl {
   Mpi& mpi_;
   int device_ = 0;
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t stream_ = nullptr;  // owned
+  cudaStream_t active_ = nullptr;  // where the collectives run: stream_ or set_stream's
 };
 static_assert(Communicator<Nccl>);
 

@@ -24,12 +24,14 @@ inline std::uint64_t fnv1a(const void* data, std::size_t bytes,
 }
 
 // Host tensors only (the CPU backend's Param).
-template <class T>
-std::uint64_t hash_values(const std::vector<Param<T>*>& params) {
+// On a device backend each value is downloaded first (Backend::to_host).
+template <class T, class Backend>
+std::uint64_t hash_values(const std::vector<Param<T, Backend>*>& params) {
   std::uint64_t hash = 0xcbf29ce484222325ULL;
-  for (const Param<T>* p : params) {
-    const auto bytes = static_cast<std::size_t>(p->value.size()) * sizeof(T);
-    hash = fnv1a(p->value.data(), bytes, hash);
+  for (const Param<T, Backend>* p : params) {
+    const auto& value = Backend::to_host(p->value);
+    const auto bytes = static_cast<std::size_t>(value.size()) * sizeof(T);
+    hash = fnv1a(value.data(), bytes, hash);
   }
   return hash;
 }

@@ -132,7 +132,17 @@ struct ParamCounts {
   Index after_pruning = 0;
 };
 
-// Counts every module of anything with visit_params (a layer or a whole model).
+namespace detail {
+// A parameter's values where the host can read them: the value itself on the CPU, a download
+// (Backend::to_host) on a device backend.
+template <class T, class Backend>
+decltype(auto) host_value(const Param<T, Backend>& p) {
+  return Backend::to_host(p.value);
+}
+}  // namespace detail
+
+// Counts every module of anything with visit_params (a layer or a whole model), on any
+// backend: a device model's gates and trainable dense tensors are downloaded to be counted.
 template <class Model>
 ParamCounts count_parameters(Model& model, std::string_view prefix = "") {
   struct Group {
@@ -164,11 +174,13 @@ ParamCounts count_parameters(Model& model, std::string_view prefix = "") {
     } else if (p.role == ParamRole::gate || p.role == ParamRole::singular_value) {
       g.gated = true;
       g.kept = 0;
-      for (Index i = 0; i < p.value.size(); ++i) g.kept += p.value(0, i) != 0;
+      const auto& value = detail::host_value(p);
+      for (Index i = 0; i < value.size(); ++i) g.kept += value(0, i) != 0;
     } else if (p.trainable()) {
       g.dense_trainable += p.value.size();
-      for (Index i = 0; i < p.value.rows(); ++i)
-        for (Index j = 0; j < p.value.cols(); ++j) g.dense_nonzero += p.value(i, j) != 0;
+      const auto& value = detail::host_value(p);
+      for (Index i = 0; i < value.rows(); ++i)
+        for (Index j = 0; j < value.cols(); ++j) g.dense_nonzero += value(i, j) != 0;
     }
   });
   ParamCounts counts;

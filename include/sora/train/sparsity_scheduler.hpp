@@ -22,6 +22,12 @@
 // count, snapshot), so it knows no model; make_sparsity_hooks builds them for a model with
 // forward(batch) / backward() / visit_params and an optimizer with set_xi / set_lr_multiplier
 // / step (the Transformer with optim::FineTuneOptimizer, or a hand-made stack of SoRA layers).
+//
+// The hooks are backend generic, like train::fit: on a device model (model::Transformer<T,
+// cuda::Cuda> with cuda::DeviceFineTuneOptimizer) the steps run on the device, the optimizer
+// clips its own gradients there, and what the scheduler needs on the host (the gates for the
+// non-zero count, the adapters of a snapshot) is downloaded through the backend's to_host at
+// evaluations only.
 
 #include <algorithm>
 #include <cmath>
@@ -31,9 +37,12 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "sora/core/backend.hpp"
+#include "sora/core/concepts.hpp"
 #include "sora/core/error.hpp"
 #include "sora/core/param.hpp"
 #include "sora/io/atomic_file.hpp"
@@ -42,6 +51,7 @@
 #include "sora/optim/lr_schedule.hpp"
 #include "sora/optim/xi_schedule.hpp"
 #include "sora/prune/prune.hpp"
+#include "sora/train/trainer.hpp"
 
 namespace sora::train {
 
@@ -254,29 +264,32 @@ Index adapter_nonzero(Model& model) {
 }
 
 // The adapter parameters (lora_A, lora_B, gates) by name: enough to re-evaluate a stage.
+// Always host matrices: a device model's are downloaded (Backend::to_host).
 template <class T>
 using AdapterSnapshot = std::vector<std::pair<std::string, Matrix<T>>>;
 
 template <class T, class Model>
 AdapterSnapshot<T> snapshot_adapters(Model& model) {
+  using Backend = typename backend_of<Model>::type;
   AdapterSnapshot<T> out;
-  model.visit_params([&](Param<T>& p) {
-    if (is_adapter_role(p.role)) out.emplace_back(p.name, p.value);
+  model.visit_params([&](Param<T, Backend>& p) {
+    if (is_adapter_role(p.role)) out.emplace_back(p.name, Backend::to_host(p.value));
   });
   return out;
 }
 
-// Puts a snapshot back; every name must exist with the same shape.
+// Puts a snapshot back (uploaded to a device model); every name must exist with the same shape.
 template <class T, class Model>
 void restore_adapters(Model& model, const AdapterSnapshot<T>& snapshot) {
+  using Backend = typename backend_of<Model>::type;
   std::size_t restored = 0;
-  model.visit_params([&](Param<T>& p) {
+  model.visit_params([&](Param<T, Backend>& p) {
     for (const auto& [name, value] : snapshot) {
       if (name != p.name) continue;
       SORA_CHECK(value.rows() == p.value.rows() && value.cols() == p.value.cols(),
-                 "restore_adapters: '", name, "' is ", shape_of(value), " in the snapshot but ",
-                 shape_of(p.value), " in the model");
-      p.value = value;
+                 "restore_adapters: '", name, "' is ", shape_of(value), " in the snapshot but (",
+                 p.value.rows(), ", ", p.value.cols(), ") in the model");
+      Backend::upload(p.value, value);
       ++restored;
     }
   });
@@ -285,18 +298,24 @@ void restore_adapters(Model& model, const AdapterSnapshot<T>& snapshot) {
 }
 
 // Hooks for a model trained by an optimizer with set_xi(ξ), set_lr_multiplier(m) and step()
-// (optim::FineTuneOptimizer for the Transformer). One step: zero the trainable gradients,
-// forward(next_batch(global step)) -> backward(), clip to max_grad_norm (0: off), learning
-// rate multiplier schedule.multiplier(s), ξ, step. Every phase's snapshot (adapter tensors)
-// is appended to *snapshots when it is given.
+// (optim::FineTuneOptimizer for the Transformer, cuda::DeviceFineTuneOptimizer for its device
+// twin). One step: zero the trainable gradients, forward(next_batch(global step)) ->
+// backward(), clip to max_grad_norm (0: off; by the optimizer's own clip_grad_norm where it
+// has one, as train::fit does, else optim::clip_grad_norm on the host), learning rate
+// multiplier schedule.multiplier(s), ξ, step. A loss that is not finite throws NonFiniteError
+// before the step. Every phase's snapshot (adapter tensors, on the host) is appended to
+// *snapshots when it is given.
 template <class Model, class Optimizer, class BatchFn>
 SparsityHooks make_sparsity_hooks(
     Model& model, Optimizer& optimizer, BatchFn next_batch, std::function<double()> eval_train,
     std::function<double()> eval_val, double max_grad_norm = 0.0,
     std::vector<AdapterSnapshot<typename Model::Scalar>>* snapshots = nullptr) {
   using T = typename Model::Scalar;
-  auto params = std::make_shared<std::vector<Param<T>*>>();
-  model.visit_params([&](Param<T>& p) {
+  using Backend = typename backend_of<Model>::type;
+  using P = Param<T, Backend>;
+  SORA_CHECK(!std::isnan(max_grad_norm), "make_sparsity_hooks: max_grad_norm is NaN");
+  auto params = std::make_shared<std::vector<P*>>();
+  model.visit_params([&](P& p) {
     if (p.trainable()) params->push_back(&p);
   });
   auto global = std::make_shared<long>(0);
@@ -306,10 +325,19 @@ SparsityHooks make_sparsity_hooks(
     model.train(true);
     optimizer.set_xi(xi);
     for (long s = begin; s < end; ++s) {
-      for (Param<T>* p : *params) p->zero_grad();
-      model.forward(next_batch((*global)++));
+      for (P* p : *params) p->zero_grad();
+      const long step = (*global)++;
+      const auto loss = static_cast<double>(model.forward(next_batch(step)));
+      if (!std::isfinite(loss)) throw NonFiniteError(step, "loss", loss);
       model.backward();
-      optim::clip_grad_norm(*params, max_grad_norm);
+      if constexpr (requires { optimizer.clip_grad_norm(max_grad_norm); }) {
+        if (max_grad_norm > 0.0) optimizer.clip_grad_norm(max_grad_norm);
+      } else {
+        static_assert(std::is_same_v<Backend, Cpu>,
+                      "make_sparsity_hooks: on a device backend the optimizer must offer "
+                      "clip_grad_norm");
+        optim::clip_grad_norm(*params, max_grad_norm);
+      }
       optimizer.set_lr_multiplier(schedule.multiplier(s));
       optimizer.step();
     }

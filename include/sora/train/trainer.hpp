@@ -29,6 +29,14 @@
 // every rank. A hash of the trainable parameters, all-gathered every check_every steps, turns
 // any divergence into an error naming the step. An exception on any rank aborts every rank
 // with its message (comm.abort), so no rank waits forever in a collective.
+//
+// A device model (cuda::Cuda) trains data-parallel over a device communicator (dist::Nccl,
+// dist::DeviceCommunicator): the bucket is one device buffer (Backend::pack_gradients, on the
+// model's stream, which the communicator is switched to), all-reduced in place, copied back
+// (Backend::unpack_gradients reads back the summed loss only); the evaluation metric is
+// broadcast from a one-element device buffer. A device communicator takes this path with a
+// world of one too, so one GPU runs the same code as many. A host communicator with a device
+// model, or the reverse, is an error.
 
 #include <algorithm>
 #include <cmath>
@@ -180,21 +188,39 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
     if (optim::is_sora_gate(p)) gates.push_back(&p);
   });
 
+  constexpr bool device_model = !std::is_same_v<Backend, Cpu>;
+  constexpr bool device_comm = dist::DeviceCommunicator<Comm>;
   const int ranks = comm.size(), rank = comm.rank();
-  const bool parallel = ranks > 1;
-  Batch shard;          // this rank's rows of the global batch (parallel runs)
-  std::vector<T> flat;  // (trainable scalars + 1): w_r * gradients, then w_r * loss
+  // A device communicator always takes the all-reduce path, a world of one included.
+  const bool parallel = ranks > 1 || device_comm;
+  Batch shard;                 // this rank's rows of the global batch (parallel runs)
+  std::vector<T> flat;         // (trainable scalars + 1): w_r * gradients, then w_r * loss (host)
+  Tensor flat_device;          // (1, trainable scalars + 1): the same on the device
+  std::vector<Tensor*> grads;  // the trainable gradients in params order (device bucket)
   if (parallel) {
-    if constexpr (!std::is_same_v<Backend, Cpu>) {
-      sora::detail::throw_error("fit: data-parallel training runs on the CPU backend (", ranks,
-                                " ranks); a device model trains with one process");
+    if constexpr (device_model != device_comm) {
+      sora::detail::throw_error(
+          "fit: ",
+          device_model ? "a device model trains data-parallel over a device communicator "
+                         "(dist::Nccl), not over host memory"
+                       : "a CPU model trains data-parallel over a host communicator (dist::Mpi), "
+                         "not over device memory (dist::Nccl)",
+          " (", ranks, " ranks)");
     } else if constexpr (!dist::Shardable<Batch>) {
       sora::detail::throw_error("fit: this model's batches cannot be sharded over ", ranks,
                                 " ranks (no shard_batch / loss_terms for them)");
     } else {
-      std::size_t scalars = 0;
-      for (const P* p : params) scalars += static_cast<std::size_t>(p->value.size());
-      flat.resize(scalars + 1);
+      if constexpr (device_model) {
+        for (P* p : params) grads.push_back(&p->gradient());
+        // The all-reduce is ordered between the kernels that write the gradients and those
+        // that read them by running on their stream.
+        if constexpr (requires { comm.set_stream(Backend::stream()); })
+          comm.set_stream(Backend::stream());
+      } else {
+        std::size_t scalars = 0;
+        for (const P* p : params) scalars += static_cast<std::size_t>(p->value.size());
+        flat.resize(scalars + 1);
+      }
       if constexpr (requires { model.reseed_dropout(std::uint64_t{}); }) {
         model.reseed_dropout(options.dropout_seed * 1000003ULL +
                              static_cast<std::uint64_t>(rank) * 7919ULL +
@@ -205,15 +231,14 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
   // Every rank must hold the same parameters: the same before the first step (a model
   // initialised or loaded differently on one rank), and the same after each step taken from
   // the same summed gradient.
+  // (A device model's values are downloaded to be hashed.)
   auto check_same_params = [&](long step) {
-    if constexpr (std::is_same_v<Backend, Cpu>) {
-      const std::vector<std::uint64_t> hashes = comm.all_gather(dist::hash_values(params));
-      for (int r = 1; r < ranks; ++r) {
-        SORA_CHECK(hashes[static_cast<std::size_t>(r)] == hashes[0], "fit: step ", step,
-                   ": the trainable parameters of rank ", r, " differ from rank 0's (hash ",
-                   hashes[static_cast<std::size_t>(r)], " vs ", hashes[0],
-                   "): the ranks diverged; something decided differently on one rank");
-      }
+    const std::vector<std::uint64_t> hashes = comm.all_gather(dist::hash_values(params));
+    for (int r = 1; r < ranks; ++r) {
+      SORA_CHECK(hashes[static_cast<std::size_t>(r)] == hashes[0], "fit: step ", step,
+                 ": the trainable parameters of rank ", r, " differ from rank 0's (hash ",
+                 hashes[static_cast<std::size_t>(r)], " vs ", hashes[0],
+                 "): the ranks diverged; something decided differently on one rank");
     }
   };
   // The global batch's loss and gradient from this rank's shard: forward and backward on the
@@ -225,7 +250,7 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
       model.backward();
       return loss;
     }
-    if constexpr (std::is_same_v<Backend, Cpu> && dist::Shardable<Batch>) {
+    if constexpr (device_model == device_comm && dist::Shardable<Batch>) {
       using dist::loss_terms;  // found by argument-dependent lookup for other batch types
       using dist::shard_batch;
       shard_batch(shard, global, rank, ranks);
@@ -240,22 +265,29 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
                              sora::detail::concat(" on rank ", rank, " of ", ranks));
       if (shard.batch > 0) model.backward();
       const T w = static_cast<T>(weight);
-      std::size_t offset = 0;
-      for (const P* p : params) {
-        const T* g = p->gradient().data();
-        const auto n = static_cast<std::size_t>(p->value.size());
-        for (std::size_t i = 0; i < n; ++i) flat[offset + i] = w * g[i];
-        offset += n;
+      if constexpr (device_model) {
+        Backend::pack_gradients(flat_device, grads, w, static_cast<T>(weight * local));
+        comm.all_reduce_sum(
+            std::span<T>(flat_device.data(), static_cast<std::size_t>(flat_device.size())));
+        return Backend::unpack_gradients(flat_device, grads);
+      } else {
+        std::size_t offset = 0;
+        for (const P* p : params) {
+          const T* g = p->gradient().data();
+          const auto n = static_cast<std::size_t>(p->value.size());
+          for (std::size_t i = 0; i < n; ++i) flat[offset + i] = w * g[i];
+          offset += n;
+        }
+        flat[offset] = static_cast<T>(weight * local);
+        comm.all_reduce_sum(std::span<T>(flat));
+        offset = 0;
+        for (P* p : params) {
+          const auto n = static_cast<std::size_t>(p->value.size());
+          std::copy_n(flat.data() + offset, n, p->gradient().data());
+          offset += n;
+        }
+        return static_cast<double>(flat[offset]);
       }
-      flat[offset] = static_cast<T>(weight * local);
-      comm.all_reduce_sum(std::span<T>(flat));
-      offset = 0;
-      for (P* p : params) {
-        const auto n = static_cast<std::size_t>(p->value.size());
-        std::copy_n(flat.data() + offset, n, p->gradient().data());
-        offset += n;
-      }
-      return static_cast<double>(flat[offset]);
     }
     return 0.0;  // unreachable: the set-up above threw
   };
@@ -279,7 +311,16 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
     model.train(true);
     // An evaluation sharded with dist::gather_outputs gives every rank the same metric; rank
     // 0's broadcast makes the decisions below agree whatever evaluate() does.
-    if (parallel) comm.broadcast(std::span<double>(&metric, 1), 0);
+    if (parallel) {
+      if constexpr (device_model && device_comm) {
+        auto on_device =
+            Backend::template from_host<double>(Matrix<double>::Constant(1, 1, metric));
+        comm.broadcast(std::span<double>(on_device.data(), 1), 0);
+        metric = Backend::to_host(on_device)(0, 0);
+      } else if constexpr (!device_comm) {
+        comm.broadcast(std::span<double>(&metric, 1), 0);
+      }  // else: a CPU model with a device communicator threw before the first step
+    }
     result.eval_steps.push_back(step);
     result.eval_metrics.push_back(metric);
     if (better(metric)) {
