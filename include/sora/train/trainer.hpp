@@ -131,8 +131,10 @@ struct TrainerOptions {
   // all-gather a hash of the trainable parameters before the first step, every this many
   // steps and after the last; 0: only before the first and after the last.
   long check_every = 100;
-  // Each rank's dropout streams restart from a seed of its own, mixed from this, the rank and
-  // start_step (the ranks' shards must not share dropout masks).
+  // Data-parallel runs: before each step, each rank's dropout streams restart from a seed mixed
+  // from this, the step and the rank. The ranks' shards must not share dropout masks, and a
+  // run resumed at any step draws what the uninterrupted run drew there, whatever state the
+  // generators were restored with (a checkpoint holds rank 0's).
   std::uint64_t dropout_seed = 0;
 };
 
@@ -221,11 +223,6 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
         for (const P* p : params) scalars += static_cast<std::size_t>(p->value.size());
         flat.resize(scalars + 1);
       }
-      if constexpr (requires { model.reseed_dropout(std::uint64_t{}); }) {
-        model.reseed_dropout(options.dropout_seed * 1000003ULL +
-                             static_cast<std::uint64_t>(rank) * 7919ULL +
-                             static_cast<std::uint64_t>(options.start_step));
-      }
     }
   }
   // Every rank must hold the same parameters: the same before the first step (a model
@@ -254,6 +251,14 @@ TrainResult fit_impl(Model& model, Optimizer& optimizer,
       using dist::loss_terms;  // found by argument-dependent lookup for other batch types
       using dist::shard_batch;
       shard_batch(shard, global, rank, ranks);
+      if constexpr (requires { model.reseed_dropout(std::uint64_t{}); }) {
+        // (seed, step) through an odd multiplier is one-to-one; the rank picks among them.
+        const std::uint64_t mixed =
+            (options.dropout_seed * 1000003ULL + static_cast<std::uint64_t>(step)) *
+                0x9E3779B97F4A7C15ULL +
+            static_cast<std::uint64_t>(rank);
+        model.reseed_dropout(mixed);
+      }
       const auto total = static_cast<double>(loss_terms(global));
       const double weight = total > 0 ? static_cast<double>(loss_terms(shard)) / total : 0.0;
       // A batch smaller than the world (an epoch's last) leaves some ranks no rows: they
