@@ -491,6 +491,17 @@ inline std::string run_label(const std::string& method, std::uint64_t seed) {
   return method + " seed " + std::to_string(seed);
 }
 
+// The memory settings of a run, applied where every run starts (train_model, run_sparsity_on),
+// whichever model and task built it: gradient checkpointing (the gradients of the plain
+// backward, model/block_checkpoints.hpp: no result changes) and, for adapter runs, a frozen
+// base stored in bf16 (model/frozen_base.hpp).
+template <class M>
+void apply_memory_options(const Options& o, M& model, sora::model::Method method) {
+  model.set_grad_checkpoint(o.grad_checkpoint);
+  if (o.frozen_base == "bf16" && method != sora::model::Method::full)
+    sora::model::store_frozen_base(model, sora::Precision::bf16);
+}
+
 // Fine-tunes `model` (its method applied) with `method_name`; appends a metrics.csv line per
 // evaluation to *csv; exports the pruned adapter to `adapter_dir` unless it is empty, with
 // `export_options` (PEFT's task type, modules_to_save). Any model of the library's protocol:
@@ -501,9 +512,7 @@ RunResult train_model(const Setup& s, M& model, const std::string& method_name, 
                       sora::io::PeftExportOptions export_options) {
   const Options& o = s.opt;
   const sora::model::Method method = sora::model::parse_method(method_name);
-  // Memory for compute: the gradients are those of the plain backward (model/
-  // block_checkpoints.hpp), so the results do not change.
-  model.set_grad_checkpoint(o.grad_checkpoint);
+  apply_memory_options(o, model, method);
 
   BatchStream stream(s.task, o.batch_size, seed);
   // An optimizer step takes --grad-accum batches.
@@ -780,9 +789,7 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
       sora::model::PeftConfig p = peft_config(o, method, seed);
       p.target_modules = pretrained_targets(o.target_modules, s.hf->config.family);
       model.apply_peft(p);
-      if (o.frozen_base == "bf16" && method != sora::model::Method::full)
-        sora::model::store_frozen_base(model, sora::Precision::bf16);
-      model.dropout_rng() = sora::Rng(seed * 104729 + 3, 2);
+      model.reseed_dropout(seed * 104729 + 3);
       model.train(true);
       return train_model(s, model, method_name, seed, adapter_dir, csv,
                          hf::peft_export_options(model));
@@ -791,8 +798,6 @@ inline RunResult run_method(const Setup& s, const Pretrained& pre, const std::st
   Model model(s.task_config);
   load_pretrained(model, pre.path);
   model.apply_peft(peft_config(o, method, seed));
-  if (o.frozen_base == "bf16" && method != sora::model::Method::full)
-    sora::model::store_frozen_base(model, sora::Precision::bf16);
   model.reseed_dropout(seed * 104729 + 3);
   sora::io::PeftExportOptions eo;
   eo.task_type = "SEQ_CLS";
@@ -810,7 +815,7 @@ struct SparsityOutcome {
 template <class M>
 SparsityOutcome run_sparsity_on(const Setup& s, M& model) {
   const Options& o = s.opt;
-  model.set_grad_checkpoint(o.grad_checkpoint);
+  apply_memory_options(o, model, sora::model::Method::sora);
   auto fo = finetune_options(o, sora::model::Method::sora);
   fo.xi = 0.0;
   BatchStream stream(s.task, o.batch_size, o.seed + 1000);
@@ -905,8 +910,7 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
       sora::model::PeftConfig p = peft;
       p.target_modules = pretrained_targets(o.target_modules, s.hf->config.family);
       model.apply_peft(p);
-      if (o.frozen_base == "bf16") sora::model::store_frozen_base(model, sora::Precision::bf16);
-      model.dropout_rng() = sora::Rng(o.seed * 104729 + 3, 2);
+      model.reseed_dropout(o.seed * 104729 + 3);
       model.train(true);
       return run_sparsity_on(s, model);
     });
@@ -914,7 +918,6 @@ inline SparsityOutcome run_sparsity(const Setup& s, const Pretrained& pre) {
   Model model(s.task_config);
   load_pretrained(model, pre.path);
   model.apply_peft(peft);
-  if (o.frozen_base == "bf16") sora::model::store_frozen_base(model, sora::Precision::bf16);
   return run_sparsity_on(s, model);
 }
 

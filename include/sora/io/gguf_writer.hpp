@@ -22,6 +22,7 @@
 #include "sora/core/error.hpp"
 #include "sora/core/tensor.hpp"
 #include "sora/io/atomic_file.hpp"
+#include "sora/io/dtype.hpp"
 
 namespace sora::io {
 
@@ -105,7 +106,7 @@ class GgufWriter {
   static std::uint64_t aligned(std::uint64_t n) {
     return (n + kAlignment - 1) / kAlignment * kAlignment;
   }
-  // GGUF is little-endian, as every machine sora builds for (x86-64, AArch64 Linux).
+  // GGUF is little-endian: the host's bytes as they are (io/dtype.hpp refuses other hosts).
   template <class V>
   static void put(std::string& out, V value) {
     char bytes[sizeof(V)];
